@@ -1,0 +1,1 @@
+"""In-tree PEP 517 backend and Hatch build hook for llama-runtime (kept thin)."""
