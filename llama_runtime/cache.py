@@ -1,0 +1,107 @@
+"""The versioned cache: ``<cache>/<llama-runtime version>/<variant>/``.
+
+A variant folder appears under its final name only when complete: it is unpacked into a
+temporary folder beside it, checked, given its record, and renamed. A lock file serialises
+processes that need the same variant; a complete cache needs no write access to be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import CacheError, IntegrityError
+from .hashing import sha256_file
+from .variants.manifest import Variant
+
+RECORD = "llama-runtime.json"
+
+
+def version_dir(cache_dir: Path, version: str = __version__) -> Path:
+    return cache_dir / version
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def lookup(cache_dir: Path, variant: Variant) -> Path | None:
+    """The cached folder of ``variant`` if complete and made from the archive the lock trusts."""
+    folder = version_dir(cache_dir) / variant.name
+    record = read_record(folder)
+    if record is None or record.get("archive_sha256") != variant.sha256:
+        return None
+    files = record.get("files") or {}
+    for name in variant.files:
+        entry = files.get(name)
+        try:
+            if entry is None or (folder / name).stat().st_size != entry["size"]:
+                return None
+        except OSError:
+            return None
+    return folder
+
+
+def _write_record(folder: Path, variant: Variant, source: dict[str, Any]) -> None:
+    files = {}
+    for name in variant.files:
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"archive {variant.archive} lacks {name}, which the manifest lists.")
+        files[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    record = {"variant": variant.name, "archive": variant.archive, "archive_sha256": variant.sha256,
+              "files": files, "source": source, "llama_runtime": __version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (folder / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def install(cache_dir: Path, variant: Variant, archive: Path, source: dict[str, Any]) -> Path:
+    """Unpack a verified ``archive`` into the cache atomically; return the final folder."""
+    from .archive import safe_extract
+
+    base = version_dir(cache_dir)
+    final = base / variant.name
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{variant.name}-", dir=base))
+    except OSError as exc:
+        raise CacheError(f"cannot write to the cache {base}: {exc.strerror}; set LLAMA_RUNTIME_CACHE"
+                         " to a writable folder.") from exc
+    try:
+        safe_extract(archive, tmp)
+        _write_record(tmp, variant, source)
+        if final.exists():  # incomplete or stale: set it aside, then swap in the new one
+            stale = Path(tempfile.mkdtemp(prefix=f".old-{variant.name}-", dir=base))
+            os.replace(final, stale / "x")
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise CacheError(f"cannot unpack {variant.archive} into {base}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def lock_path(cache_dir: Path, name: str) -> Path:
+    return version_dir(cache_dir) / f".{name}.lock"
+
+
+def entries(cache_dir: Path) -> list[dict[str, Any]]:
+    """Every variant folder under every version, with its record (None when incomplete)."""
+    out = []
+    if not cache_dir.is_dir():
+        return out
+    for vdir in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in vdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            out.append({"version": vdir.name, "variant": folder.name, "path": str(folder),
+                        "current": vdir.name == __version__, "record": read_record(folder)})
+    return out

@@ -1,0 +1,97 @@
+"""CPU: architecture, vendor, microarchitecture, x86-64 level and the features ggml cares about.
+
+``parse_cpuinfo`` is pure (tests feed captured ``/proc/cpuinfo``); ``read_cpu`` does the I/O.
+archspec names the microarchitecture; the level and the features come from the flags the
+kernel reports, which only lists what the OS has enabled (e.g. AVX without XSAVE is hidden).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from typing import Any
+
+# Features that decide which ggml build runs without "Illegal instruction".
+GGML_X86_FEATURES = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512vl",
+    "avx512vbmi", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+)
+GGML_ARM_FEATURES = ("asimd", "asimddp", "i8mm", "sve", "sve2", "sme")
+# psABI x86-64 micro-architecture levels (cumulative)
+X86_64_LEVELS: dict[int, frozenset[str]] = {
+    2: frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
+    3: frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
+    4: frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+}
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def normalize_arch(machine: str) -> str:
+    m = machine.strip().lower()
+    return _ARCH_ALIASES.get(m, m)
+
+
+def x86_64_level(flags: Iterable[str]) -> int:
+    """Highest x86-64 psABI level whose features are all present (1 = baseline)."""
+    have = set(flags)
+    level = 1
+    for n in (2, 3, 4):
+        if not X86_64_LEVELS[n] <= have:
+            break
+        level = n
+    return level
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """Vendor, model name and flags of the first processor in ``/proc/cpuinfo`` text."""
+    info: dict[str, Any] = {"vendor": None, "model_name": None, "flags": []}
+    for line in text.splitlines():
+        if not line.strip():
+            if info["flags"]:
+                break
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("vendor_id", "cpu implementer") and info["vendor"] is None:
+            info["vendor"] = value.strip()
+        elif key in ("model name", "cpu model") and info["model_name"] is None:
+            info["model_name"] = value.strip()
+        elif key in ("flags", "features") and not info["flags"]:
+            info["flags"] = value.split()
+    return info
+
+
+def ggml_features(arch: str, flags: Iterable[str]) -> list[str]:
+    wanted = GGML_X86_FEATURES if arch == "x86_64" else GGML_ARM_FEATURES
+    have = set(flags)
+    return [f for f in wanted if f in have]
+
+
+def _archspec_host() -> tuple[str | None, str | None]:
+    import archspec.cpu
+
+    host = archspec.cpu.host()
+    return host.name, host.vendor
+
+
+def read_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """Probe this machine's CPU. Never raises: a failure is recorded in ``error``."""
+    arch = normalize_arch(platform.machine())
+    out: dict[str, Any] = {"arch": arch, "vendor": None, "microarchitecture": None,
+                           "x86_64_level": None, "features": [], "error": None}
+    flags: list[str] = []
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            info = parse_cpuinfo(f.read())
+        flags, out["vendor"] = info["flags"], info["vendor"]
+    except OSError as exc:
+        out["error"] = f"unknown, because {cpuinfo_path} could not be read ({exc.strerror})"
+    try:
+        out["microarchitecture"], vendor = _archspec_host()
+        out["vendor"] = out["vendor"] or vendor
+    except Exception as exc:  # archspec must never break an install
+        out["error"] = f"archspec failed: {exc}"
+    if arch == "x86_64":
+        out["x86_64_level"] = x86_64_level(flags) if flags else None
+    out["features"] = ggml_features(arch, flags)
+    return out
