@@ -1,0 +1,155 @@
+"""Load llama.cpp's shared libraries with ctypes and bind the table of ``functions.py``.
+
+Nothing here runs at import time. ``Native.open`` is the one place a library is loaded; it
+never touches ``os.environ`` (``PATH``, ``LD_LIBRARY_PATH``): libraries are opened by absolute
+path in dependency order, so the loader finds each one already in the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import LibraryLoadError
+from .functions import FUNCTIONS, Fn
+from .structs import ggml_log_callback
+
+LLAMA_CPP_GENERATION = "0.5.0"  # the llama.h whose struct layouts structs.py copies
+
+logger = logging.getLogger("llama_runtime.native")
+
+# enum ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+# llama.cpp is chatty at INFO (every model load prints hundreds of lines): keep it at DEBUG,
+# and errors at WARNING because the caller gets them again as an exception.
+_LOG_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING,
+               4: logging.WARNING}
+_GGML_LOG_CONT = 5
+
+_lock = threading.Lock()
+_opened: dict[tuple[tuple[str, ...], str | None], Native] = {}
+_last_level = [logging.DEBUG]
+
+
+def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
+    # An exception must not escape into C: ctypes would print it and carry on anyway.
+    try:
+        py_level = _last_level[0] if level == _GGML_LOG_CONT else _LOG_LEVELS.get(level, logging.DEBUG)
+        _last_level[0] = py_level
+        message = (text or b"").decode("utf-8", "replace").rstrip("\n")
+        if message and logger.isEnabledFor(py_level):
+            logger.log(py_level, "%s", message)
+    except Exception:  # pragma: no cover - defensive
+        pass
+
+
+# llama.cpp keeps this function pointer for as long as the library is loaded, which is the
+# rest of the process (a CDLL is never unloaded): the ctypes thunk must never be collected.
+_LOG_CALLBACK = ggml_log_callback(_on_log)
+
+
+def _load_cdll(path: Path) -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise LibraryLoadError(
+            f"could not load the llama.cpp library {path}: {exc}. Check that the file exists, "
+            "matches this machine (architecture, glibc) and that its sibling libraries are in "
+            "the same folder; `llama-runtime doctor` shows what was tried."
+        ) from exc
+
+
+def _resolve(libs: Sequence[ctypes.CDLL], fn: Fn) -> Any | None:
+    """The symbol from the last library that has it (libllama first, then what it links)."""
+    for lib in reversed(libs):
+        try:
+            cfunc = getattr(lib, fn.name)
+        except AttributeError:
+            continue
+        cfunc.argtypes = fn.argtypes
+        cfunc.restype = fn.restype
+        return cfunc
+    return None
+
+
+class Native:
+    """A loaded llama.cpp: the bound functions of ``functions.FUNCTIONS`` as attributes.
+
+    >>> native = Native.open([base, ggml, llama], backend_dir=folder)  # doctest: +SKIP
+    >>> native.llama_vocab_n_tokens(vocab)  # doctest: +SKIP
+    """
+
+    def __init__(self, paths: Sequence[Path], libs: Sequence[ctypes.CDLL],
+                 functions: dict[str, Any]) -> None:
+        self.paths = tuple(paths)
+        self.libraries = tuple(libs)
+        self._functions = functions
+
+    @classmethod
+    def open(cls, libraries: Sequence[Path], *, backend_dir: Path | None = None) -> Native:
+        """Load ``libraries`` in order (the last one is libllama), bind the table, initialise.
+
+        With ``backend_dir`` (a ``GGML_BACKEND_DL`` build), ggml loads its backend libraries
+        from that folder before ``llama_backend_init``. Opening the same libraries again returns
+        the same object: ggml's backend registry is process-wide and would register twice.
+        """
+        paths = [Path(p).absolute() for p in libraries]
+        if not paths:
+            raise LibraryLoadError("no llama.cpp library was given to load")
+        key = (tuple(str(p) for p in paths), str(backend_dir) if backend_dir else None)
+        with _lock:
+            if key not in _opened:
+                _opened[key] = cls._open_new(paths, backend_dir)
+            return _opened[key]
+
+    @classmethod
+    def _open_new(cls, paths: list[Path], backend_dir: Path | None) -> Native:
+        libs = [_load_cdll(p) for p in paths]
+        functions: dict[str, Any] = {}
+        missing = []
+        for fn in FUNCTIONS:
+            cfunc = _resolve(libs, fn)
+            if cfunc is None:
+                missing.append(fn.name)
+            functions[fn.name] = cfunc
+        if missing:
+            raise LibraryLoadError(
+                f"{paths[-1]} lacks {len(missing)} symbol(s) this llama-runtime needs: "
+                f"{', '.join(missing)}. It is probably another llama.cpp generation than "
+                f"{LLAMA_CPP_GENERATION}; use the library llama-runtime selects for you."
+            )
+        native = cls(paths, libs, functions)
+        native._initialise(backend_dir)
+        return native
+
+    def _initialise(self, backend_dir: Path | None) -> None:
+        # The log goes to Python first, so that backend loading is logged too.
+        self.llama_log_set(_LOG_CALLBACK, None)
+        if backend_dir is not None:
+            folder = Path(backend_dir).absolute()
+            if not folder.is_dir():
+                raise LibraryLoadError(f"the ggml backend folder {folder} does not exist")
+            self.ggml_backend_load_all_from_path(str(folder).encode())
+            if self.ggml_backend_dev_count() == 0:
+                raise LibraryLoadError(
+                    f"ggml found no usable backend in {folder} (no libggml-cpu-*.so that runs "
+                    "on this CPU?); the folder must hold the backends shipped with libllama"
+                )
+        self.llama_backend_init()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not regular attributes: the bound C functions.
+        functions = self.__dict__.get("_functions", {})
+        if name in functions:
+            return functions[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or bound function {name!r}")
+
+    def system_info(self) -> str:
+        """``llama_print_system_info()``: the CPU features and backends llama.cpp sees."""
+        raw = self.llama_print_system_info()
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def __repr__(self) -> str:
+        return f"Native({self.paths[-1]})"
