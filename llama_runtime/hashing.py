@@ -1,0 +1,17 @@
+"""sha256 of files, read in chunks so a large archive never sits in memory."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path | str) -> str:
+    """The lowercase hex sha256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
