@@ -1,0 +1,149 @@
+"""The ``llama-runtime`` command (also ``python -m llama_runtime``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import LlamaRuntimeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llama-runtime", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("doctor", help="the machine, every candidate variant, the choice, the library")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--target", help="judge for another machine: a variant name or a `doctor --json` file")
+
+    f = sub.add_parser("fetch", help="download (or find in the cache) and verify a variant")
+    which = f.add_mutually_exclusive_group()
+    which.add_argument("--variant")
+    which.add_argument("--backend")
+    which.add_argument("--best", action="store_true")
+    f.add_argument("--version")
+    for opt in ("--cache-dir", "--endpoint", "--proxy", "--timeout"):
+        f.add_argument(opt)
+    f.add_argument("--offline", action="store_true")
+    f.add_argument("--dest", type=Path, help="write a mirror folder (for LLAMA_RUNTIME_MIRROR) here")
+
+    c = sub.add_parser("cache", help="inspect, re-hash, clean the versioned cache")
+    c.add_argument("action", choices=("list", "verify", "prune"))
+    c.add_argument("--keep-current", action="store_true")
+
+    g = sub.add_parser("generate", help="generate text from MODEL (a path or REPO_ID:FILE.gguf)")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    g.add_argument("-n", type=int, default=64, dest="max_tokens")
+    g.add_argument("--temp", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--seed", type=int)
+
+    u = sub.add_parser("publish", help="pack variant folders, upload them to a hub, write the lock")
+    u.add_argument("src", type=Path)
+    u.add_argument("--repo", required=True)
+    u.add_argument("--revision", required=True)
+    u.add_argument("--endpoint")
+    u.add_argument("--lock", type=Path)
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .api import current_settings
+    from .config import with_overrides
+
+    settings = current_settings()
+    given = {k: getattr(args, k, None) for k in ("cache_dir", "endpoint", "proxy", "timeout")}
+    if getattr(args, "offline", False):
+        given["offline"] = True
+    given = {k: v for k, v in given.items() if v not in (None, False)}
+    if not given:
+        return settings
+    from .config import resolve
+
+    parsed = resolve(arguments=given, environ={})
+    return with_overrides(settings, **{k: getattr(parsed, k) for k in given})
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+    from .report import format_doctor
+
+    result = doctor(args.target, settings=_settings(args))
+    print(json.dumps(result, indent=2) if args.json else format_doctor(result))
+    return 1 if result.get("error") else 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .api import download
+    from .mirror import write_mirror
+
+    settings = _settings(args)
+    if args.dest is not None:
+        for path in write_mirror(args.dest, settings, variant=args.variant, backend=args.backend):
+            print(path)
+        return 0
+    print(download(args.variant, args.version, backend=args.backend, settings=settings))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cache
+
+    settings = _settings(args)
+    for entry in cache.entries(settings.cache_dir):
+        state = "complete" if entry["record"] else "incomplete"
+        print(f"{entry['version']}/{entry['variant']}\t{state}\t{entry['path']}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .llama import Llama
+
+    llm = Llama.from_spec(args.model)
+    with llm:
+        for piece in llm.stream(args.prompt, args.max_tokens, temperature=args.temp,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import publish
+    from .variants.manifest import package_lock_path
+
+    settings = _settings(args)
+    lock = publish(args.src, repo=args.repo, revision=args.revision, endpoint=settings.endpoint,
+                   lock_path=args.lock or package_lock_path(), token=settings.token)
+    print(f"published {len(lock['manifest']['variants'])} variants to {args.repo}@{args.revision}"
+          f" (commit {lock['commit']}); lock written to {args.lock or package_lock_path()}")
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "fetch": cmd_fetch, "cache": cmd_cache,
+            "generate": cmd_generate, "publish": cmd_publish}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="llama-runtime: %(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except LlamaRuntimeError as exc:
+        if args.verbose:
+            raise
+        print(f"llama-runtime: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,74 @@
+"""What ``llama-runtime doctor`` reports: the machine, every candidate, the choice, and the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import LlamaRuntimeError
+
+
+def _target_profile(target: str | None, settings: Settings) -> Any:
+    """A profile read from ``--target FILE`` / ``LLAMA_RUNTIME_TARGET`` (a file), else None."""
+    from .probe import MachineProfile
+
+    spec = target or settings.target
+    if spec and Path(spec).is_file():
+        return MachineProfile.from_file(spec)
+    return None
+
+
+def doctor(target: str | None = None, *, settings: Settings | None = None, load: bool = True) -> dict[str, Any]:
+    """The same content as ``llama-runtime doctor --json``; never downloads anything."""
+    from .api import current_settings
+    from .probe import probe
+
+    settings = settings or current_settings()
+    profile = _target_profile(target, settings) or probe()
+    out: dict[str, Any] = {"profile": profile.to_dict(), "candidates": [], "selected": None,
+                           "library": None, "plan": [], "notes": [], "warnings": [],
+                           "settings": settings.report(), "build_report": None}
+    steps: list[Any] = []
+    try:
+        steps = _fill_plan(out, settings, profile)
+    except LlamaRuntimeError as exc:
+        out["error"] = str(exc)
+    if load and not (target or settings.target):
+        _fill_library(out, steps, settings)
+    return out
+
+
+def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[Any]:
+    from .loader import plan, read_build_report
+
+    report = read_build_report()
+    out["build_report"] = None if report is None else {
+        k: report.get(k) for k in ("selected", "request", "profile_summary", "source", "built_at", "reason")}
+    steps, selection, notes = plan(settings, profile=profile)
+    out["notes"] = notes
+    out["plan"] = [{"source": s.source, "variant": s.variant.name if s.variant else None,
+                    "path": str(s.folder) if s.folder else None} for s in steps]
+    if selection is not None:
+        out["candidates"] = [c.to_dict() for c in selection.candidates]
+        out["selected"] = selection.selected
+        out["warnings"] = selection.warnings
+    return steps
+
+
+def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> None:
+    """Load the first library available without a download; else say it would be downloaded."""
+    from .loader import _open
+
+    for step in steps:
+        where = step.variant.name if step.variant else str(step.folder)
+        if step.source == "download":
+            out["library"] = {"path": None, "sha256": None, "source": "download", "variant": where}
+            return
+        try:
+            library = _open(step, settings)
+        except LlamaRuntimeError as exc:
+            out["notes"].append(f"{step.source} {where} does not load: {exc}")
+            continue
+        out["library"] = {**library.to_dict(), "system_info": library.native.system_info()}
+        return

@@ -1,0 +1,224 @@
+"""Find and load libllama through the priority chain of DESIGN.md.
+
+1. an explicit library (``LLAMA_RUNTIME_LIB`` / ``configure(library=...)``), loaded as is;
+2. the library shipped in the wheel (``_libs/``), if it still fits this machine and settings;
+3. the versioned cache, for each compatible variant best first;
+4. a download into that cache (unless disabled or offline);
+5. an error that lists every step tried and why it failed.
+
+A candidate that fails to load is logged with the OS loader's message and the next one is
+tried; ``LLAMA_RUNTIME_STRICT=1`` turns any such fallback into an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+from .errors import LibraryLoadError, LibraryNotFoundError, LlamaRuntimeError
+
+if TYPE_CHECKING:
+    from .native.binding import Native
+    from .probe import MachineProfile
+    from .variants import Lock, Selection, Variant
+
+log = logging.getLogger("llama_runtime")
+REPORT = "selection.json"
+FIX_WHEEL = "pip install --no-cache-dir --force-reinstall llama-runtime"
+
+
+@dataclass
+class Library:
+    """A loaded libllama and where it came from."""
+
+    path: Path
+    directory: Path
+    source: str  # explicit | installed | cache | download
+    variant: str | None
+    sha256: str | None
+    native: Native
+    attempts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "directory": str(self.directory), "source": self.source,
+                "variant": self.variant, "sha256": self.sha256, "attempts": self.attempts}
+
+
+@dataclass
+class Step:
+    """One place the chain may take a library from."""
+
+    source: str
+    variant: Variant | None
+    folder: Path | None  # None: must be downloaded first
+    note: str = ""
+
+
+def installed_dir() -> Path:
+    return Path(__file__).resolve().parent / "_libs"
+
+
+def read_build_report(folder: Path | None = None) -> dict[str, Any] | None:
+    try:
+        return json.loads(((folder or installed_dir()) / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def effective_request(settings: Settings, report: dict[str, Any] | None) -> tuple[str, str | None]:
+    """The backend and variant asked for: run-time settings when set, else the install's."""
+    backend, variant = settings.backend, settings.variant
+    built = (report or {}).get("request") or {}
+    if settings.sources.get("backend") is None and built.get("backend"):
+        backend = built["backend"]
+    if settings.sources.get("variant") is None and built.get("variant"):
+        variant = built["variant"]
+    return backend, variant
+
+
+def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Lock | None = None,
+         ) -> tuple[list[Step], Selection | None, list[str]]:
+    """The ordered steps the chain would try, the selection behind them, and notes on skips."""
+    if settings.library is not None:
+        return [Step("explicit", None, settings.library)], None, []
+    from .cache import lookup
+    from .variants import read_lock, select
+
+    lock = lock or read_lock()
+    report = read_build_report()
+    backend, variant = effective_request(settings, report)
+    selection = select(lock.manifest, profile, backend=backend, variant=variant)
+    steps, notes = _installed_step(report, selection, lock), []
+    if report is not None and not steps:
+        notes.append(_misfit_message(report, selection))
+    for name in selection.ranked:
+        v = lock.manifest.variants[name]
+        cached = lookup(settings.cache_dir, v)
+        if cached is not None:
+            steps.append(Step("cache", v, cached))
+        elif settings.auto_download:
+            steps.append(Step("download", v, None))
+        else:
+            notes.append(f"{name}: not cached, and downloads are disabled (LLAMA_RUNTIME_AUTO_DOWNLOAD=0)")
+    return steps, selection, notes
+
+
+def _installed_step(report: dict[str, Any] | None, selection: Selection, lock: Lock) -> list[Step]:
+    if not report or not report.get("selected") or report.get("selected") not in lock.manifest.variants:
+        return []
+    name = report["selected"]
+    if selection.ranked[:1] != [name]:
+        return []
+    return [Step("installed", lock.manifest.variants[name], installed_dir())]
+
+
+def _misfit_message(report: dict[str, Any], selection: Selection) -> str:
+    shipped = report.get("selected")
+    if not shipped:
+        return f"the wheel ships no library ({report.get('reason', 'skipped at install')})"
+    best = selection.ranked[0] if selection.ranked else None
+    why = "; ".join(selection.candidate(shipped).reasons) if any(
+        c.name == shipped for c in selection.candidates) else "it is not in this release's lock"
+    return (f"the library shipped in the wheel ({shipped}) no longer fits: {why}; best now: {best}."
+            f" The wheel was probably reused from pip's cache; fix it with `{FIX_WHEEL}`")
+
+
+def _open(step: Step, settings: Settings) -> Library:
+    from .native.binding import Native
+
+    if step.source == "explicit":
+        path = Path(step.folder or "")
+        if not path.is_file():
+            raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} does not exist.")
+        folder = path.parent
+        dl = any(folder.glob("libggml-cpu*.so")) or any(folder.glob("ggml-cpu*.dll"))
+        native = Native.open([path], backend_dir=folder if dl else None)
+        return Library(path, folder, "explicit", None, None, native)
+    assert step.variant is not None and step.folder is not None
+    v, folder = step.variant, step.folder
+    paths = [folder / name for name in v.libraries]
+    native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
+    return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
+
+
+def _lib_sha256(folder: Path, name: str) -> str | None:
+    from .cache import read_record
+
+    record = read_record(folder) or read_build_report(folder) or {}
+    return ((record.get("files") or {}).get(name) or {}).get("sha256")
+
+
+def _realize(step: Step, settings: Settings, lock: Lock) -> Step:
+    if step.folder is not None:
+        return step
+    from .fetch import ensure_variant
+
+    assert step.variant is not None
+    folder, how = ensure_variant(step.variant, lock, settings)
+    return Step(how, step.variant, folder)
+
+
+def _fallback(message: str, settings: Settings, attempts: list[str]) -> None:
+    attempts.append(message)
+    if settings.strict:
+        raise LibraryLoadError(message + " (LLAMA_RUNTIME_STRICT=1 makes this an error)")
+    log.warning("%s", message)
+
+
+def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: Lock | None = None) -> Library:
+    """Run the chain once and return the first library that loads."""
+    if lock is None and settings.library is None:
+        from .variants import read_lock
+
+        lock = read_lock()
+    steps, selection, notes = plan(settings, profile=profile, lock=lock)
+    attempts: list[str] = []
+    for note in notes:
+        _fallback(note, settings, attempts)
+    for step in steps:
+        where = step.variant.name if step.variant else str(step.folder)
+        try:
+            real = _realize(step, settings, lock) if lock is not None else step
+            library = _open(real, settings)
+        except LlamaRuntimeError as exc:
+            if step.source == "explicit":
+                raise
+            _fallback(f"{step.source} {where}: {exc}", settings, attempts)
+            continue
+        library.attempts = attempts
+        if selection is not None and library.variant != selection.selected:
+            _fallback(f"using {library.variant} instead of {selection.selected}", settings, [])
+        return library
+    raise LibraryNotFoundError(_nothing_loaded(settings, selection, attempts))
+
+
+def _nothing_loaded(settings: Settings, selection: Selection | None, attempts: list[str]) -> str:
+    lines = ["no llama.cpp library could be loaded. Tried:"]
+    lines += [f"  - {a}" for a in attempts] or ["  - nothing: no compatible variant"]
+    if selection is not None and not selection.ranked:
+        lines += [f"  - {c.name}: {'; '.join(c.reasons)}" for c in selection.candidates]
+    lines.append("Set LLAMA_RUNTIME_LIB to a libllama you built, allow downloads"
+                 " (LLAMA_RUNTIME_AUTO_DOWNLOAD=1, not offline), or run `llama-runtime doctor`.")
+    return "\n".join(lines)
+
+
+_lock = threading.Lock()
+_loaded: Library | None = None
+
+
+def load(settings: Settings | None = None) -> Library:
+    """Run the priority chain once per process and cache the result (see :func:`resolve`)."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            if settings is None:
+                from .api import current_settings
+
+                settings = current_settings()
+            _loaded = resolve(settings)
+        return _loaded
