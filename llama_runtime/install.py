@@ -1,0 +1,157 @@
+"""What the wheel build hook does, as plain code: settings, probe, select, fetch, report.
+
+``prepare_wheel`` returns a :class:`WheelPlan` (files to force-include, the wheel tag, extra
+dependencies); :mod:`hatch_llama.hook` only copies it into hatchling's ``build_data``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .config import Settings, resolve
+from .errors import ConfigError
+
+LIBS = "llama_runtime/_libs"
+
+
+@dataclass
+class WheelPlan:
+    force_include: dict[str, str] = field(default_factory=dict)
+    tag: str | None = None  # None: a pure wheel (no binary shipped)
+    dependencies: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def platform_tag(os_name: str, arch: str, requires: Mapping[str, Any]) -> str:
+    """The wheel platform tag for a variant's os/arch (a wheel built here installs here)."""
+    if os_name == "linux":
+        return f"linux_{arch}"
+    if os_name == "macos":
+        major = str(requires.get("macos") or "11.0").split(".")[0]
+        return f"macosx_{major}_0_{'arm64' if arch == 'aarch64' else arch}"
+    if os_name == "windows":
+        return {"x86_64": "win_amd64", "aarch64": "win_arm64"}.get(arch, f"win_{arch}")
+    raise ConfigError(f"no wheel tag is known for {os_name}/{arch}.")
+
+
+def _pyproject_settings(root: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11: hatchling depends on tomli there
+        import tomli as tomllib  # type: ignore[no-redef]
+    data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    return dict(data.get("tool", {}).get("llama-runtime", {}))
+
+
+def _target(settings: Settings, manifest: Any) -> tuple[Any, str | None]:
+    """(profile, variant) for LLAMA_RUNTIME_TARGET: a profile file, or a variant name."""
+    from .probe import MachineProfile
+
+    spec = settings.target
+    if not spec:
+        return None, settings.variant
+    if spec in manifest.variants:
+        return None, spec
+    if Path(spec).is_file():
+        return MachineProfile.from_file(spec), settings.variant
+    raise ConfigError(f"LLAMA_RUNTIME_TARGET={spec!r} is neither a variant name"
+                      f" ({', '.join(sorted(manifest.variants))}) nor a profile file.")
+
+
+def _report(settings: Settings, profile: Any, selection: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "schema": 1, "llama_runtime": __version__,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "request": {"backend": settings.backend, "variant": settings.variant, "target": settings.target},
+        "profile": profile.to_dict() if profile else None,
+        "profile_summary": profile.summary() if profile else None,
+        "candidates": [c.to_dict() for c in selection.candidates] if selection else [],
+        "settings": settings.report(), **extra,
+    }
+
+
+def _write_report(staging: Path, report: dict[str, Any]) -> Path:
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / "selection.json"
+    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, staging: Path,
+                  environ: Mapping[str, str] | None = None, editable: bool = False,
+                  echo: Callable[[str], Any] = print) -> WheelPlan:
+    """Decide and fetch what the wheel ships; see the module docstring."""
+    from .probe import probe
+    from .variants import read_lock, select
+
+    settings = resolve(config_settings=config_settings, environ=os.environ if environ is None else environ,
+                       pyproject=_pyproject_settings(root))
+    lock = read_lock(root / "llama_runtime" / "binaries.lock.json")
+    if settings.skip_download:
+        echo("llama-runtime: skip-download is set: the wheel ships no library; it is fetched on first use")
+        report = _report(settings, None, None, selected=None, reason="skip-download was set at install")
+        return _finish(WheelPlan(report=report), staging, root, editable, None)
+    profile, variant = _target(settings, lock.manifest)
+    target_profile = profile
+    profile = profile or (None if variant and settings.target else probe())
+    if profile is not None:
+        echo(f"llama-runtime: machine: {profile.summary()}")
+        selection = select(lock.manifest, profile, backend=settings.backend, variant=variant)
+        name = selection.require()
+        for w in selection.warnings:
+            echo(f"llama-runtime: warning: {w}")
+        echo(f"llama-runtime: selected {selection.why()}")
+    else:
+        selection, name = None, variant
+        echo(f"llama-runtime: target variant {name} (LLAMA_RUNTIME_TARGET); no probe of this machine")
+    return _fetch_into_plan(settings, lock, name, profile, selection, staging, root, editable, echo,
+                            target_profile is not None or settings.target is not None)
+
+
+def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, selection: Any,
+                     staging: Path, root: Path, editable: bool, echo: Callable[[str], Any],
+                     cross: bool) -> WheelPlan:
+    from .cache import read_record
+    from .fetch import ensure_variant
+
+    v = lock.manifest.variants[name]
+    start = time.perf_counter()
+    folder, how = ensure_variant(v, lock, settings)
+    record = read_record(folder) or {}
+    source = record.get("source") or {}
+    echo(f"llama-runtime: {v.archive}: {v.size} bytes, {'downloaded' if how == 'download' else 'found in cache'}"
+         f" from {source.get('endpoint') or source.get('path') or folder} in {time.perf_counter() - start:.1f} s,"
+         f" sha256 {v.sha256[:16]}... verified against the lock")
+    report = _report(settings, profile, selection, selected=name, variant=v.to_dict(), cross=cross,
+                     files=record.get("files"), source=source, lock={"repo": lock.repo,
+                     "revision": lock.revision, "commit": lock.commit})
+    plan = WheelPlan(tag=f"py3-none-{platform_tag(v.os, v.arch, v.requires)}",
+                     dependencies=list(v.python_requires), report=report)
+    plan.force_include = {str(folder / f): f"{LIBS}/{f}" for f in v.files}
+    return _finish(plan, staging, root, editable, folder if editable else None)
+
+
+def _finish(plan: WheelPlan, staging: Path, root: Path, editable: bool, folder: Path | None) -> WheelPlan:
+    """Write the report; an editable install gets the files in the source tree instead."""
+    report_path = _write_report(staging, plan.report)
+    if not editable:
+        plan.force_include[str(report_path)] = f"{LIBS}/selection.json"
+        return plan
+    libs = root / LIBS
+    shutil.rmtree(libs, ignore_errors=True)
+    libs.mkdir(parents=True)
+    for src in plan.force_include:
+        shutil.copy2(src, libs / Path(src).name)
+    shutil.copy2(report_path, libs / "selection.json")
+    plan.force_include = {}
+    print(f"llama-runtime: editable install: libraries placed in {libs}", file=sys.stderr)
+    return plan
