@@ -105,9 +105,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .llama import Llama
+    from .models import resolve_model
 
-    llm = Llama.from_spec(args.model)
-    with llm:
+    with Llama(resolve_model(args.model, _settings(args))) as llm:
         for piece in llm.stream(args.prompt, args.max_tokens, temperature=args.temp,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed):
             sys.stdout.write(piece)
