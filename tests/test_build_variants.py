@@ -1,0 +1,194 @@
+"""scripts/build_variants.py: ELF facts on real files, npm and source variants that really load."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_variants.py"
+NPM_SPEC = "@node-llama-cpp/linux-x64@3.22.1"
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("readelf") is None,
+    reason="variant folders are built on Linux with binutils' readelf",
+)
+
+# Captured from `readelf -d -W libllama.v0.5.0.so` (npm @node-llama-cpp/linux-x64@3.22.1).
+READELF_DYNAMIC = """
+Dynamic section at offset 0x468d08 contains 33 entries:
+  Tag        Type                         Name/Value
+ 0x0000000000000001 (NEEDED)             Shared library: [libggml.v0.5.0.so]
+ 0x0000000000000001 (NEEDED)             Shared library: [libggml-base.so]
+ 0x0000000000000001 (NEEDED)             Shared library: [libstdc++.so.6]
+ 0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]
+ 0x000000000000000e (SONAME)             Library soname: [libllama.v0.5.0.so]
+ 0x000000000000001d (RUNPATH)            Library runpath: [$ORIGIN:]
+"""
+# Captured from `readelf -V -W libgcc_s.so.1` (Debian 12), trimmed.
+READELF_VERSIONS = """
+Version definition section '.gnu.version_d' contains 2 entries:
+  0x001c: Rev: 1  Flags: none  Index: 2  Cnt: 1  Name: GCC_3.0
+Version needs section '.gnu.version_r' contains 1 entry:
+  000000: Version: 1  File: libc.so.6  Cnt: 4
+  0x0010:   Name: GLIBC_2.35  Flags: none  Version: 18
+  0x0020:   Name: GLIBC_2.14  Flags: none  Version: 17
+  0x0040:   Name: GLIBC_2.2.5  Flags: none  Version: 15
+  0x0050:   Name: GLIBC_PRIVATE  Flags: none  Version: 14
+"""
+
+
+@pytest.fixture(scope="module")
+def bv() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_variants", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_variants"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _system_lib(soname: str) -> Path:
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        if line.strip().startswith(soname + " ") and "=>" in line:
+            return Path(line.split("=>")[1].strip())
+    pytest.skip(f"{soname} not in the loader cache")
+
+
+@pytest.fixture
+def system_folder(tmp_path: Path) -> Path:
+    """Real system libraries copied into one folder: libstdc++ NEEDs libgcc_s."""
+    for soname in ("libstdc++.so.6", "libgcc_s.so.1"):
+        shutil.copyfile(_system_lib(soname), tmp_path / soname)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def npm_folder(bv: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("npm")
+    try:
+        yield bv.npm_variant(NPM_SPEC, out)
+    except bv.BuildVariantError as exc:  # not cached and no registry: nothing to test
+        pytest.skip(f"cannot pack {NPM_SPEC}: {exc}")
+
+
+def test_parse_dynamic_reads_captured_readelf(bv: ModuleType) -> None:
+    found = bv.parse_dynamic(READELF_DYNAMIC)
+    assert found["NEEDED"] == ["libggml.v0.5.0.so", "libggml-base.so", "libstdc++.so.6",
+                               "libc.so.6"]
+    assert found["SONAME"] == ["libllama.v0.5.0.so"]
+    assert found["RUNPATH"] == ["$ORIGIN:"]
+
+
+def test_parse_glibc_versions_ignores_definitions_and_private(bv: ModuleType) -> None:
+    assert sorted(bv.parse_glibc_versions(READELF_VERSIONS)) == [(2, 2, 5), (2, 14), (2, 35)]
+    assert bv.parse_glibc_versions("no version sections") == []
+
+
+def test_elf_needed_on_real_system_library(bv: ModuleType, system_folder: Path) -> None:
+    needed = bv.elf_needed(system_folder / "libstdc++.so.6")
+    assert "libgcc_s.so.1" in needed and "libc.so.6" in needed
+
+
+def test_glibc_floor_is_the_highest_needed_version(bv: ModuleType, system_folder: Path) -> None:
+    libs = sorted(system_folder.iterdir())
+    floor = bv.glibc_floor(libs)
+    each = [bv.glibc_floor([lib]) for lib in libs]
+    as_tuple = [tuple(int(p) for p in v.split(".")) for v in each]
+    assert floor == each[as_tuple.index(max(as_tuple))]
+    assert tuple(int(p) for p in floor.split(".")) >= (2, 2, 5)
+
+
+def test_load_order_puts_dependencies_first(bv: ModuleType, system_folder: Path) -> None:
+    order = bv.load_order(system_folder, ["libstdc++.so.6", "libgcc_s.so.1"])
+    assert order == ["libgcc_s.so.1", "libstdc++.so.6"]
+    assert bv.dependency_closure(system_folder, "libstdc++.so.6") == [
+        "libstdc++.so.6", "libgcc_s.so.1"]
+
+
+def test_cuda_architectures_reads_a_fatbin(bv: ModuleType, tmp_path: Path) -> None:
+    def entry(kind: int, arch: int, payload: bytes) -> bytes:
+        head = struct.pack("<HHIQ", kind, 0x0101, 64, len(payload)) + bytes(8)
+        head += struct.pack("<HHI", 0, 0, arch)
+        return head + bytes(64 - len(head)) + payload
+
+    body = entry(1, 75, b"ptx" * 5) + entry(2, 86, b"cubin" * 3) + entry(2, 120, b"x")
+    blob = b"junk" + struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(body)) + body + b"tail"
+    (tmp_path / "lib.so").write_bytes(blob)
+    assert bv.cuda_architectures(tmp_path / "lib.so") == [("ptx", 75), ("sm", 86), ("sm", 120)]
+
+
+def test_cache_root_follows_xdg(bv: ModuleType) -> None:
+    assert bv.cache_root({"XDG_CACHE_HOME": "/x"}) == Path("/x/llama-runtime-dev")
+    assert bv.cache_root({"HOME": "/h"}) == Path("/h/.cache/llama-runtime-dev")
+
+
+def test_write_variant_json_refuses_symlinks(bv: ModuleType, system_folder: Path) -> None:
+    (system_folder / "libllama.so").symlink_to("libstdc++.so.6")
+    facts = dict(os="linux", arch="x86_64", backend="cpu", requires={}, plugins=[],
+                 libraries=["libgcc_s.so.1", "libllama.so"], backend_dl=False,
+                 python_requires=[], external_libraries=[], llama_cpp="0.5.0", source="t",
+                 description="t")
+    with pytest.raises(bv.BuildVariantError, match="regular file"):
+        bv.write_variant_json(system_folder, **facts)
+    with pytest.raises(bv.BuildVariantError, match="last library must be libllama"):
+        bv.write_variant_json(system_folder, **(facts | {"libraries": ["libgcc_s.so.1"]}))
+
+
+def test_npm_variant_folder(bv: ModuleType, npm_folder: Path) -> None:
+    meta = json.loads((npm_folder / "variant.json").read_text())
+    assert npm_folder.name == "linux-x86_64-cpu"
+    assert meta["libraries"] == ["libggml-base.so", "libggml.v0.5.0.so", "libllama.v0.5.0.so"]
+    assert "libggml-cpu-x64.so" in meta["plugins"] and "libggml-cpu-sse42.so" in meta["plugins"]
+    assert meta["requires"]["glibc"] == "2.34" and meta["requires"]["x86_64_level"] == 1
+    assert meta["backend_dl"] is True and meta["llama_cpp"] == "0.5.0"
+    shipped = {p.name for p in npm_folder.iterdir()}
+    assert shipped == {*meta["libraries"], *meta["plugins"], "variant.json"}
+    assert not any(p.is_symlink() for p in npm_folder.iterdir())
+
+
+def test_npm_variant_loads_with_ctypes(bv: ModuleType, npm_folder: Path) -> None:
+    out = bv.smoke_load(npm_folder)
+    assert "devices: 0" not in out and "CPU :" in out
+
+
+def test_cli_reports_each_variant(bv: ModuleType, npm_folder: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert bv.main([str(tmp_path), "--npm", NPM_SPEC]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("linux-x86_64-cpu ") and "MiB" in line
+    assert (tmp_path / "linux-x86_64-cpu" / "variant.json").is_file()
+
+
+def test_cli_error_is_one_message(bv: ModuleType, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert bv.main([str(tmp_path), "--npm", "@node-llama-cpp/linux-x64"]) == 1
+    assert "give a pinned spec" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_source_variant_v3_builds_and_loads(bv: ModuleType, tmp_path: Path) -> None:
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("a source build needs cmake and a C++ compiler")
+    folder = bv.source_variant("v3", tmp_path)
+    meta = json.loads((folder / "variant.json").read_text())
+    assert folder.name == "linux-x86_64-cpu-v3" and meta["backend_dl"] is False
+    assert meta["libraries"][-1] == "libllama.so"
+    assert meta["libraries"].index("libggml-base.so") < meta["libraries"].index("libggml.so")
+    assert meta["requires"]["x86_64_level"] == 3
+    assert meta["requires"]["cpu_features"] == ["avx", "avx2", "fma", "f16c", "bmi2"]
+    for name in meta["libraries"]:
+        assert bv.parse_dynamic(bv._readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
+        assert bv.elf_soname(folder / name) in (name, None)
+    assert "AVX2 = 1" in bv.smoke_load(folder)
+    again = bv.source_variant("v3", tmp_path / "again")  # from the build cache this time
+    assert json.loads((again / "variant.json").read_text()) == meta
