@@ -27,8 +27,8 @@ SPIECE_SPACE = "\u2581"  # SentencePiece's "▁", which stands for a space
 _NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
 
 _WORDS = (
-    "the", "and", "of", "to", "in", "is", "it", "that", "was", "for", "on", "are",
-    "with", "as", "hello", "world", "llama", "runtime", "model", "token", "small",
+    "the", "hello", "world", "and", "of", "to", "in", "is", "it", "that", "was", "for", "on",
+    "are", "with", "as", "llama", "runtime", "model", "token", "small",
 )
 _SPECIALS = ("<unk>", "<s>", "</s>")
 _N_FIXED = len(_SPECIALS) + 256 + 1 + 26  # specials, bytes, "▁", letters
@@ -73,8 +73,9 @@ def _output_row_mask(tokens: list[str], types: list[int]) -> np.ndarray:
     for i, (tok, typ) in enumerate(zip(tokens, types)):
         if typ in (_UNKNOWN, _CONTROL):
             mask[i] = 0.0
-        elif typ == _BYTE and not (0x20 < int(tok[3:5], 16) < 0x7F):
-            mask[i] = 0.0
+        elif typ == _BYTE:
+            # Printable ASCII stays possible but less likely than the word pieces.
+            mask[i] = 0.5 if 0x20 < int(tok[3:5], 16) < 0x7F else 0.0
     return mask
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import LibraryLoadError
 from .functions import FUNCTIONS, Fn
@@ -31,6 +32,7 @@ _GGML_LOG_CONT = 5
 _lock = threading.Lock()
 _opened: dict[tuple[tuple[str, ...], str | None], Native] = {}
 _last_level = [logging.DEBUG]
+_capture = threading.local()  # .lines: list of warnings/errors logged by this thread, or unset
 
 
 def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
@@ -39,6 +41,9 @@ def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
         py_level = _last_level[0] if level == _GGML_LOG_CONT else _LOG_LEVELS.get(level, logging.DEBUG)
         _last_level[0] = py_level
         message = (text or b"").decode("utf-8", "replace").rstrip("\n")
+        lines = getattr(_capture, "lines", None)
+        if message and lines is not None and py_level >= logging.WARNING:
+            lines.append(message)
         if message and logger.isEnabledFor(py_level):
             logger.log(py_level, "%s", message)
     except Exception:  # pragma: no cover - defensive
@@ -145,6 +150,21 @@ class Native:
         if name in functions:
             return functions[name]
         raise AttributeError(f"{type(self).__name__} has no attribute or bound function {name!r}")
+
+    @staticmethod
+    @contextmanager
+    def capture_errors() -> Iterator[list[str]]:
+        """Collect the warnings and errors llama.cpp logs on this thread inside the block.
+
+        llama.cpp reports why a call failed only in its log (a NULL or -1 says nothing): the
+        caller puts these lines into the exception it raises.
+        """
+        previous = getattr(_capture, "lines", None)
+        _capture.lines = lines = []
+        try:
+            yield lines
+        finally:
+            _capture.lines = previous
 
     def system_info(self) -> str:
         """``llama_print_system_info()``: the CPU features and backends llama.cpp sees."""
