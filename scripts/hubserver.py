@@ -553,7 +553,8 @@ class HubServer:
 
     def start(self) -> HubServer:
         self.httpd = HubHTTPServer(Store(self.data_dir), self.port, self.token)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="hubserver", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        name="hubserver", daemon=True)
         self._thread.start()
         return self
 
