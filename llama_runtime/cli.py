@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="llama-runtime: %(levelname)s: %(message)s")
+    if not args.verbose:  # llama.cpp's own chatter stays quiet unless asked for
+        logging.getLogger("llama_runtime.native").setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except LlamaRuntimeError as exc:

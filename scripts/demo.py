@@ -1,0 +1,77 @@
+"""The whole product path on one machine, for real (run it with `scripts/dev demo`).
+
+1. real llama.cpp variants: the npm prebuilt and a build of llama-cpp-python's vendored source
+2. a Hugging Face-protocol hub on 127.0.0.1, and `llama-runtime publish` to it
+3. the sdist, installed with pip into a fresh virtual environment (the hook picks one variant)
+4. a tiny GGUF model, and text generated from it with the installed package
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import devrelease  # noqa: E402
+from hubserver import HubServer  # noqa: E402
+from tiny_model import write_tiny_llama  # noqa: E402
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=devrelease.ROOT / ".demo", help="scratch folder")
+    ap.add_argument("--prompt", default="Once upon a time")
+    args = ap.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    step("real llama.cpp variants (npm prebuilt + source build, cached under ~/.cache/llama-runtime-dev)")
+    variants = devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
+    for vj in sorted(variants.glob("*/variant.json")):
+        print(f"    {vj.parent.name}")
+
+    with HubServer(work / "hub") as hub:
+        step(f"hub on {hub.url}; publishing with `llama-runtime publish`")
+        tree = devrelease.stage_source(work / "src")
+        lock = devrelease.publish_release(tree, variants, hub.url)
+        print(f"    lock written: {lock}")
+        sdist = devrelease.build_sdist(tree, work / "dist")
+        print(f"    sdist: {sdist.name}")
+
+        step("pip install of the sdist into a fresh virtual environment (the hook probes and fetches)")
+        python = devrelease.make_venv(work / "venv")
+        env = {"LLAMA_RUNTIME_ENDPOINT": hub.url, "LLAMA_RUNTIME_CACHE": str(work / "cache")}
+        proc = devrelease.pip_install(python, str(sdist), env)
+        if proc.returncode != 0:
+            print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
+            return 1
+        for line in (proc.stdout + proc.stderr).splitlines():
+            if "llama-runtime:" in line:
+                print("    " + line.strip())
+        served = hub.httpd.stats()["bytes_served"] if hub.httpd else "?"
+        print(f"    bytes served by the hub during the install: {served}")
+
+    step("a tiny GGUF model (gguf package), and generation with the installed package (hub stopped)")
+    model = write_tiny_llama(work / "tiny-llama.gguf")
+    bin_dir = python.parent
+    run_env = {"LLAMA_RUNTIME_CACHE": str(work / "cache"), "LLAMA_RUNTIME_OFFLINE": "1", "PATH": str(bin_dir)}
+    subprocess.run([str(bin_dir / "llama-runtime"), "doctor"], env=run_env, check=True)
+    print()
+    out = subprocess.run([str(bin_dir / "llama-runtime"), "generate", str(model), args.prompt, "-n", "24",
+                          "--temp", "0"], env=run_env, check=True, capture_output=True, text=True)
+    print(f"    prompt:    {args.prompt!r}\n    generated: {out.stdout.strip()!r}")
+    print(f"\ndone in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Make a release the way a maintainer would, on loopback: shared by the demo and the tests.
+
+real variant folders (scripts/build_variants.py) -> a copy of the source tree -> `llama-runtime
+publish` to a hub on 127.0.0.1 (writes the copy's binaries.lock.json) -> its sdist -> a fresh
+virtual environment -> `pip install` of that sdist with the hub as endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = "llama-runtime/binaries"
+SOURCE_ITEMS = ("llama_runtime", "hatch_llama", "pyproject.toml", "README.md")
+
+
+def dev_cache() -> Path:
+    """Where heavy development artifacts (npm packs, source builds) are kept between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llama-runtime-dev"
+
+
+def build_variant_dirs(out: Path, *flags: str) -> Path:
+    """Real llama.cpp variant folders (npm prebuilt + source build by default), cached."""
+    if not (out.is_dir() and any(out.glob("*/variant.json"))):
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_variants.py"), str(out), *flags],
+                       check=True)
+    return out
+
+
+def stage_source(dest: Path) -> Path:
+    """A copy of the package sources, so publishing a lock never touches the checkout."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "_libs", "binaries.lock.json")
+    for item in SOURCE_ITEMS:
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / item)
+    return dest
+
+
+def run_cli(tree: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m llama_runtime ARGS`` from a source tree (not an installed package)."""
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(tree)}
+    return subprocess.run([sys.executable, "-m", "llama_runtime", *args], env=full_env,
+                          capture_output=True, text=True)
+
+
+def publish_release(tree: Path, variants: Path, endpoint: str, revision: str = "v0.1.0") -> Path:
+    """Publish ``variants`` to the hub and write ``tree``'s lock; return the lock's path."""
+    lock = tree / "llama_runtime" / "binaries.lock.json"
+    proc = run_cli(tree, "publish", str(variants), "--repo", REPO, "--revision", revision,
+                   "--endpoint", endpoint, "--lock", str(lock))
+    if proc.returncode != 0:
+        raise RuntimeError(f"publish failed:\n{proc.stdout}\n{proc.stderr}")
+    return lock
+
+
+def build_sdist(tree: Path, out: Path) -> Path:
+    """The sdist of ``tree`` (its wheel hook does not run for an sdist)."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(out),
+                    str(tree)], check=True, capture_output=True, text=True)
+    return next(out.glob("llama_runtime-*.tar.gz"))
+
+
+def make_venv(path: Path) -> Path:
+    """A fresh virtual environment with pip; returns its python."""
+    if path.exists():
+        shutil.rmtree(path)
+    venv.EnvBuilder(with_pip=True, clear=True).create(path)
+    return path / "bin" / "python"
+
+
+def pip_install(python: Path, target: str, env: Mapping[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    """``pip install -v --no-cache-dir TARGET`` in that environment (output captured)."""
+    full_env = {**os.environ, **env}
+    full_env.pop("PYTHONPATH", None)
+    return subprocess.run([str(python), "-m", "pip", "install", "-v", "--no-cache-dir",
+                           "--disable-pip-version-check", *extra, target],
+                          env=full_env, capture_output=True, text=True)
