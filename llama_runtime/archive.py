@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from .errors import PublishError, UnsafeArchiveError
@@ -96,7 +97,7 @@ def _checked_members(tar: tarfile.TarFile, archive: Path,
                      expected: list[str] | None) -> list[tuple[tarfile.TarInfo, str]]:
     try:
         members = [(m, _check_member(m, archive)) for m in tar.getmembers()]
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise UnsafeArchiveError(f"{archive} is truncated or corrupt: {exc}") from exc
     names = [name for _, name in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
