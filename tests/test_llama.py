@@ -1,0 +1,183 @@
+"""The high-level Llama API on a real libllama and a real (tiny) GGUF."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    from ._native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+except ImportError:
+    from _native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+
+from tiny_model import write_tiny_llama
+
+from llama_runtime.errors import GenerationError, ModelError
+from llama_runtime.llama import Llama
+from llama_runtime.native import Native
+
+__all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
+
+
+@pytest.fixture
+def llm(native_lib: Native, tiny_gguf: Path) -> Llama:
+    # one thread: the model is tiny, and spinning workers on a busy CI box cost seconds per token
+    with Llama(tiny_gguf, n_ctx=256, n_threads=1, native=native_lib) as model:
+        yield model
+
+
+def test_tokenize_detokenize_round_trip(llm: Llama) -> None:
+    text = "hello world, the llama runtime!"
+    tokens = llm.tokenize(text)
+    assert tokens[0] == 1  # <s>
+    assert 1 not in llm.tokenize(text, add_special=False)
+    assert llm.detokenize(tokens) == text
+    assert llm.detokenize(llm.tokenize(text, add_special=False)) == text
+
+
+def test_round_trip_through_byte_fallback(llm: Llama) -> None:
+    # letters outside the vocabulary fall back to <0xXX> byte tokens and come back intact
+    text = "héllo ✓ 日本"
+    tokens = llm.tokenize(text)
+    assert any(3 <= t < 259 for t in tokens)  # byte tokens
+    assert llm.detokenize(tokens) == text
+
+
+def test_word_pieces_are_merged(llm: Llama) -> None:
+    # SPM merges "▁t" + "h" + "e" into the vocabulary's "▁the": one token, not three
+    assert len(llm.tokenize("the", add_special=False)) == 1
+
+
+def test_greedy_generation_is_deterministic_and_varied(native_lib: Native, tiny_gguf: Path,
+                                                       llm: Llama) -> None:
+    first = llm.generate("hello", max_tokens=32, temperature=0)
+    assert first and first == llm.generate("hello", max_tokens=32, temperature=0)
+    assert len(set(first.split())) > 3, f"degenerate output: {first!r}"
+    # a fresh model and context give the same text: no state leaks between generations
+    with Llama(tiny_gguf, n_ctx=256, n_threads=1, native=native_lib) as other:
+        assert other.generate("hello", max_tokens=32, temperature=0) == first
+    assert llm.generate("the model", max_tokens=32, temperature=0) != first
+
+
+def test_sampling_with_a_seed_is_reproducible(llm: Llama) -> None:
+    a = llm.generate("hello", max_tokens=32, temperature=0.9, seed=1234)
+    assert a and a == llm.generate("hello", max_tokens=32, temperature=0.9, seed=1234)
+    others = {llm.generate("hello", max_tokens=32, temperature=0.9, seed=s) for s in range(4)}
+    assert len(others) > 1
+
+
+def test_stream_yields_the_generated_text(llm: Llama) -> None:
+    pieces = list(llm.stream("hello", max_tokens=16, temperature=0))
+    assert len(pieces) > 1
+    assert "".join(pieces) == llm.generate("hello", max_tokens=16, temperature=0)
+
+
+def test_max_tokens_bounds_the_output(llm: Llama) -> None:
+    assert llm.generate("hello", max_tokens=0, temperature=0) == ""
+    short = llm.generate("hello", max_tokens=3, temperature=0)
+    assert 0 < len(llm.tokenize(short, add_special=False)) <= 4
+
+
+def test_prompt_longer_than_the_context_is_refused(llm: Llama) -> None:
+    prompt = "hello " * (llm.n_ctx + 10)
+    with pytest.raises(GenerationError, match="context holds"):
+        llm.generate(prompt, max_tokens=4)
+
+
+def test_decode_failure_raises_generation_error(llm: Llama) -> None:
+    with pytest.raises(GenerationError, match="invalid token"):
+        llm._decode([10**6])  # llama_decode refuses a token id outside the vocabulary
+
+
+def test_close_is_idempotent_and_final(native_lib: Native, tiny_gguf: Path) -> None:
+    model = Llama(tiny_gguf, n_ctx=256, n_threads=1, native=native_lib)
+    model.close()
+    model.close()
+    with pytest.raises(GenerationError, match="closed"):
+        model.generate("hello", temperature=0)
+    assert "closed" in repr(model)
+
+
+def test_chat_template_is_stored(native_lib: Native, tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "chat.gguf", chat_template="{{ messages }}")
+    with Llama(path, n_ctx=256, n_threads=1, native=native_lib) as model:
+        raw = native_lib.llama_model_chat_template(model._model, None)
+    assert raw == b"{{ messages }}"
+
+
+def test_f16_weights_load_and_generate(native_lib: Native, tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "f16.gguf", f16=True)
+    with Llama(path, n_ctx=256, n_threads=1, native=native_lib) as model:
+        assert model.generate("hello", max_tokens=8, temperature=0)
+
+
+def test_tiny_model_is_reproducible(tmp_path: Path) -> None:
+    a = write_tiny_llama(tmp_path / "a.gguf", seed=7).read_bytes()
+    assert a[:4] == b"GGUF"
+    assert a == write_tiny_llama(tmp_path / "b.gguf", seed=7).read_bytes()
+    assert a != write_tiny_llama(tmp_path / "c.gguf", seed=8).read_bytes()
+
+
+# --- errors, each in a fresh process: a crash in C would kill it instead of raising -----------
+
+_ERROR_SCRIPT = """
+import json, sys
+from pathlib import Path
+from llama_runtime.errors import ModelError
+from llama_runtime.llama import Llama
+from llama_runtime.native import Native
+libs, backend_dir, model = json.loads(sys.argv[1])
+native = Native.open([Path(p) for p in libs], backend_dir=backend_dir and Path(backend_dir))
+try:
+    Llama(model, n_threads=1, native=native)
+except ModelError as exc:
+    print(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+else:
+    print(json.dumps({"type": None, "message": "loaded"}))
+"""
+
+
+def _load_in_subprocess(native_libs: NativeLibs, model: Path) -> dict[str, str]:
+    arg = json.dumps([[str(p) for p in native_libs.libraries],
+                      str(native_libs.folder) if native_libs.backend_dl else None, str(model)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _ERROR_SCRIPT, arg], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed with {proc.returncode}: {proc.stderr[-2000:]}"
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_missing_model_file(native_libs: NativeLibs, tmp_path: Path) -> None:
+    result = _load_in_subprocess(native_libs, tmp_path / "nope.gguf")
+    assert result["type"] == "ModelError"
+    assert "does not exist" in result["message"] and "nope.gguf" in result["message"]
+
+
+def test_file_that_is_not_gguf(native_libs: NativeLibs, tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"PK\x03\x04 a zip, not a model")
+    result = _load_in_subprocess(native_libs, path)
+    assert result["type"] == "ModelError"
+    assert "not a GGUF model" in result["message"] and str(path) in result["message"]
+
+
+@pytest.mark.parametrize("size", [100, 4096, 200_000], ids=lambda n: f"first-{n}-bytes")
+def test_truncated_gguf(native_libs: NativeLibs, tiny_gguf: Path, tmp_path: Path,
+                        size: int) -> None:
+    path = tmp_path / "truncated.gguf"
+    path.write_bytes(tiny_gguf.read_bytes()[:size])
+    result = _load_in_subprocess(native_libs, path)
+    assert result["type"] == "ModelError"
+    assert "could not load" in result["message"] and str(path) in result["message"]
+
+
+def test_missing_file_is_checked_before_any_library(tmp_path: Path) -> None:
+    # no native given and no library loaded: the file check comes first
+    with pytest.raises(ModelError, match="does not exist"):
+        Llama(tmp_path / "nope.gguf")
