@@ -1,0 +1,192 @@
+"""The release side: pack each variant folder, write ``manifest.json``, upload, tag, write the lock.
+
+``SRC/<name>/variant.json`` holds a manifest entry without ``archive``, ``sha256`` and ``size``
+(publish computes those); the libraries sit next to it. Everything goes to the hub in one commit
+on ``main``, the release tag points at that commit, and the lock pins the commit sha, so the
+sdist, not the hub, is what users trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .archive import archive_members, pack_variant
+from .errors import ManifestError, PublishError
+from .hashing import sha256_file
+from .variants.manifest import REQUIRE_KEYS, SCHEMA, Manifest, _plain_name
+
+VARIANT_FILE = "variant.json"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_KEYS = ("os", "arch", "backend", "requires", "libraries")
+COMPUTED_KEYS = ("archive", "sha256", "size")
+
+
+def _read_variant_json(folder: Path) -> dict[str, Any]:
+    path = folder / VARIANT_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
+                            " needs one (see DESIGN.md, manifest schema 1).") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def load_variant(folder: Path) -> dict[str, Any]:
+    """Read and check ``folder/variant.json``; return the entry with defaults filled in."""
+    data = _read_variant_json(folder)
+    path = folder / VARIANT_FILE
+    _plain_name(folder.name, "variant folder name")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ManifestError(f"{path} lacks {', '.join(missing)}.")
+    computed = [k for k in COMPUTED_KEYS if k in data]
+    if computed:
+        raise ManifestError(f"{path} sets {', '.join(computed)}; publish computes those, remove them.")
+    if not isinstance(data["requires"], dict):
+        raise ManifestError(f"{path}: requires must be an object.")
+    libraries = data["libraries"]
+    if not isinstance(libraries, list) or not libraries:
+        raise ManifestError(f"{path}: libraries must be a non-empty list (the load order).")
+    names = {name for name, _ in archive_members(folder)}  # also rejects links out and folders
+    listed = [*libraries, *(data.get("plugins") or [])]
+    absent = [str(x) for x in listed if _plain_name(x, f"{path}: library") not in names]
+    if absent:
+        raise PublishError(f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
+                           " copy them there, or fix the list.")
+    entry = {"backend_dl": False, "python_requires": [], **data}
+    entry["requires"] = {**{k: None for k in REQUIRE_KEYS}, **data["requires"]}
+    return entry
+
+
+def _variant_folders(src: Path) -> list[Path]:
+    if not src.is_dir():
+        raise PublishError(f"{src} is not a folder; SRC must hold one folder per variant.")
+    folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise PublishError(f"{src} holds no variant folders (SRC/<name>/{VARIANT_FILE} + libraries).")
+    return folders
+
+
+def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | None:
+    if given:
+        return given
+    found = {str(e["llama_cpp"]) for e in entries.values() if e.get("llama_cpp")}
+    if len(found) > 1:
+        raise ManifestError(f"the variants name different llama.cpp builds ({', '.join(sorted(found))});"
+                            " one release holds one llama.cpp; pass llama_cpp= to state it.")
+    return found.pop() if found else None
+
+
+def build_release(src: Path, staging: Path, llama_cpp: str | None = None) -> dict[str, Any]:
+    """Pack every variant of ``src`` into ``staging`` and write its manifest; return the manifest."""
+    entries: dict[str, dict[str, Any]] = {}
+    for folder in _variant_folders(src):
+        entry = load_variant(folder)
+        archive = f"{folder.name}.tar.gz"
+        sha256, size = pack_variant(folder, staging / archive)
+        entries[folder.name] = {**entry, "archive": archive, "sha256": sha256, "size": size}
+    manifest = {"schema": SCHEMA, "llama_cpp": _llama_cpp(entries, llama_cpp), "variants": entries}
+    Manifest.parse(manifest)  # what we publish must be what the runtime can read
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    (staging / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    return manifest
+
+
+def _git_blob_oid(path: Path) -> str:
+    import hashlib
+
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _same_content(api: Any, repo: str, commit: str, staging: Path) -> bool:
+    """Whether ``commit`` already holds every staged file byte for byte."""
+    info = api.model_info(repo, revision=commit, files_metadata=True)
+    remote = {s.rfilename: s for s in info.siblings or []}
+    for path in staging.iterdir():
+        sib = remote.get(path.name)
+        if sib is None:
+            return False
+        if sib.lfs is not None and sib.lfs.sha256 != sha256_file(path):
+            return False
+        if sib.lfs is None and sib.blob_id != _git_blob_oid(path):
+            return False
+    return True
+
+
+def _existing_tag(api: Any, repo: str, tag: str) -> str | None:
+    refs = api.list_repo_refs(repo)
+    return next((t.target_commit for t in refs.tags if t.name == tag), None)
+
+
+def _commit(api: Any, repo: str, revision: str, staging: Path) -> str:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    staged = sorted(p.name for p in staging.iterdir())
+    stale = [f for f in api.list_repo_files(repo, revision="main")
+             if f.endswith(".tar.gz") and f not in staged]  # variants this release dropped
+    ops: list[Any] = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(staging / n)) for n in staged]
+    ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
+    info = api.create_commit(repo, operations=ops, revision="main",
+                             commit_message=f"llama-runtime binaries {revision}")
+    return str(info.oid)
+
+
+def upload(staging: Path, *, repo: str, revision: str, endpoint: str, token: str | None) -> str:
+    """Upload the staged release in one commit on main and tag it; return the commit sha."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo, exist_ok=True)
+    tagged = _existing_tag(api, repo, revision)
+    if tagged is not None:
+        if _same_content(api, repo, tagged, staging):
+            return tagged  # re-publishing the same release is a no-op
+        raise PublishError(f"tag {revision!r} already exists in {repo} at {tagged[:12]} with different"
+                           " files; a release tag is never moved. Publish under a new tag.")
+    commit = _commit(api, repo, revision, staging)
+    api.create_tag(repo, tag=revision, revision=commit, tag_message=f"llama-runtime binaries {revision}")
+    return commit
+
+
+def write_lock(lock_path: Path, lock: dict[str, Any]) -> None:
+    """Write the lock atomically: a temporary file beside it, then ``os.replace``."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{lock_path.name}.", suffix=".tmp", dir=lock_path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(lock, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, lock_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _hub_failure(exc: Exception, repo: str, endpoint: str) -> PublishError:
+    return PublishError(f"uploading the release to {endpoint} ({repo}) failed: {type(exc).__name__}:"
+                        f" {exc}. Check the endpoint, the repo name and that the token (HF_TOKEN)"
+                        " may write to it; nothing was tagged, rerun when fixed.")
+
+
+def publish(src: Path, *, repo: str, revision: str, endpoint: str, lock_path: Path,
+            token: str | None = None, llama_cpp: str | None = None) -> dict[str, Any]:
+    """Pack ``src``, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock."""
+    with tempfile.TemporaryDirectory(prefix="llama-runtime-publish-") as tmp:
+        manifest = build_release(Path(src), Path(tmp), llama_cpp)
+        try:
+            commit = upload(Path(tmp), repo=repo, revision=revision, endpoint=endpoint, token=token)
+        except PublishError:
+            raise
+        except Exception as exc:  # HfHubHTTPError, httpx and OS errors
+            raise _hub_failure(exc, repo, endpoint) from exc
+    lock = {"repo": repo, "revision": revision, "commit": commit, "manifest": manifest}
+    write_lock(Path(lock_path), lock)
+    return lock
