@@ -266,3 +266,14 @@ def test_cli_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_network_guard_refuses_non_loopback_connects() -> None:
+    guard = sys.modules["conftest"]
+    with pytest.raises(guard.NetworkEscapeError):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1, never routable
+    assert guard._BLOCKED.pop() == "('192.0.2.1', 443)"  # consumed, so this test itself passes
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname()[:2], timeout=1):
+            pass  # loopback is let through
+    assert guard._BLOCKED == []
