@@ -9,14 +9,18 @@ llama.cpp becomes a :class:`~llama_runtime.errors.ModelError` or
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import GenerationError, ModelError
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is 3.11+; only the checker reads it
+
     from .native import Native
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp draws a random seed
@@ -254,7 +258,7 @@ class Llama:
         if model is not None:
             self._native.llama_model_free(model)
 
-    def __enter__(self) -> Llama:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -263,10 +267,8 @@ class Llama:
     def __del__(self) -> None:
         # __init__ may have failed before anything was allocated, or the interpreter may be
         # shutting down: never raise from here.
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._model is None else f"n_ctx={self.n_ctx}"

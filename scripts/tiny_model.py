@@ -83,7 +83,8 @@ def _tensors(rng: np.random.Generator, *, n_layer: int, n_embd: int, n_ff: int,
              n_vocab: int, row_mask: np.ndarray) -> dict[str, np.ndarray]:
     """All weights of a llama model, numpy shapes (rows = output features)."""
     def mat(rows: int, cols: int, gain: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal((rows, cols)) * gain / np.sqrt(cols)).astype(np.float32)
+        scale = gain / float(np.sqrt(cols))
+        return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
 
     def norm() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(n_embd)).astype(np.float32)

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO / "scripts"))
 
-from tiny_model import write_tiny_llama  # noqa: E402
+from tiny_model import write_tiny_llama
 
-from llama_runtime.native import Native  # noqa: E402
+from llama_runtime.native import Native
 
 DEFAULT_LIBDIR = Path("/tmp/npmx/package/bins/linux-x64")
 

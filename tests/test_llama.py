@@ -147,7 +147,7 @@ def _load_in_subprocess(native_libs: NativeLibs, model: Path) -> dict[str, str]:
                       str(native_libs.folder) if native_libs.backend_dl else None, str(model)])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", _ERROR_SCRIPT, arg], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"crashed with {proc.returncode}: {proc.stderr[-2000:]}"
     result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -181,3 +181,26 @@ def test_missing_file_is_checked_before_any_library(tmp_path: Path) -> None:
     # no native given and no library loaded: the file check comes first
     with pytest.raises(ModelError, match="does not exist"):
         Llama(tmp_path / "nope.gguf")
+
+
+_EXIT_SCRIPT = """
+import json, sys
+from pathlib import Path
+from llama_runtime.llama import Llama
+from llama_runtime.native import Native
+libs, backend_dir, model = json.loads(sys.argv[1])
+native = Native.open([Path(p) for p in libs], backend_dir=backend_dir and Path(backend_dir))
+llm = Llama(model, n_ctx=256, n_threads=1, native=native)
+stream = llm.stream("hello", 8, temperature=0)
+print(next(stream))  # abandoned mid-generation; llm never closed: freed at exit
+"""
+
+
+def test_exit_without_close_does_not_crash(native_libs: NativeLibs, tiny_gguf: Path) -> None:
+    arg = json.dumps([[str(p) for p in native_libs.libraries],
+                      str(native_libs.folder) if native_libs.backend_dl else None, str(tiny_gguf)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, arg], cwd=REPO, env=env,
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()

@@ -7,12 +7,14 @@ path in dependency order, so the loader finds each one already in the process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import LibraryLoadError
 from .functions import FUNCTIONS, Fn
@@ -37,7 +39,7 @@ _capture = threading.local()  # .lines: list of warnings/errors logged by this t
 
 def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
     # An exception must not escape into C: ctypes would print it and carry on anyway.
-    try:
+    with contextlib.suppress(Exception):
         py_level = _last_level[0] if level == _GGML_LOG_CONT else _LOG_LEVELS.get(level, logging.DEBUG)
         _last_level[0] = py_level
         message = (text or b"").decode("utf-8", "replace").rstrip("\n")
@@ -46,8 +48,6 @@ def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
             lines.append(message)
         if message and logger.isEnabledFor(py_level):
             logger.log(py_level, "%s", message)
-    except Exception:  # pragma: no cover - defensive
-        pass
 
 
 # llama.cpp keeps this function pointer for as long as the library is loaded, which is the
@@ -160,7 +160,8 @@ class Native:
         caller puts these lines into the exception it raises.
         """
         previous = getattr(_capture, "lines", None)
-        _capture.lines = lines = []
+        lines: list[str] = []
+        _capture.lines = lines
         try:
             yield lines
         finally:

@@ -23,7 +23,7 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from .structs import (
     ggml_log_callback,
@@ -48,7 +48,7 @@ token_p = POINTER(llama_token)
 class Fn(NamedTuple):
     name: str
     argtypes: list[Any]
-    restype: Optional[Any]
+    restype: Any  # None for void
     prototype: str
 
 

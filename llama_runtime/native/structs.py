@@ -27,6 +27,7 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
+from typing import Any
 
 llama_token = c_int32
 llama_pos = c_int32
@@ -272,7 +273,8 @@ def field_names(struct: type[ctypes.Structure]) -> list[str]:
     names: list[str] = []
     for name, ctype, *_ in struct._fields_:
         if name in anonymous:
-            names.extend(member[0] for member in ctype._fields_)
+            union: Any = ctype
+            names.extend(member[0] for member in union._fields_)
         else:
             names.append(name)
     return names
