@@ -52,12 +52,13 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".gz", ".tgz", ".tar", ".zip", ".so", ".dylib", ".dll", ".gguf", ".bin",
                 ".safetensors", ".whl")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 FAULT_KINDS = ("status", "corrupt", "cut", "stall", "reset", "drip", "wrong_length", "redirect")
+BODY_KINDS = ("corrupt", "cut", "stall", "drip", "wrong_length")  # without "method": GET only
 
 
 class HubError(Exception):
@@ -201,10 +202,13 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     """(start, end inclusive) of a single ``bytes=`` range; ``None`` if unsatisfiable."""
     spec = header.strip().removeprefix("bytes=").split(",")[0].strip()
     first, _, last = spec.partition("-")
-    if not first:
-        start, end = max(size - int(last), 0), size - 1
-    else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    try:
+        if not first:
+            start, end = max(size - int(last), 0), size - 1
+        else:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
     return (start, end) if start <= end and start < size else None
 
 
@@ -215,23 +219,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_HEAD(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
     # -- plumbing ---------------------------------------------------------------------------
     def _handle(self) -> None:
         split = urlsplit(self.path)
         self.url_path, self.query = unquote(split.path), parse_qs(split.query)
         self.fault: dict[str, Any] | None = None
+        self.body_read = False
         try:
             if self.url_path.startswith("/_test/"):
                 return self._control()
@@ -248,7 +241,10 @@ class Handler(BaseHTTPRequestHandler):
         except (ConnectionError, TimeoutError):
             self.close_connection = True
 
+    do_GET = do_HEAD = do_POST = do_DELETE = _handle
+
     def _body(self) -> bytes:
+        self.body_read = True
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while size := int(self.rfile.readline().strip() or b"0", 16):
@@ -279,6 +275,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, e: HubError, headers: dict[str, str] | None = None) -> None:
         extra = {"X-Error-Message": e.message, **(headers or {})}
+        if not self.body_read and int(self.headers.get("Content-Length") or 0):
+            self.close_connection = True  # the unread body would be parsed as the next request
         if isinstance(e, EntryMissing):  # the client caches "missing at commit X"
             extra["X-Repo-Commit"] = e.sha
         if e.code:
@@ -288,19 +286,21 @@ class Handler(BaseHTTPRequestHandler):
     # -- faults -----------------------------------------------------------------------------
     def _early_fault(self, f: dict[str, Any]) -> bool:
         """Faults that replace the answer entirely; the others shape a file body later."""
+        kind = f["kind"]
+        if kind == "stall" and self.command != "GET":
+            self.server.stopping.wait(float(f.get("seconds", 5)))  # a HEAD that answers late
+        if kind not in ("status", "redirect", "reset"):
+            return False
         self._body()  # a request body left unread would be taken for the next request
-        if f["kind"] == "status":
+        if kind == "status":
             retry = {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}
             self._error(HubError(int(f.get("status", 500)), "injected fault"), retry)
-        elif f["kind"] == "redirect":
-            target = f.get("location") or self.path
-            self._send(int(f.get("status", 302)), b"", {"Location": target})
-        elif f["kind"] == "reset":
+        elif kind == "redirect":
+            self._send(int(f.get("status", 302)), b"", {"Location": f.get("location") or self.path})
+        else:
             # SO_LINGER 0 makes close() send a TCP RST instead of a FIN
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
-        else:
-            return False
         return True
 
     def _write_body(self, data: bytes) -> None:
@@ -527,7 +527,8 @@ class HubHTTPServer(ThreadingHTTPServer):
         """The first rule matching this request; ``times`` counts down (``None``: forever)."""
         with self._lock:
             for rule in self.faults:
-                if rule.get("method") not in (None, method) or not fnmatch.fnmatch(path, rule["path_glob"]):
+                wanted = rule.get("method") or ("GET" if rule["kind"] in BODY_KINDS else method)
+                if wanted != method or not fnmatch.fnmatch(path, rule["path_glob"]):
                     continue
                 if rule["times"] is not None:
                     rule["times"] -= 1
@@ -570,9 +571,6 @@ class HubServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def quote_url(self, repo_id: str, revision: str, path: str) -> str:
-        return f"{self.url}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,7 @@ def test_unsatisfiable_range(hub: HubServer) -> None:
     seed(hub)
     status, _, _ = request(resolve_url(hub), headers={"Range": f"bytes={len(ARCHIVE)}-"})
     assert status == 416
+    assert request(resolve_url(hub), headers={"Range": "bytes=abc"})[0] == 416
 
 
 def test_missing_repo_revision_and_file_raise_the_clients_errors(hub: HubServer, tmp_path: Path) -> None:
@@ -170,6 +171,26 @@ def test_fault_corrupt_flips_one_byte_keeps_headers(hub: HubServer) -> None:
     assert status == 200 and len(body) == len(ARCHIVE)
     assert sum(a != b for a, b in zip(body, ARCHIVE)) == 1
     assert headers["etag"] == f'"{hashlib.sha256(ARCHIVE).hexdigest()}"'
+
+
+def test_body_faults_skip_the_head_and_the_client_keeps_a_corrupt_file(hub: HubServer,
+                                                                      tmp_path: Path) -> None:
+    seed(hub)
+    control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "kind": "corrupt"}])
+    path = hf_hub_download(REPO, "x.tar.gz", revision="v1", endpoint=hub.url, cache_dir=tmp_path)
+    body = Path(path).read_bytes()
+    # huggingface_hub checks the size, never the sha256: that is our job (fetch.verify)
+    assert len(body) == len(ARCHIVE) and body != ARCHIVE
+    assert control(hub, "GET", "faults") == []
+
+
+def test_fault_stall_on_head_delays_the_headers(hub: HubServer) -> None:
+    seed(hub)
+    control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "method": "HEAD", "kind": "stall",
+                                     "seconds": 3}])
+    with pytest.raises((TimeoutError, socket.timeout)):
+        request(resolve_url(hub), "HEAD", timeout=0.5)
+    assert request(resolve_url(hub), "HEAD")[0] == 200
 
 
 def test_fault_cut_sends_half_then_closes(hub: HubServer) -> None:
