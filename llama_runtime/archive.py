@@ -30,11 +30,15 @@ def archive_members(folder: Path) -> list[tuple[str, Path]]:
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         real = entry.resolve()
         if entry.is_symlink() and real.parent != root:
-            raise PublishError(f"{entry} is a symlink to {os.readlink(entry)}, outside {folder};"
-                               " copy the file into the folder instead.")
+            raise PublishError(
+                f"{entry} is a symlink to {os.readlink(entry)}, outside {folder};"
+                " copy the file into the folder instead."
+            )
         if real.is_dir():
-            raise PublishError(f"{entry} is a folder; a variant archive is flat (libraries at its"
-                               f" root), so move its files up or leave it out of {folder}.")
+            raise PublishError(
+                f"{entry} is a folder; a variant archive is flat (libraries at its"
+                f" root), so move its files up or leave it out of {folder}."
+            )
         if not real.is_file():
             raise PublishError(f"{entry} is not a regular file (a broken link or a device).")
         members.append((entry.name, real))
@@ -81,8 +85,10 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> str:
     elif not member.isreg():
         why = "is not a regular file (a folder, device or fifo)"
     if why:
-        raise UnsafeArchiveError(f"{archive.name}: member {name!r} {why}; refusing to unpack it."
-                                 " The archive is not one `llama-runtime publish` made.")
+        raise UnsafeArchiveError(
+            f"{archive.name}: member {name!r} {why}; refusing to unpack it."
+            " The archive is not one `llama-runtime publish` made."
+        )
     return str(path)
 
 
@@ -93,8 +99,9 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
         raise UnsafeArchiveError(f"{archive} is not a readable tar archive: {exc}") from exc
 
 
-def _checked_members(tar: tarfile.TarFile, archive: Path,
-                     expected: list[str] | None) -> list[tuple[tarfile.TarInfo, str]]:
+def _checked_members(
+    tar: tarfile.TarFile, archive: Path, expected: list[str] | None
+) -> list[tuple[tarfile.TarInfo, str]]:
     try:
         members = [(m, _check_member(m, archive)) for m in tar.getmembers()]
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -105,12 +112,15 @@ def _checked_members(tar: tarfile.TarFile, archive: Path,
         raise UnsafeArchiveError(f"{archive.name}: member {dupes[0]!r} appears more than once.")
     missing = sorted(set(expected or ()) - set(names))
     if missing:
-        raise UnsafeArchiveError(f"{archive.name} lacks {', '.join(missing)}; it holds "
-                                 f"{', '.join(names) or 'nothing'}.")
+        raise UnsafeArchiveError(
+            f"{archive.name} lacks {', '.join(missing)}; it holds {', '.join(names) or 'nothing'}."
+        )
     return members
 
 
-def safe_extract(archive: Path, dest_dir: Path, expected_members: list[str] | None = None) -> list[Path]:
+def safe_extract(
+    archive: Path, dest_dir: Path, expected_members: list[str] | None = None
+) -> list[Path]:
     """Unpack ``archive`` into ``dest_dir`` after checking every member; return the files written.
 
     Every member must be a regular file with a relative path that stays inside ``dest_dir``

@@ -30,8 +30,10 @@ def _read_variant_json(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ManifestError(f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
-                            " needs one (see DESIGN.md, manifest schema 1).") from None
+        raise ManifestError(
+            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
+            " needs one (see DESIGN.md, manifest schema 1)."
+        ) from None
     except ValueError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -49,7 +51,9 @@ def load_variant(folder: Path) -> dict[str, Any]:
         raise ManifestError(f"{path} lacks {', '.join(missing)}.")
     computed = [k for k in COMPUTED_KEYS if k in data]
     if computed:
-        raise ManifestError(f"{path} sets {', '.join(computed)}; publish computes those, remove them.")
+        raise ManifestError(
+            f"{path} sets {', '.join(computed)}; publish computes those, remove them."
+        )
     if not isinstance(data["requires"], dict):
         raise ManifestError(f"{path}: requires must be an object.")
     libraries = data["libraries"]
@@ -59,8 +63,10 @@ def load_variant(folder: Path) -> dict[str, Any]:
     listed = [*libraries, *(data.get("plugins") or [])]
     absent = [str(x) for x in listed if _plain_name(x, f"{path}: library") not in names]
     if absent:
-        raise PublishError(f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
-                           " copy them there, or fix the list.")
+        raise PublishError(
+            f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
+            " copy them there, or fix the list."
+        )
     entry = {"backend_dl": False, "python_requires": [], **data}
     entry["requires"] = {**{k: None for k in REQUIRE_KEYS}, **data["requires"]}
     return entry
@@ -71,7 +77,9 @@ def _variant_folders(src: Path) -> list[Path]:
         raise PublishError(f"{src} is not a folder; SRC must hold one folder per variant.")
     folders = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise PublishError(f"{src} holds no variant folders (SRC/<name>/{VARIANT_FILE} + libraries).")
+        raise PublishError(
+            f"{src} holds no variant folders (SRC/<name>/{VARIANT_FILE} + libraries)."
+        )
     return folders
 
 
@@ -80,13 +88,15 @@ def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | N
         return given
     found = {str(e["llama_cpp"]) for e in entries.values() if e.get("llama_cpp")}
     if len(found) > 1:
-        raise ManifestError(f"the variants name different llama.cpp builds ({', '.join(sorted(found))});"
-                            " one release holds one llama.cpp; pass llama_cpp= to state it.")
+        raise ManifestError(
+            f"the variants name different llama.cpp builds ({', '.join(sorted(found))});"
+            " one release holds one llama.cpp; pass llama_cpp= to state it."
+        )
     return found.pop() if found else None
 
 
 def build_release(src: Path, staging: Path, llama_cpp: str | None = None) -> dict[str, Any]:
-    """Pack every variant of ``src`` into ``staging`` and write its manifest; return the manifest."""
+    """Pack every variant of ``src`` into ``staging``, write ``manifest.json`` and return it."""
     entries: dict[str, dict[str, Any]] = {}
     for folder in _variant_folders(src):
         entry = load_variant(folder)
@@ -131,12 +141,18 @@ def _commit(api: Any, repo: str, revision: str, staging: Path) -> str:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     staged = sorted(p.name for p in staging.iterdir())
-    stale = [f for f in api.list_repo_files(repo, revision="main")
-             if f.endswith(".tar.gz") and f not in staged]  # variants this release dropped
-    ops: list[Any] = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(staging / n)) for n in staged]
+    stale = [
+        f
+        for f in api.list_repo_files(repo, revision="main")
+        if f.endswith(".tar.gz") and f not in staged
+    ]  # variants this release dropped
+    ops: list[Any] = [
+        CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(staging / n)) for n in staged
+    ]
     ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
-    info = api.create_commit(repo, operations=ops, revision="main",
-                             commit_message=f"llama-runtime binaries {revision}")
+    info = api.create_commit(
+        repo, operations=ops, revision="main", commit_message=f"llama-runtime binaries {revision}"
+    )
     return str(info.oid)
 
 
@@ -150,10 +166,24 @@ def upload(staging: Path, *, repo: str, revision: str, endpoint: str, token: str
     if tagged is not None:
         if _same_content(api, repo, tagged, staging):
             return tagged  # re-publishing the same release is a no-op
-        raise PublishError(f"tag {revision!r} already exists in {repo} at {tagged[:12]} with different"
-                           " files; a release tag is never moved. Publish under a new tag.")
+        raise PublishError(
+            f"tag {revision!r} already exists in {repo} at {tagged[:12]} with different"
+            " files; a release tag is never moved. Publish under a new tag."
+        )
     commit = _commit(api, repo, revision, staging)
-    api.create_tag(repo, tag=revision, revision=commit, tag_message=f"llama-runtime binaries {revision}")
+    try:
+        api.create_tag(
+            repo, tag=revision, revision=commit, tag_message=f"llama-runtime binaries {revision}"
+        )
+    except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status != 409:
+            raise
+        raise PublishError(
+            f"tag {revision!r} was created in {repo} by someone else while this release"
+            f" was uploading; commit {commit[:12]} is on main but untagged. Check the"
+            " tag and publish under a new one."
+        ) from exc
     return commit
 
 
@@ -171,13 +201,23 @@ def write_lock(lock_path: Path, lock: dict[str, Any]) -> None:
 
 
 def _hub_failure(exc: Exception, repo: str, endpoint: str) -> PublishError:
-    return PublishError(f"uploading the release to {endpoint} ({repo}) failed: {type(exc).__name__}:"
-                        f" {exc}. Check the endpoint, the repo name and that the token (HF_TOKEN)"
-                        " may write to it; nothing was tagged, rerun when fixed.")
+    return PublishError(
+        f"uploading the release to {endpoint} ({repo}) failed: {type(exc).__name__}:"
+        f" {exc}. Check the endpoint, the repo name and that the token (HF_TOKEN)"
+        " may write to it; nothing was tagged, rerun when fixed."
+    )
 
 
-def publish(src: Path, *, repo: str, revision: str, endpoint: str, lock_path: Path,
-            token: str | None = None, llama_cpp: str | None = None) -> dict[str, Any]:
+def publish(
+    src: Path,
+    *,
+    repo: str,
+    revision: str,
+    endpoint: str,
+    lock_path: Path,
+    token: str | None = None,
+    llama_cpp: str | None = None,
+) -> dict[str, Any]:
     """Pack ``src``, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock."""
     with tempfile.TemporaryDirectory(prefix="llama-runtime-publish-") as tmp:
         manifest = build_release(Path(src), Path(tmp), llama_cpp)

@@ -1,20 +1,32 @@
 """A small Hugging Face-protocol hub on 127.0.0.1, for tests and the demo (stdlib only).
 
-It speaks just enough of the Hub's HTTP protocol for the real ``huggingface_hub`` 2.4 client:
+Just enough of the Hub's HTTP protocol for the real ``huggingface_hub`` 2.4 client (model repos,
+``owner/name`` ids only):
 
-=========================================================  ==========================================
-``POST /api/repos/create``                                  ``create_repo`` (409 when it exists)
-``GET  /api/models/{repo}[/revision/{rev}]``                ``model_info`` / ``repo_info``
-``GET  /api/models/{repo}/tree/{rev}[/{dir}]``              ``list_repo_tree`` / ``list_repo_files``
-``GET  /api/models/{repo}/refs``                            ``list_repo_refs``
-``POST /api/models/{repo}/preupload/{branch}``              upload modes (always ``regular``)
-``POST /api/models/{repo}/commit/{branch}``                 NDJSON commit (``file``, ``deletedFile``,
-                                                            ``deletedFolder``; ``lfsFile`` if known)
-``POST /api/models/{repo}/tag/{rev}``, ``DELETE .../tag/T`` ``create_tag`` / ``delete_tag``
-``HEAD|GET /{repo}/resolve/{rev}/{path}``                   ``hf_hub_download`` (with ``Range``)
-``GET /_test/stats``, ``POST /_test/reset``                 request counters, bytes of bodies served
-``POST|DELETE /_test/faults``                               fault injection (see ``Fault``)
-=========================================================  ==========================================
+  POST   /api/repos/create                       create_repo (409, with "url", when it exists)
+  GET    /api/models/{repo}[/revision/{rev}]     model_info / repo_info (siblings with lfs info)
+  GET    /api/models/{repo}/tree/{rev}[/{dir}]   list_repo_tree / list_repo_files (?recursive=)
+  GET    /api/models/{repo}/refs                 list_repo_refs
+  POST   /api/models/{repo}/preupload/{branch}   upload modes: always "regular"
+  POST   /api/models/{repo}/commit/{branch}      NDJSON: file (base64), deletedFile,
+                                                 deletedFolder; lfsFile only for known blobs
+  POST   /api/models/{repo}/tag/{rev}            create_tag (409 when it exists)
+  DELETE /api/models/{repo}/tag/{tag}            delete_tag
+  HEAD   /{repo}/resolve/{rev}/{path}            hf_hub_download; rev = branch, tag or commit
+  GET    /{repo}/resolve/{rev}/{path}            the same, with single-range Range -> 206/416
+  GET    /_test/stats, POST /_test/reset         {"requests": {"GET /path": n}, "bytes_served",
+                                                 "bytes_by_path"}: file body bytes written
+  GET|POST|DELETE /_test/faults                  list / add / clear fault rules
+
+Fault rules (a JSON list): {"path_glob": "*.tar.gz", "method": "GET", "kind": ..., "times": 1}.
+``times`` counts the requests a rule hits before it disappears (null: forever); the glob matches
+the URL path. Kinds: ``status`` (answer ``status``, default 500, with ``Retry-After:
+retry_after`` if given), ``redirect`` (``status`` 302 to ``location``, default the same URL),
+``reset`` (close with a TCP RST, no answer), and the body kinds, which apply to file bodies and,
+without a ``method``, to GET only (so the client's HEAD does not use them up): ``corrupt`` (one
+byte flipped, headers unchanged), ``cut`` (half the body, then close), ``stall`` (headers, then
+``seconds`` of silence, default 5; on HEAD the headers come late), ``drip`` (``chunk`` bytes every
+``interval`` seconds), ``wrong_length`` (a body one byte short whose Content-Length agrees).
 
 Quirks worth knowing:
 
@@ -54,16 +66,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-LFS_SUFFIXES = (".gz", ".tgz", ".tar", ".zip", ".so", ".dylib", ".dll", ".gguf", ".bin",
-                ".safetensors", ".whl")
+LFS_SUFFIXES = (
+    ".gz",
+    ".tgz",
+    ".tar",
+    ".zip",
+    ".so",
+    ".dylib",
+    ".dll",
+    ".gguf",
+    ".bin",
+    ".safetensors",
+    ".whl",
+)
 LFS_MIN_SIZE = 10 * 1024 * 1024
 FAULT_KINDS = ("status", "corrupt", "cut", "stall", "reset", "drip", "wrong_length", "redirect")
 BODY_KINDS = ("corrupt", "cut", "stall", "drip", "wrong_length")  # without "method": GET only
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 body: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, body: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.body = status, message, code, body or {}
 
@@ -86,8 +110,9 @@ class Store:
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         state = self.root / "state.json"
-        self.state: dict[str, Any] = (json.loads(state.read_text()) if state.exists()
-                                      else {"repos": {}, "blobs": {}})
+        self.state: dict[str, Any] = (
+            json.loads(state.read_text()) if state.exists() else {"repos": {}, "blobs": {}}
+        )
 
     def _save(self) -> None:
         tmp = self.root / f"state.json.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -97,7 +122,8 @@ class Store:
     def repo(self, repo_id: str) -> dict[str, Any]:
         if repo_id not in self.state["repos"]:
             raise HubError(404, f"Repository {repo_id} not found", "RepoNotFound")
-        return self.state["repos"][repo_id]
+        repo: dict[str, Any] = self.state["repos"][repo_id]
+        return repo
 
     def create_repo(self, repo_id: str, url: str) -> None:
         with self.lock:
@@ -111,13 +137,14 @@ class Store:
         repo = self.repo(repo_id)
         for sha in (repo["branches"].get(rev), repo["tags"].get(rev)):
             if sha:
-                return sha
+                return str(sha)
         if rev in repo["commits"]:
             return rev
         raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
 
     def files(self, repo_id: str, sha: str) -> dict[str, str]:
-        return self.repo(repo_id)["commits"][sha]["files"]
+        files: dict[str, str] = self.repo(repo_id)["commits"][sha]["files"]
+        return files
 
     def put_blob(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -142,8 +169,12 @@ class Store:
         parent = repo["branches"].get(branch)
         body = json.dumps([parent, files, message, time.time_ns()], sort_keys=True)
         sha = hashlib.sha1(body.encode()).hexdigest()
-        repo["commits"][sha] = {"parent": parent, "files": files, "message": message,
-                                "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+        repo["commits"][sha] = {
+            "parent": parent,
+            "files": files,
+            "message": message,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        }
         repo["branches"][branch] = sha
         self._save()
         return sha
@@ -154,7 +185,9 @@ class Store:
             if branch not in repo["branches"]:
                 raise HubError(404, f"Invalid rev id: {branch} is not a branch", "RevisionNotFound")
             head = repo["branches"][branch]
-            header = next((ln["value"] for ln in lines if ln.get("key") == "header"), {})
+            header: dict[str, Any] = next(
+                (ln["value"] for ln in lines if ln.get("key") == "header"), {}
+            )
             if header.get("parentCommit") not in (None, head):
                 raise HubError(412, f"parentCommit {header['parentCommit']} is not the head {head}")
             files = dict(repo["commits"][head]["files"])
@@ -260,8 +293,13 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as e:
             raise HubError(400, f"bad JSON body: {e}") from None
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
         for name, value in {"Content-Type": content_type, **(headers or {})}.items():
             self.send_header(name, value)
@@ -293,7 +331,9 @@ class Handler(BaseHTTPRequestHandler):
             return False
         self._body()  # a request body left unread would be taken for the next request
         if kind == "status":
-            retry = {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}
+            retry = (
+                {"Retry-After": str(f["retry_after"])} if f.get("retry_after") is not None else {}
+            )
             self._error(HubError(int(f.get("status", 500)), "injected fault"), retry)
         elif kind == "redirect":
             self._send(int(f.get("status", 302)), b"", {"Location": f.get("location") or self.path})
@@ -308,7 +348,7 @@ class Handler(BaseHTTPRequestHandler):
         kind = f.get("kind") if self.command == "GET" else None
         if kind == "corrupt" and data:
             mid = len(data) // 2
-            data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
+            data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :]
         if kind == "cut":
             data = data[: len(data) // 2]
             self.close_connection = True
@@ -317,8 +357,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(float(f.get("seconds", 5)))
         step = int(f.get("chunk", 1024)) if kind == "drip" else len(data) or 1
         for i in range(0, len(data), step):
-            self.wfile.write(data[i:i + step])
-            self.server.add_bytes(self.url_path, len(data[i:i + step]))
+            self.wfile.write(data[i : i + step])
+            self.server.add_bytes(self.url_path, len(data[i : i + step]))
             if kind == "drip":
                 self.wfile.flush()
                 if self.server.stopping.wait(float(f.get("interval", 0.05))):
@@ -333,7 +373,7 @@ class Handler(BaseHTTPRequestHandler):
             store.create_repo(repo_id, f"{self.server.url}/{repo_id}")
             return self._json({"url": f"{self.server.url}/{repo_id}", "name": repo_id})
         if p.startswith("/api/models/"):
-            return self._api(p[len("/api/models/"):])
+            return self._api(p[len("/api/models/") :])
         if "/resolve/" in p and m in ("GET", "HEAD"):
             repo_id, _, rest = p[1:].partition("/resolve/")
             rev, _, path = rest.partition("/")
@@ -355,8 +395,14 @@ class Handler(BaseHTTPRequestHandler):
         if action == "commit" and m == "POST" and arg:
             lines = [json.loads(ln) for ln in self._body().splitlines() if ln.strip()]
             sha = store.commit(repo_id, "/".join(arg), lines)
-            return self._json({"success": True, "commitOid": sha, "pullRequestUrl": None,
-                               "commitUrl": f"{self.server.url}/{repo_id}/commit/{sha}"})
+            return self._json(
+                {
+                    "success": True,
+                    "commitOid": sha,
+                    "pullRequestUrl": None,
+                    "commitUrl": f"{self.server.url}/{repo_id}/commit/{sha}",
+                }
+            )
         if action == "tag" and arg and m in ("POST", "DELETE"):
             if m == "DELETE":
                 store.delete_tag(repo_id, "/".join(arg))
@@ -377,9 +423,19 @@ class Handler(BaseHTTPRequestHandler):
                 if info["lfs"]:
                     sib["lfs"] = {"size": info["size"], "sha256": digest, "pointerSize": 134}
                 siblings.append(sib)
-        self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
-                    "lastModified": commit["date"], "siblings": siblings, "tags": [],
-                    "downloads": 0, "likes": 0})
+        self._json(
+            {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": sha,
+                "private": False,
+                "lastModified": commit["date"],
+                "siblings": siblings,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+            }
+        )
 
     def _tree(self, repo_id: str, rev: str, under: str) -> None:
         store = self.server.store
@@ -390,11 +446,18 @@ class Handler(BaseHTTPRequestHandler):
             for path, digest in sorted(store.files(repo_id, store.resolve(repo_id, rev)).items()):
                 if not path.startswith(prefix):
                     continue
-                parts = path[len(prefix):].split("/")
+                parts = path[len(prefix) :].split("/")
                 for depth in range(1, len(parts) if recursive else min(len(parts), 2)):
                     folder = prefix + "/".join(parts[:depth])
-                    entries.setdefault(folder, {"type": "directory", "path": folder, "size": 0,
-                                                "oid": hashlib.sha1(folder.encode()).hexdigest()})
+                    entries.setdefault(
+                        folder,
+                        {
+                            "type": "directory",
+                            "path": folder,
+                            "size": 0,
+                            "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                        },
+                    )
                 if len(parts) > 1 and not recursive:
                     continue
                 info = store.blob_info(path, digest)
@@ -410,19 +473,36 @@ class Handler(BaseHTTPRequestHandler):
         repo = self.server.store.repo(repo_id)
 
         def refs(kind: str, items: dict[str, str]) -> list[dict[str, str]]:
-            return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": s}
-                    for n, s in sorted(items.items())]
-        self._json({"branches": refs("heads", repo["branches"]), "tags": refs("tags", repo["tags"]),
-                    "converts": [], "pullRequests": []})
+            return [
+                {"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": s}
+                for n, s in sorted(items.items())
+            ]
+
+        self._json(
+            {
+                "branches": refs("heads", repo["branches"]),
+                "tags": refs("tags", repo["tags"]),
+                "converts": [],
+                "pullRequests": [],
+            }
+        )
 
     def _preupload(self, repo_id: str, rev: str) -> None:
         store = self.server.store
         wanted = self._json_body().get("files", [])
         with store.lock:
             files = store.files(repo_id, store.resolve(repo_id, rev))
-            answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                       "oid": store.state["blobs"][files[f["path"]]]["oid"]
-                       if f["path"] in files else None} for f in wanted]
+            answer = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": store.state["blobs"][files[f["path"]]]["oid"]
+                    if f["path"] in files
+                    else None,
+                }
+                for f in wanted
+            ]
         self._json({"files": answer, "commitOid": store.resolve(repo_id, rev)})
 
     def _resolve(self, repo_id: str, rev: str, path: str) -> None:
@@ -444,7 +524,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Range"):
             span = parse_range(self.headers["Range"], size)
             if span is None:
-                raise HubError(416, f"range {self.headers['Range']} not satisfiable for {size} bytes")
+                raise HubError(
+                    416, f"range {self.headers['Range']} not satisfiable for {size} bytes"
+                )
             status, (start, end) = 206, span
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = end - start + 1
@@ -502,8 +584,11 @@ class HubHTTPServer(ThreadingHTTPServer):
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"requests": dict(self.requests), "bytes_served": self.bytes_served,
-                    "bytes_by_path": dict(self.bytes_by_path)}
+            return {
+                "requests": dict(self.requests),
+                "bytes_served": self.bytes_served,
+                "bytes_by_path": dict(self.bytes_by_path),
+            }
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -541,7 +626,9 @@ class HubHTTPServer(ThreadingHTTPServer):
 class HubServer:
     """A started-on-demand hub; ``with HubServer(tmp) as hub: hub.url``."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], port: int = 0, token: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], port: int = 0, token: str | None = None
+    ) -> None:
         self.data_dir, self.port, self.token = Path(data_dir), port, token
         self.httpd: HubHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -554,8 +641,9 @@ class HubServer:
 
     def start(self) -> HubServer:
         self.httpd = HubHTTPServer(Store(self.data_dir), self.port, self.token)
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                        name="hubserver", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, args=(0.05,), name="hubserver", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hubserver import HubServer  # noqa: E402
 
@@ -45,6 +46,7 @@ def _guard(original: Any) -> Any:
             _BLOCKED.append(repr(address))
             raise NetworkEscapeError(f"test tried to connect to {address!r}; only loopback allowed")
         return original(self, address)
+
     return guarded
 
 
@@ -67,3 +69,7 @@ def hub(tmp_path: Path) -> Iterator[HubServer]:
     """A started loopback hub with an empty store in a temporary folder."""
     with HubServer(tmp_path / "hub-data") as server:
         yield server
+
+
+# a real release on loopback (variants -> hub -> lock -> sdist), shared by the end-to-end tests
+from release_fixtures import release, tiny_model, variants_dir  # noqa: E402,F401

@@ -52,8 +52,10 @@ def test_pack_is_reproducible_and_normalised(variant_dir: Path, tmp_path: Path) 
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         infos = tar.getmembers()
     assert [i.name for i in infos] == ["libggml.so", "libllama.so", "variant.json"]
-    assert all(i.isreg() and i.mtime == 0 and i.uid == i.gid == 0 and i.uname == i.gname == ""
-               for i in infos)
+    assert all(
+        i.isreg() and i.mtime == 0 and i.uid == i.gid == 0 and i.uname == i.gname == ""
+        for i in infos
+    )
     assert [i.mode for i in infos] == [0o755, 0o755, 0o644]
 
 

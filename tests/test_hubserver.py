@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from hubserver import HubServer
 from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -23,20 +24,27 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hubserver import HubServer
-
 REPO = "org/bins"
 ARCHIVE = os.urandom(200_000)  # a .tar.gz name: served like an LFS file
 TEXT = b'{"hello": "world"}\n'  # a .json name: served like a git blob
 
 
-def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
-            body: bytes | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def request(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
-                     headers=headers or {})
+        conn.request(
+            method,
+            parts.path + (f"?{parts.query}" if parts.query else ""),
+            body=body,
+            headers=headers or {},
+        )
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
@@ -53,9 +61,14 @@ def control(hub: HubServer, method: str, path: str, payload: Any = None) -> Any:
 def seed(hub: HubServer, token: str | None = None) -> str:
     api = HfApi(endpoint=hub.url, token=token)
     api.create_repo(REPO, exist_ok=True)
-    info = api.create_commit(REPO, operations=[CommitOperationAdd("x.tar.gz", ARCHIVE),
-                                               CommitOperationAdd("sub/m.json", TEXT)],
-                             commit_message="seed")
+    info = api.create_commit(
+        REPO,
+        operations=[
+            CommitOperationAdd("x.tar.gz", ARCHIVE),
+            CommitOperationAdd("sub/m.json", TEXT),
+        ],
+        commit_message="seed",
+    )
     api.create_tag(REPO, tag="v1", revision=info.oid)
     return str(info.oid)
 
@@ -67,9 +80,12 @@ def resolve_url(hub: HubServer, path: str = "x.tar.gz", rev: str = "v1") -> str:
 def test_upload_tag_and_download_by_tag_and_commit(hub: HubServer, tmp_path: Path) -> None:
     commit = seed(hub)
     assert len(commit) == 40 and int(commit, 16) >= 0
-    by_tag = hf_hub_download(REPO, "x.tar.gz", revision="v1", endpoint=hub.url, cache_dir=tmp_path / "a")
-    by_commit = hf_hub_download(REPO, "sub/m.json", revision=commit, endpoint=hub.url,
-                                cache_dir=tmp_path / "b")
+    by_tag = hf_hub_download(
+        REPO, "x.tar.gz", revision="v1", endpoint=hub.url, cache_dir=tmp_path / "a"
+    )
+    by_commit = hf_hub_download(
+        REPO, "sub/m.json", revision=commit, endpoint=hub.url, cache_dir=tmp_path / "b"
+    )
     assert Path(by_tag).read_bytes() == ARCHIVE
     assert Path(by_commit).read_bytes() == TEXT
     assert commit in by_tag  # the client filed it under the commit the tag points to
@@ -81,7 +97,10 @@ def test_repo_api_files_refs_and_info(hub: HubServer) -> None:
     assert sorted(api.list_repo_files(REPO, revision="v1")) == ["sub/m.json", "x.tar.gz"]
     top = {f.path: f for f in api.list_repo_tree(REPO, revision="v1")}
     assert set(top) == {"sub", "x.tar.gz"}
-    assert top["x.tar.gz"].lfs is not None and top["x.tar.gz"].lfs.sha256 == hashlib.sha256(ARCHIVE).hexdigest()
+    assert (
+        top["x.tar.gz"].lfs is not None
+        and top["x.tar.gz"].lfs.sha256 == hashlib.sha256(ARCHIVE).hexdigest()
+    )
     refs = api.list_repo_refs(REPO)
     assert [(t.name, t.target_commit) for t in refs.tags] == [("v1", commit)]
     assert [b.name for b in refs.branches] == ["main"]
@@ -93,7 +112,8 @@ def test_repo_api_files_refs_and_info(hub: HubServer) -> None:
 def test_recommitting_identical_bytes_is_a_no_op(hub: HubServer) -> None:
     commit = seed(hub)
     again = HfApi(endpoint=hub.url).create_commit(
-        REPO, operations=[CommitOperationAdd("x.tar.gz", ARCHIVE)], commit_message="same")
+        REPO, operations=[CommitOperationAdd("x.tar.gz", ARCHIVE)], commit_message="same"
+    )
     assert again.oid == commit
 
 
@@ -111,14 +131,20 @@ def test_head_headers(hub: HubServer) -> None:
     assert small["etag"] == f'"{git_oid}"' and "x-linked-etag" not in small
 
 
-@pytest.mark.parametrize(("spec", "lo", "hi"), [("bytes=10-19", 10, 19), ("bytes=-5", len(ARCHIVE) - 5,
-                         len(ARCHIVE) - 1), ("bytes=199990-", 199990, len(ARCHIVE) - 1)],
-                         ids=["closed", "suffix", "open"])
+@pytest.mark.parametrize(
+    ("spec", "lo", "hi"),
+    [
+        ("bytes=10-19", 10, 19),
+        ("bytes=-5", len(ARCHIVE) - 5, len(ARCHIVE) - 1),
+        ("bytes=199990-", 199990, len(ARCHIVE) - 1),
+    ],
+    ids=["closed", "suffix", "open"],
+)
 def test_range_requests(hub: HubServer, spec: str, lo: int, hi: int) -> None:
     seed(hub)
     status, headers, body = request(resolve_url(hub), headers={"Range": spec})
     assert status == 206
-    assert body == ARCHIVE[lo:hi + 1]
+    assert body == ARCHIVE[lo : hi + 1]
     assert headers["content-range"] == f"bytes {lo}-{hi}/{len(ARCHIVE)}"
 
 
@@ -129,7 +155,9 @@ def test_unsatisfiable_range(hub: HubServer) -> None:
     assert request(resolve_url(hub), headers={"Range": "bytes=abc"})[0] == 416
 
 
-def test_missing_repo_revision_and_file_raise_the_clients_errors(hub: HubServer, tmp_path: Path) -> None:
+def test_missing_repo_revision_and_file_raise_the_clients_errors(
+    hub: HubServer, tmp_path: Path
+) -> None:
     seed(hub)
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("org/nope", "x.tar.gz", endpoint=hub.url, cache_dir=tmp_path)
@@ -155,8 +183,21 @@ def test_stats_count_requests_and_bytes_and_reset(hub: HubServer) -> None:
 
 def test_fault_status_with_retry_after_hits_times_then_clears(hub: HubServer) -> None:
     seed(hub)
-    control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "method": "GET", "kind": "status",
-                                     "status": 503, "times": 2, "retry_after": 7}])
+    control(
+        hub,
+        "POST",
+        "faults",
+        [
+            {
+                "path_glob": "*.tar.gz",
+                "method": "GET",
+                "kind": "status",
+                "status": 503,
+                "times": 2,
+                "retry_after": 7,
+            }
+        ],
+    )
     assert request(resolve_url(hub), "HEAD")[0] == 200  # method does not match
     for _ in range(2):
         status, headers, _ = request(resolve_url(hub))
@@ -173,8 +214,9 @@ def test_fault_corrupt_flips_one_byte_keeps_headers(hub: HubServer) -> None:
     assert headers["etag"] == f'"{hashlib.sha256(ARCHIVE).hexdigest()}"'
 
 
-def test_body_faults_skip_the_head_and_the_client_keeps_a_corrupt_file(hub: HubServer,
-                                                                      tmp_path: Path) -> None:
+def test_body_faults_skip_the_head_and_the_client_keeps_a_corrupt_file(
+    hub: HubServer, tmp_path: Path
+) -> None:
     seed(hub)
     control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "kind": "corrupt"}])
     path = hf_hub_download(REPO, "x.tar.gz", revision="v1", endpoint=hub.url, cache_dir=tmp_path)
@@ -186,8 +228,12 @@ def test_body_faults_skip_the_head_and_the_client_keeps_a_corrupt_file(hub: HubS
 
 def test_fault_stall_on_head_delays_the_headers(hub: HubServer) -> None:
     seed(hub)
-    control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "method": "HEAD", "kind": "stall",
-                                     "seconds": 3}])
+    control(
+        hub,
+        "POST",
+        "faults",
+        [{"path_glob": "*.tar.gz", "method": "HEAD", "kind": "stall", "seconds": 3}],
+    )
     with pytest.raises((TimeoutError, socket.timeout)):
         request(resolve_url(hub), "HEAD", timeout=0.5)
     assert request(resolve_url(hub), "HEAD")[0] == 200
@@ -210,8 +256,12 @@ def test_fault_stall_delays_the_body(hub: HubServer) -> None:
 
 def test_fault_drip_is_slow_but_complete(hub: HubServer) -> None:
     seed(hub)
-    control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "kind": "drip", "chunk": 50_000,
-                                     "interval": 0.1}])
+    control(
+        hub,
+        "POST",
+        "faults",
+        [{"path_glob": "*.tar.gz", "kind": "drip", "chunk": 50_000, "interval": 0.1}],
+    )
     start = time.monotonic()
     status, _, body = request(resolve_url(hub))
     assert status == 200 and body == ARCHIVE
@@ -227,7 +277,9 @@ def test_fault_reset_drops_the_connection(hub: HubServer) -> None:
 
 def test_fault_wrong_length_fails_the_clients_size_check(hub: HubServer, tmp_path: Path) -> None:
     seed(hub)
-    control(hub, "POST", "faults", [{"path_glob": "*.tar.gz", "method": "GET", "kind": "wrong_length"}])
+    control(
+        hub, "POST", "faults", [{"path_glob": "*.tar.gz", "method": "GET", "kind": "wrong_length"}]
+    )
     with pytest.raises(OSError, match="(?i)consistency|size"):
         hf_hub_download(REPO, "x.tar.gz", revision="v1", endpoint=hub.url, cache_dir=tmp_path)
 
@@ -235,7 +287,9 @@ def test_fault_wrong_length_fails_the_clients_size_check(hub: HubServer, tmp_pat
 def test_fault_redirect_sends_location(hub: HubServer) -> None:
     seed(hub)
     target = f"/{REPO}/resolve/v1/sub/m.json"
-    control(hub, "POST", "faults", [{"path_glob": "*/x.tar.gz", "kind": "redirect", "location": target}])
+    control(
+        hub, "POST", "faults", [{"path_glob": "*/x.tar.gz", "kind": "redirect", "location": target}]
+    )
     status, headers, _ = request(resolve_url(hub))
     assert status == 302 and headers["location"] == target
     assert request(resolve_url(hub))[2] == ARCHIVE  # times=1: gone after one hit
@@ -257,8 +311,14 @@ def test_token_is_required_when_configured(tmp_path: Path) -> None:
         assert status == 401 and "x-repo-commit" not in headers
         status, _, _ = request(resolve_url(hub), "HEAD", headers={"Authorization": "Bearer wrong"})
         assert status == 401
-        path = hf_hub_download(REPO, "x.tar.gz", revision=commit, endpoint=hub.url,
-                               cache_dir=tmp_path / "c", token="s3cret")
+        path = hf_hub_download(
+            REPO,
+            "x.tar.gz",
+            revision=commit,
+            endpoint=hub.url,
+            cache_dir=tmp_path / "c",
+            token="s3cret",
+        )
         assert Path(path).read_bytes() == ARCHIVE
 
 
@@ -273,8 +333,10 @@ def test_restarted_server_serves_the_same_content(tmp_path: Path) -> None:
 def test_cli_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parent.parent / "scripts" / "hubserver.py"
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, str(script), "--data", str(tmp_path / "d"),
-                             "--ready-file", str(ready)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--data", str(tmp_path / "d"), "--ready-file", str(ready)],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not ready.exists() and time.monotonic() < deadline:

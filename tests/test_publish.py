@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hubserver import HubServer
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from hubserver import HubServer
 from llama_runtime.errors import ManifestError, PublishError
 from llama_runtime.hashing import sha256_file
 from llama_runtime.publish import build_release, publish
@@ -22,11 +22,24 @@ LIBS = ["libggml-base.so", "libggml.so", "libllama.so"]
 
 
 def variant_json(backend: str, **extra: Any) -> dict[str, Any]:
-    return {"os": "linux", "arch": "x86_64", "backend": backend,
-            "requires": {"glibc": "2.34", "x86_64_level": 1, "cpu_features": [], "cuda_driver": None,
-                         "compute_capability": None, "macos": None},
-            "libraries": LIBS, "backend_dl": True, "python_requires": [], "llama_cpp": "b6000",
-            **extra}
+    return {
+        "os": "linux",
+        "arch": "x86_64",
+        "backend": backend,
+        "requires": {
+            "glibc": "2.34",
+            "x86_64_level": 1,
+            "cpu_features": [],
+            "cuda_driver": None,
+            "compute_capability": None,
+            "macos": None,
+        },
+        "libraries": LIBS,
+        "backend_dl": True,
+        "python_requires": [],
+        "llama_cpp": "b6000",
+        **extra,
+    }
 
 
 def make_variant(src: Path, name: str, data: dict[str, Any] | str, libs: list[str] = LIBS) -> Path:
@@ -43,9 +56,14 @@ def make_variant(src: Path, name: str, data: dict[str, Any] | str, libs: list[st
 def src(tmp_path: Path) -> Path:
     root = tmp_path / "src"
     make_variant(root, "linux-x86_64-cpu", variant_json("cpu"))
-    make_variant(root, "linux-x86_64-cuda12", variant_json(
-        "cuda12", python_requires=["nvidia-cuda-runtime-cu12"], plugins=["libggml-cuda.so"]),
-        [*LIBS, "libggml-cuda.so"])
+    make_variant(
+        root,
+        "linux-x86_64-cuda12",
+        variant_json(
+            "cuda12", python_requires=["nvidia-cuda-runtime-cu12"], plugins=["libggml-cuda.so"]
+        ),
+        [*LIBS, "libggml-cuda.so"],
+    )
     return root
 
 
@@ -64,16 +82,25 @@ def test_publish_writes_lock_matching_the_hub(src: Path, hub: HubServer, tmp_pat
     assert manifest["schema"] == 1 and manifest["llama_cpp"] == "b6000"
     assert set(manifest["variants"]) == {"linux-x86_64-cpu", "linux-x86_64-cuda12"}
     cuda = manifest["variants"]["linux-x86_64-cuda12"]
-    assert cuda["python_requires"] == ["nvidia-cuda-runtime-cu12"] and cuda["archive"] == "linux-x86_64-cuda12.tar.gz"
+    assert (
+        cuda["python_requires"] == ["nvidia-cuda-runtime-cu12"]
+        and cuda["archive"] == "linux-x86_64-cuda12.tar.gz"
+    )
     parsed = read_lock(lock_path)  # the runtime's own reader accepts it
     assert parsed.commit == lock["commit"]
-    for name, entry in manifest["variants"].items():
-        path = hf_hub_download(REPO, entry["archive"], revision=lock["commit"], endpoint=hub.url,
-                               cache_dir=tmp_path / "dl")
+    for entry in manifest["variants"].values():
+        path = hf_hub_download(
+            REPO,
+            entry["archive"],
+            revision=lock["commit"],
+            endpoint=hub.url,
+            cache_dir=tmp_path / "dl",
+        )
         assert sha256_file(path) == entry["sha256"]
         assert os.path.getsize(path) == entry["size"]
-    remote = hf_hub_download(REPO, "manifest.json", revision="v0.1.0", endpoint=hub.url,
-                             cache_dir=tmp_path / "dl")
+    remote = hf_hub_download(
+        REPO, "manifest.json", revision="v0.1.0", endpoint=hub.url, cache_dir=tmp_path / "dl"
+    )
     assert json.loads(Path(remote).read_text()) == manifest
 
 
@@ -81,9 +108,14 @@ def test_tag_resolves_to_the_locked_commit(src: Path, hub: HubServer, tmp_path: 
     lock = run(src, hub, tmp_path / "lock.json")
     api = HfApi(endpoint=hub.url)
     assert api.model_info(REPO, revision="v0.1.0").sha == lock["commit"]
-    assert {(t.name, t.target_commit) for t in api.list_repo_refs(REPO).tags} == {("v0.1.0", lock["commit"])}
+    assert {(t.name, t.target_commit) for t in api.list_repo_refs(REPO).tags} == {
+        ("v0.1.0", lock["commit"])
+    }
     assert sorted(api.list_repo_files(REPO, revision=lock["commit"])) == [
-        "linux-x86_64-cpu.tar.gz", "linux-x86_64-cuda12.tar.gz", "manifest.json"]
+        "linux-x86_64-cpu.tar.gz",
+        "linux-x86_64-cuda12.tar.gz",
+        "manifest.json",
+    ]
 
 
 def test_release_is_reproducible(src: Path, tmp_path: Path) -> None:
@@ -93,19 +125,25 @@ def test_release_is_reproducible(src: Path, tmp_path: Path) -> None:
     os.utime(src / "linux-x86_64-cpu" / "libllama.so", (12345, 12345))
     second = build_release(src, tmp_path / "b")
     assert first == second
-    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (
+        tmp_path / "b" / "manifest.json"
+    ).read_bytes()
     for entry in first["variants"].values():
         assert sha256_file(tmp_path / "b" / entry["archive"]) == entry["sha256"]
 
 
-def test_republishing_the_same_release_is_a_no_op(src: Path, hub: HubServer, tmp_path: Path) -> None:
+def test_republishing_the_same_release_is_a_no_op(
+    src: Path, hub: HubServer, tmp_path: Path
+) -> None:
     first = run(src, hub, tmp_path / "one.json")
     again = run(src, hub, tmp_path / "two.json")
     assert again == first
     assert len(HfApi(endpoint=hub.url).list_repo_refs(REPO).tags) == 1
 
 
-def test_existing_tag_with_different_content_is_refused(src: Path, hub: HubServer, tmp_path: Path) -> None:
+def test_existing_tag_with_different_content_is_refused(
+    src: Path, hub: HubServer, tmp_path: Path
+) -> None:
     first = run(src, hub, tmp_path / "lock.json")
     (src / "linux-x86_64-cpu" / "libllama.so").write_bytes(b"rebuilt")
     with pytest.raises(PublishError, match="already exists"):
@@ -114,7 +152,9 @@ def test_existing_tag_with_different_content_is_refused(src: Path, hub: HubServe
     assert HfApi(endpoint=hub.url).model_info(REPO, revision="main").sha == first["commit"]
 
 
-def test_a_later_release_drops_archives_of_removed_variants(src: Path, hub: HubServer, tmp_path: Path) -> None:
+def test_a_later_release_drops_archives_of_removed_variants(
+    src: Path, hub: HubServer, tmp_path: Path
+) -> None:
     first = run(src, hub, tmp_path / "lock.json")
     for path in (src / "linux-x86_64-cuda12").iterdir():
         path.unlink()
@@ -147,12 +187,18 @@ def test_bad_json(tmp_path: Path, hub: HubServer) -> None:
         run(tmp_path / "src", hub, tmp_path / "lock.json")
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"libraries": []}, "non-empty list"),
-    ({"sha256": "0" * 64}, "publish computes"),
-    ({"libraries": ["../libllama.so"]}, "not a plain file name"),
-], ids=["no-libraries", "computed-key", "path-in-library"])
-def test_invalid_variant_json(tmp_path: Path, hub: HubServer, change: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"libraries": []}, "non-empty list"),
+        ({"sha256": "0" * 64}, "publish computes"),
+        ({"libraries": ["../libllama.so"]}, "not a plain file name"),
+    ],
+    ids=["no-libraries", "computed-key", "path-in-library"],
+)
+def test_invalid_variant_json(
+    tmp_path: Path, hub: HubServer, change: dict[str, Any], message: str
+) -> None:
     make_variant(tmp_path / "src", "linux-x86_64-cpu", {**variant_json("cpu"), **change})
     with pytest.raises(ManifestError, match=message):
         run(tmp_path / "src", hub, tmp_path / "lock.json")
