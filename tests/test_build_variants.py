@@ -134,10 +134,10 @@ def test_cache_root_follows_xdg(bv: ModuleType) -> None:
 
 def test_write_variant_json_refuses_symlinks(bv: ModuleType, system_folder: Path) -> None:
     (system_folder / "libllama.so").symlink_to("libstdc++.so.6")
-    facts = dict(os="linux", arch="x86_64", backend="cpu", requires={}, plugins=[],
-                 libraries=["libgcc_s.so.1", "libllama.so"], backend_dl=False,
-                 python_requires=[], external_libraries=[], llama_cpp="0.5.0", source="t",
-                 description="t")
+    facts = {"os": "linux", "arch": "x86_64", "backend": "cpu", "requires": {}, "plugins": [],
+             "libraries": ["libgcc_s.so.1", "libllama.so"], "backend_dl": False,
+             "python_requires": [], "external_libraries": [], "llama_cpp": "0.5.0",
+             "source": "t", "description": "t"}
     with pytest.raises(bv.BuildVariantError, match="regular file"):
         bv.write_variant_json(system_folder, **facts)
     with pytest.raises(bv.BuildVariantError, match="last library must be libllama"):
