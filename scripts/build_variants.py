@@ -211,7 +211,8 @@ def cuda_architectures(path: Path) -> list[tuple[str, int]]:
             pos, end = start + header_size, start + header_size + fat_size
             while pos + 32 <= end:
                 kind, _, entry_header, size = struct.unpack_from("<HHIQ", data, pos)
-                found.add(("ptx" if kind == 1 else "sm", struct.unpack_from("<I", data, pos + 28)[0]))
+                arch = struct.unpack_from("<I", data, pos + 28)[0]
+                found.add(("ptx" if kind == 1 else "sm", arch))
                 if entry_header == 0:
                     break
                 pos += entry_header + size
@@ -314,8 +315,12 @@ def _npm_gpu_facts(staged: Path, gpu: str, plugins: Sequence[str]) -> dict[str, 
                                        if BACKEND_EXTERNAL.get(n)})
     if gpu == "cuda":
         major = int(next(n for n in needed if n.startswith("libcudart.so.")).rsplit(".", 1)[1])
-        lowest = min(arch for _, arch in cuda_architectures(plugin))
-        facts |= {"suffix": f"cuda{major}", "cuda_runtime": str(major),
+        archs = cuda_architectures(plugin)
+        lowest = min(arch for _, arch in archs)  # PTX of the lowest arch JITs on newer GPUs
+        facts |= {"suffix": f"cuda{major}", "extra": {
+                      "cuda_runtime": str(major),
+                      "cuda_architectures": [f"{'compute' if k == 'ptx' else 'sm'}_{a}"
+                                             for k, a in archs]},
                   "cuda_driver": CUDA_MIN_DRIVER[major],
                   "compute_capability": f"{lowest // 10}.{lowest % 10}"}
     return facts
@@ -354,7 +359,7 @@ def npm_variant(package_spec: str, out_dir: Path, *, cache: Path | None = None) 
                    f"{meta['platformInfo']['version']}, GGML_BACKEND_DL)",
             description=f"llama.cpp {gpu['backend']} for {arch} Linux; ggml loads the best of "
                         f"{len(libs['plugins'])} backend plugins at run time",
-            **({"cuda_runtime": gpu["cuda_runtime"]} if "cuda_runtime" in gpu else {}))
+            **gpu.get("extra", {}))
         return _replace_dir(staged, out_dir / name)
 
 
@@ -394,7 +399,8 @@ def _extract_vendor(sdist: Path, into: Path) -> Path:
 
 def _llama_version(source: Path) -> str:
     text = (source / "CMakeLists.txt").read_text()
-    parts = [re.search(rf"set\(LLAMA_VERSION_{p} (\d+)\)", text) for p in ("MAJOR", "MINOR", "PATCH")]
+    parts = [re.search(rf"set\(LLAMA_VERSION_{part} (\d+)\)", text)
+             for part in ("MAJOR", "MINOR", "PATCH")]
     return ".".join(m[1] if m else "?" for m in parts)
 
 
@@ -438,7 +444,10 @@ def _cmake_build(source: Path, build: Path, flags: Sequence[str], jobs: int) -> 
                     [cmake, "--build", str(build), "-j", str(jobs)]):
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode:
+            # Paths under the cache become relative, so ccache hits across home folders too.
+            env = {**os.environ, "CCACHE_BASEDIR": str(build.parent.parent)}
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False,
+                              env=env).returncode:
                 tail = (build / "build-variants.log").read_text()[-3000:]
                 raise BuildVariantError(f"{' '.join(cmd[:2])} failed; log {log.name}:\n{tail}")
     return build / "bin"
