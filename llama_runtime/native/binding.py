@@ -32,7 +32,7 @@ _LOG_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.
 _GGML_LOG_CONT = 5
 
 _lock = threading.Lock()
-_opened: dict[tuple[tuple[str, ...], str | None], Native] = {}
+_opened: dict[str, Native] = {}
 _last_level = [logging.DEBUG]
 _capture = threading.local()  # .lines: list of warnings/errors logged by this thread, or unset
 
@@ -103,9 +103,15 @@ class Native:
         paths = [Path(p).absolute() for p in libraries]
         if not paths:
             raise LibraryLoadError("no llama.cpp library was given to load")
-        key = (tuple(str(p) for p in paths), str(backend_dir) if backend_dir else None)
+        # Keyed by the real libllama file: the same file is one library to the dynamic loader,
+        # whatever the list of siblings or the link it was reached through.
+        key = str(paths[-1].resolve())
         with _lock:
             if key not in _opened:
+                if _opened:
+                    logger.warning(
+                        "loading a second llama.cpp (%s) into a process that already has %s: "
+                        "two ggml copies keep separate backend registries", key, next(iter(_opened)))
                 _opened[key] = cls._open_new(paths, backend_dir)
             return _opened[key]
 
