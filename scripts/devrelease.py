@@ -28,9 +28,8 @@ def dev_cache() -> Path:
 
 def build_variant_dirs(out: Path, *flags: str) -> Path:
     """Real llama.cpp variant folders (npm prebuilt + source build by default), cached."""
-    if not (out.is_dir() and any(out.glob("*/variant.json"))):
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_variants.py"), str(out), *flags],
-                       check=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_variants.py"), str(out), *flags],
+                   check=True)
     return out
 
 

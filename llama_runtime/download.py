@@ -1,0 +1,110 @@
+"""Stream one file from the hub to disk: resumable, bounded retries, one overall deadline.
+
+It rides on ``huggingface_hub``'s own HTTP client (``get_session()``), URL scheme
+(``hf_hub_url``) and headers (``build_hf_headers``), but does what ``hf_hub_download`` does
+not: a deadline for the whole download (``LLAMA_RUNTIME_TIMEOUT``) instead of a 23 s back-off
+on a dead server, resume with ``Range`` after a cut, and no second copy in another cache.
+The caller verifies the sha256 before anything is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import DownloadError
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+ATTEMPTS = 4  # one try plus three retries of transient failures
+TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+Progress = Callable[[int, int | None], None]
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _client(proxy: str | None) -> Any:
+    from huggingface_hub import get_session
+
+    session = get_session()
+    if proxy is None:
+        return session
+    return type(session)(proxy=proxy, follow_redirects=True)  # the same httpx flavour as the hub's
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _one_attempt(client: Any, url: str, part: Path, headers: dict[str, str], remaining: float,
+                 progress: Progress | None) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    request_headers = {**headers, **({"Range": f"bytes={have}-"} if have else {})}
+    timeout = max(1.0, min(remaining, 30.0))
+    with client.stream("GET", url, headers=request_headers, timeout=timeout) as r:
+        if r.status_code in TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {r.status_code}", _retry_after(r.headers.get("Retry-After")))
+        if r.status_code >= 400:
+            raise DownloadError(f"HTTP {r.status_code} for {url}" + _hint(r.status_code))
+        if have and r.status_code != 206:  # server ignored Range (some mirrors do): start over
+            have = 0
+        total = _total(r, have)
+        with part.open("ab" if have else "wb") as f:
+            for chunk in r.iter_bytes(CHUNK):
+                f.write(chunk)
+                have += len(chunk)
+                if progress:
+                    progress(have, total)
+    if total is not None and have != total:
+        raise _Transient(f"body ended at {have} of {total} bytes")
+
+
+def _total(response: Any, have: int) -> int | None:
+    length = response.headers.get("Content-Length")
+    return have + int(length) if length and length.isdigit() else None
+
+
+def _hint(status: int) -> str:
+    if status in (401, 403):
+        return ": access denied; set HF_TOKEN if the repo is private."
+    if status == 404:
+        return ": not found; check LLAMA_RUNTIME_REPO / LLAMA_RUNTIME_REVISION."
+    return "."
+
+
+def fetch(url: str, dest: Path, *, headers: dict[str, str], timeout: float, proxy: str | None = None,
+          progress: Progress | None = None) -> Path:
+    """Download ``url`` to ``dest`` (via ``dest.part``) before ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    part = dest.with_name(dest.name + ".part")
+    client, last = _client(proxy), "no attempt made"
+    for attempt in range(ATTEMPTS):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            _one_attempt(client, url, part, headers, remaining, progress)
+            part.replace(dest)
+            return dest
+        except _Transient as exc:
+            last, wait = str(exc), exc.retry_after
+        except Exception as exc:  # transport errors of whichever httpx flavour the hub client uses
+            if isinstance(exc, DownloadError):
+                raise
+            last, wait = f"{type(exc).__name__}: {exc}", None
+        if attempt == ATTEMPTS - 1:
+            break
+        wait = min(wait if wait is not None else 0.5 * 2**attempt, max(0.0, deadline - time.monotonic()))
+        log.info("download of %s failed (%s); retry %d in %.1f s", url, last, attempt + 1, wait)
+        time.sleep(wait)
+    raise DownloadError(f"gave up on {url} after {ATTEMPTS} attempts within {timeout:g} s: {last}")

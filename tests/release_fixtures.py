@@ -1,0 +1,76 @@
+"""Session fixtures for a real release on loopback: variants -> hub -> lock -> sdist -> venv.
+
+Imported by conftest.py. Heavy artifacts (npm packs, source builds) are cached under
+~/.cache/llama-runtime-dev by scripts/build_variants.py, so only the first run is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import devrelease
+from hubserver import HubServer
+from tiny_model import write_tiny_llama
+
+
+@dataclass
+class Release:
+    hub: HubServer
+    tree: Path  # a source tree whose binaries.lock.json points at the hub
+    lock: dict
+    sdist: Path
+    variants: Path
+
+    def archive(self, name: str) -> str:
+        return self.lock["manifest"]["variants"][name]["archive"]
+
+    def env(self, cache: Path, **extra: str) -> dict[str, str]:
+        """Environment for a run against this release with its own cache folder."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "HF_"))}
+        return {**base, "LLAMA_RUNTIME_ENDPOINT": self.hub.url, "LLAMA_RUNTIME_CACHE": str(cache),
+                "HF_HUB_DISABLE_TELEMETRY": "1", **extra}
+
+    def requests(self) -> int:
+        assert self.hub.httpd is not None
+        return sum(self.hub.httpd.stats()["requests"].values())
+
+
+@pytest.fixture(scope="session")
+def variants_dir() -> Path:
+    """Real variant folders: the npm prebuilt and a source build (cached between runs)."""
+    return devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory: pytest.TempPathFactory, variants_dir: Path) -> Iterator[Release]:
+    work = tmp_path_factory.mktemp("release")
+    with HubServer(work / "hub") as hub:
+        tree = devrelease.stage_source(work / "src")
+        lock_path = devrelease.publish_release(tree, variants_dir, hub.url)
+        sdist = devrelease.build_sdist(tree, work / "dist")
+        yield Release(hub, tree, json.loads(lock_path.read_text()), sdist, variants_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("model") / "tiny-llama.gguf")
+
+
+def run_source_cli(release: Release, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m llama_runtime`` from the release's source tree (no install)."""
+    return subprocess.run([sys.executable, "-m", "llama_runtime", *args], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(release.tree)}, timeout=300)
+
+
+def run_source_py(release: Release, env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    """A Python snippet importing the release's source tree, in a fresh process."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(release.tree)}, timeout=300)
