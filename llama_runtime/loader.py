@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .errors import LibraryLoadError, LibraryNotFoundError, LlamaRuntimeError
+from .errors import (DownloadError, IntegrityError, LibraryLoadError, LibraryNotFoundError,
+                     LlamaRuntimeError)
 
 if TYPE_CHECKING:
     from .native.binding import Native
@@ -141,9 +142,35 @@ def _open(step: Step, settings: Settings) -> Library:
         return Library(path, folder, "explicit", None, None, native)
     assert step.variant is not None and step.folder is not None
     v, folder = step.variant, step.folder
+    preflight(v, folder)
     paths = [folder / name for name in v.libraries]
     native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
+    if v.backend != "cpu" and not any(d["type"] in ("gpu", "igpu") for d in native.devices()):
+        raise LibraryLoadError(f"{v.name} loaded, but ggml found no {v.backend} device"
+                               f" (devices: {', '.join(d['name'] for d in native.devices()) or 'none'}).")
     return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
+
+
+# ggml's backend plugin of each GPU backend (GGML_BACKEND_DL builds)
+GPU_PLUGINS = {"cuda": "libggml-cuda", "vulkan": "libggml-vulkan", "rocm": "libggml-hip", "metal": "libggml-metal"}
+
+
+def preflight(v: Variant, folder: Path) -> None:
+    """Load a GPU variant's backend plugin alone first.
+
+    ggml skips a plugin that fails to load without saying why, and would quietly run on the
+    CPU. Loading it here first turns a missing ``libcudart``/``libcuda`` into an error carrying
+    the OS loader's message, before anything else of the variant is in the process.
+    """
+    import ctypes
+
+    prefix = GPU_PLUGINS.get(v.backend)
+    for name in v.files:
+        if prefix and name.startswith(prefix):
+            try:
+                ctypes.CDLL(str(folder / name))
+            except OSError as exc:
+                raise LibraryLoadError(f"the {v.backend} backend of {v.name} does not load: {exc}") from exc
 
 
 def _lib_sha256(folder: Path, name: str) -> str | None:
@@ -178,6 +205,7 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
         lock = read_lock()
     steps, selection, notes = plan(settings, profile=profile, lock=lock)
     attempts: list[str] = []
+    fetch_errors: list[LlamaRuntimeError] = []
     for note in notes:
         _fallback(note, settings, attempts)
     for step in steps:
@@ -188,13 +216,18 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
         except LlamaRuntimeError as exc:
             if step.source == "explicit":
                 raise
+            if isinstance(exc, (DownloadError, IntegrityError)):
+                fetch_errors.append(exc)
             _fallback(f"{step.source} {where}: {exc}", settings, attempts)
             continue
         library.attempts = attempts
         if selection is not None and library.variant != selection.selected:
             _fallback(f"using {library.variant} instead of {selection.selected}", settings, [])
         return library
-    raise LibraryNotFoundError(_nothing_loaded(settings, selection, attempts))
+    message = _nothing_loaded(settings, selection, attempts)
+    if fetch_errors:  # keep the class, so `except IntegrityError` / `except DownloadError` still works
+        raise type(fetch_errors[0])(message) from fetch_errors[0]
+    raise LibraryNotFoundError(message)
 
 
 def _nothing_loaded(settings: Settings, selection: Selection | None, attempts: list[str]) -> str:

@@ -319,9 +319,11 @@ def _npm_gpu_facts(staged: Path, gpu: str, plugins: Sequence[str]) -> dict[str, 
         lowest = min(arch for _, arch in archs)  # PTX of the lowest arch JITs on newer GPUs
         facts |= {"suffix": f"cuda{major}", "extra": {
                       "cuda_runtime": str(major),
+                      "min_driver_version": CUDA_MIN_DRIVER[major],
                       "cuda_architectures": [f"{'compute' if k == 'ptx' else 'sm'}_{a}"
                                              for k, a in archs]},
-                  "cuda_driver": CUDA_MIN_DRIVER[major],
+                  # requires.cuda_driver is the CUDA version the *driver* must support
+                  "cuda_driver": f"{major}.0",
                   "compute_capability": f"{lowest // 10}.{lowest % 10}"}
     return facts
 

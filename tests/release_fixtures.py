@@ -67,10 +67,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_source_cli(release: Release, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m llama_runtime`` from the release's source tree (no install)."""
     return subprocess.run([sys.executable, "-m", "llama_runtime", *args], capture_output=True, text=True,
-                          env={**env, "PYTHONPATH": str(release.tree)}, timeout=300)
+                          env={**env, "PYTHONPATH": str(release.tree)}, timeout=300,
+                          cwd=release.tree)
 
 
 def run_source_py(release: Release, env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
     """A Python snippet importing the release's source tree, in a fresh process."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**env, "PYTHONPATH": str(release.tree)}, timeout=300)
+                          env={**env, "PYTHONPATH": str(release.tree)}, timeout=300,
+                          cwd=release.tree)

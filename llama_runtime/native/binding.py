@@ -173,6 +173,18 @@ class Native:
         finally:
             _capture.lines = previous
 
+    def devices(self) -> list[dict[str, str]]:
+        """ggml's devices after backend loading: name, description and type (cpu/gpu/igpu/accel)."""
+        kinds = ("cpu", "gpu", "igpu", "accel", "meta")
+        out = []
+        for i in range(self.ggml_backend_dev_count()):
+            dev = self.ggml_backend_dev_get(i)
+            kind = self.ggml_backend_dev_type(dev)
+            out.append({"name": (self.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
+                        "description": (self.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
+                        "type": kinds[kind] if 0 <= kind < len(kinds) else str(kind)})
+        return out
+
     def system_info(self) -> str:
         """``llama_print_system_info()``: the CPU features and backends llama.cpp sees."""
         raw = self.llama_print_system_info()

@@ -61,6 +61,14 @@ FUNCTIONS: list[Fn] = [
        "size_t ggml_backend_dev_count(void);"),
     Fn("ggml_backend_reg_count", [], c_size_t,
        "size_t ggml_backend_reg_count(void);"),
+    Fn("ggml_backend_dev_get", [c_size_t], c_void_p,
+       "ggml_backend_dev_t ggml_backend_dev_get(size_t index);"),
+    Fn("ggml_backend_dev_name", [c_void_p], c_char_p,
+       "const char * ggml_backend_dev_name(ggml_backend_dev_t device);"),
+    Fn("ggml_backend_dev_description", [c_void_p], c_char_p,
+       "const char * ggml_backend_dev_description(ggml_backend_dev_t device);"),
+    Fn("ggml_backend_dev_type", [c_void_p], c_int32,
+       "enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);"),
 
     # --- process-wide
     Fn("llama_backend_init", [], None, "void llama_backend_init(void);"),
