@@ -105,3 +105,42 @@ def entries(cache_dir: Path) -> list[dict[str, Any]]:
             out.append({"version": vdir.name, "variant": folder.name, "path": str(folder),
                         "current": vdir.name == __version__, "record": read_record(folder)})
     return out
+
+
+def verify_entry(folder: Path) -> list[str]:
+    """Re-hash every file of a cached variant against its record; the problems found."""
+    record = read_record(folder)
+    if record is None:
+        return ["no record: incomplete or not made by llama-runtime"]
+    problems = []
+    for name, entry in sorted((record.get("files") or {}).items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{name}: sha256 differs from the record (modified or corrupt)")
+    return problems
+
+
+def prune(cache_dir: Path, *, keep_current: bool) -> list[Path]:
+    """Remove cached variants (all, or all but this version's) and stale temporary folders."""
+    removed = []
+    if not cache_dir.is_dir():
+        return removed
+    for vdir in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
+        keep = keep_current and vdir.name == __version__
+        for item in sorted(vdir.iterdir()):
+            stale_tmp = item.name.startswith((".tmp-", ".dl-", ".old-")) and _older_than(item, 3600)
+            if (not keep and not item.name.endswith(".lock")) or stale_tmp:
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+                removed.append(item)
+        if not keep and not any(vdir.iterdir()):
+            vdir.rmdir()
+    return removed
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False

@@ -97,10 +97,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from . import cache
 
     settings = _settings(args)
+    if args.action == "prune":
+        for path in cache.prune(settings.cache_dir, keep_current=args.keep_current):
+            print(f"removed {path}")
+        return 0
+    bad = 0
     for entry in cache.entries(settings.cache_dir):
-        state = "complete" if entry["record"] else "incomplete"
-        print(f"{entry['version']}/{entry['variant']}\t{state}\t{entry['path']}")
-    return 0
+        current = " (current)" if entry["current"] else ""
+        if args.action == "list":
+            state = "complete" if entry["record"] else "incomplete"
+            print(f"{entry['version']}/{entry['variant']}{current}\t{state}\t{entry['path']}")
+            continue
+        problems = cache.verify_entry(Path(entry["path"]))
+        bad += bool(problems)
+        print(f"{entry['version']}/{entry['variant']}: {'; '.join(problems) or 'ok'}")
+    if bad:
+        print(f"{bad} cached variant(s) failed verification; `llama-runtime cache prune` removes them"
+              " and the next load fetches them again.", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

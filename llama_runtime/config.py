@@ -38,6 +38,7 @@ ENV_VARS: dict[str, str] = {
     "timeout": "LLAMA_RUNTIME_TIMEOUT",
     "proxy": "LLAMA_RUNTIME_PROXY",
     "strict": "LLAMA_RUNTIME_STRICT",
+    "abi_check": "LLAMA_RUNTIME_ABI_CHECK",
 }
 # `-C key=value` spellings accepted by the build backend
 CONFIG_SETTING_KEYS: dict[str, str] = {
@@ -76,6 +77,7 @@ class Settings:
     timeout: float = DEFAULT_TIMEOUT
     proxy: str | None = None
     strict: bool = False
+    abi_check: bool = True
     token: str | None = field(default=None, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -193,7 +195,7 @@ def resolve(
         offer(name, raw, "config-settings", f"-C {name.replace('_', '-')}")
     for name, var in ENV_VARS.items():
         raw = env.get(var)
-        if raw is not None and (raw.strip() or name in ("skip_download", "offline", "strict")):
+        if raw is not None and (raw.strip() or name in ("skip_download", "offline", "strict", "abi_check")):
             offer(name, raw, f"env:{var}", var)
     # the Hugging Face variables are honoured as fallbacks
     offer("endpoint", env.get("HF_ENDPOINT") or None, "env:HF_ENDPOINT", "HF_ENDPOINT")

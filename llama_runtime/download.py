@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .errors import DownloadError
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 ATTEMPTS = 4  # one try plus three retries of transient failures
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-Progress = Callable[[int, int | None], None]
+Progress = Callable[[int, Optional[int]], None]
 
 
 class _Transient(Exception):

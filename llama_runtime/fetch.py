@@ -12,6 +12,7 @@ from typing import Any
 
 from .cache import install, lock_path, lookup, version_dir
 from .config import Settings
+from .download import Progress
 from .errors import CacheError, DownloadError, IntegrityError, OfflineError
 from .filelock import file_lock
 from .hashing import sha256_file
@@ -45,16 +46,18 @@ def _from_mirror(variant: Variant, mirror: Path, work: Path) -> tuple[Path, dict
     return dest, {"kind": "mirror", "path": str(mirror)}
 
 
-def _from_hub(variant: Variant, lock: Lock, settings: Settings, work: Path) -> tuple[Path, dict[str, Any]]:
+def _from_hub(variant: Variant, lock: Lock, settings: Settings, work: Path,
+              progress: Progress | None) -> tuple[Path, dict[str, Any]]:
     from .hub import download_file
 
     repo = settings.repo or lock.repo
     revision = settings.revision or lock.commit
-    path = download_file(repo, variant.archive, revision, settings, work)
+    path = download_file(repo, variant.archive, revision, settings, work, progress)
     return path, {"kind": "hub", "endpoint": settings.endpoint, "repo": repo, "revision": revision}
 
 
-def obtain_archive(variant: Variant, lock: Lock, settings: Settings, work: Path) -> tuple[Path, dict[str, Any]]:
+def obtain_archive(variant: Variant, lock: Lock, settings: Settings, work: Path,
+                   progress: Progress | None = None) -> tuple[Path, dict[str, Any]]:
     """Fetch ``variant``'s archive into ``work`` and verify it; return its path and origin."""
     if settings.mirror is not None:
         path, origin = _from_mirror(variant, settings.mirror, work)
@@ -65,12 +68,13 @@ def obtain_archive(variant: Variant, lock: Lock, settings: Settings, work: Path)
             " LLAMA_RUNTIME_MIRROR at a folder written by `llama-runtime fetch --dest`."
         )
     else:
-        path, origin = _from_hub(variant, lock, settings, work)
+        path, origin = _from_hub(variant, lock, settings, work, progress)
     verify(path, variant, origin.get("endpoint") or origin.get("path", "?"))
     return path, origin
 
 
-def ensure_variant(variant: Variant, lock: Lock, settings: Settings) -> tuple[Path, str]:
+def ensure_variant(variant: Variant, lock: Lock, settings: Settings,
+                   progress: Progress | None = None) -> tuple[Path, str]:
     """The cached folder of ``variant``, downloading it if needed; returns (folder, 'cache'|'download')."""
     found = lookup(settings.cache_dir, variant)
     if found is not None:
@@ -87,7 +91,7 @@ def ensure_variant(variant: Variant, lock: Lock, settings: Settings) -> tuple[Pa
             return found, "cache"
         work = Path(tempfile.mkdtemp(prefix=f".dl-{variant.name}-", dir=base))
         try:
-            archive, origin = obtain_archive(variant, lock, settings, work)
+            archive, origin = obtain_archive(variant, lock, settings, work, progress)
             log.info("fetched %s (%d bytes) from %s", variant.archive, variant.size, origin)
             return install(settings.cache_dir, variant, archive, origin), "download"
         finally:

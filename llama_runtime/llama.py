@@ -113,6 +113,19 @@ class Llama:
 
     # --- tokens -------------------------------------------------------------------------------
 
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str, revision: str | None = None,
+                        **kwargs: Any) -> Llama:
+        """A model from the hub through huggingface_hub's cache (works offline once cached).
+
+        The proposal's ``new LLamaWeights("Facebook/LLaMA", "llama2.gguf")``; ``kwargs`` go to
+        ``Llama(...)``. The endpoint, token and offline mode come from the llama-runtime settings.
+        """
+        from .api import current_settings
+        from .models import download_model
+
+        return cls(download_model(repo_id, filename, revision, current_settings()), **kwargs)
+
     def tokenize(self, text: str, *, add_special: bool = True, special: bool = False) -> list[int]:
         """Token ids of ``text``; ``add_special`` adds BOS, ``special`` parses ``<s>``-like text."""
         data = text.encode("utf-8")

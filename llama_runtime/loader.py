@@ -129,19 +129,35 @@ def _misfit_message(report: dict[str, Any], selection: Selection) -> str:
             f" The wheel was probably reused from pip's cache; fix it with `{FIX_WHEEL}`")
 
 
+def check_generation(found: str | None, what: str, settings: Settings) -> None:
+    """Refuse a llama.cpp of another generation than the binding's struct layouts (ABI guard)."""
+    from .native.binding import LLAMA_CPP_GENERATION
+
+    if found and settings.abi_check and found.lstrip("v") != LLAMA_CPP_GENERATION:
+        raise LibraryLoadError(
+            f"{what} is llama.cpp {found}, but this llama-runtime's binding matches generation"
+            f" {LLAMA_CPP_GENERATION}; its structs would be misread (crashes, garbage). Use the"
+            " library llama-runtime selects, or set LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
+
+
 def _open(step: Step, settings: Settings) -> Library:
+    import re
+
     from .native.binding import Native
 
     if step.source == "explicit":
         path = Path(step.folder or "")
         if not path.is_file():
             raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} does not exist.")
+        tagged = re.search(r"\.v(\d+\.\d+\.\d+)\.", path.name)
+        check_generation(tagged.group(1) if tagged else None, str(path), settings)
         folder = path.parent
         dl = any(folder.glob("libggml-cpu*.so")) or any(folder.glob("ggml-cpu*.dll"))
         native = Native.open([path], backend_dir=folder if dl else None)
         return Library(path, folder, "explicit", None, None, native)
     assert step.variant is not None and step.folder is not None
     v, folder = step.variant, step.folder
+    check_generation(v.extra.get("llama_cpp"), f"variant {v.name}", settings)
     preflight(v, folder)
     paths = [folder / name for name in v.libraries]
     native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
