@@ -46,7 +46,12 @@ class MachineProfile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MachineProfile:
         """Accept a profile dict or a whole ``doctor --json`` object (which holds ``profile``)."""
-        data = data.get("profile", data)
+        if isinstance(data, dict):
+            data = data.get("profile", data)
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"not a machine profile: expected a JSON object, got {type(data).__name__}"
+            )
         try:
             return cls(os=data["os"], arch=normalize_arch(data["arch"]),
                        libc=dict(data.get("libc") or {}), cpu=dict(data.get("cpu") or {}),

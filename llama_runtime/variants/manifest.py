@@ -24,7 +24,9 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 def _plain_name(value: Any, what: str) -> str:
     """A file name with no folder part: archive and library names must stay inside their folder."""
-    if not isinstance(value, str) or not _NAME.match(value) or PurePosixPath(value).name != value:
+    # fullmatch: a "$" anchor would let a trailing newline through
+    plain = isinstance(value, str) and _NAME.fullmatch(value) and PurePosixPath(value).name == value
+    if not plain:
         raise ManifestError(f"{what} {value!r} is not a plain file name.")
     return value
 
@@ -54,9 +56,9 @@ class Variant:
                    if k not in data]
         if missing:
             raise ManifestError(f"{where} lacks {', '.join(missing)}.")
-        if not isinstance(data["sha256"], str) or not _SHA256.match(data["sha256"]):
+        if not isinstance(data["sha256"], str) or not _SHA256.fullmatch(data["sha256"]):
             raise ManifestError(f"{where}: sha256 {data['sha256']!r} is not 64 lowercase hex digits.")
-        if not isinstance(data["size"], int) or data["size"] <= 0:
+        if type(data["size"]) is not int or data["size"] <= 0:  # JSON true is not a size
             raise ManifestError(f"{where}: size {data['size']!r} is not a positive integer.")
         libraries = data["libraries"]
         if not isinstance(libraries, list) or not libraries:
@@ -135,7 +137,7 @@ class Lock:
         missing = [k for k in ("repo", "revision", "commit", "manifest") if k not in data]
         if missing:
             raise ManifestError(f"{where} lacks {', '.join(missing)}.")
-        if not isinstance(data["commit"], str) or not _COMMIT.match(data["commit"]):
+        if not isinstance(data["commit"], str) or not _COMMIT.fullmatch(data["commit"]):
             raise ManifestError(f"{where}: commit {data['commit']!r} is not a 40-hex commit sha.")
         return cls(repo=str(data["repo"]), revision=str(data["revision"]), commit=data["commit"],
                    manifest=Manifest.parse(data["manifest"]), path=path)

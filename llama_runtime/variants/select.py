@@ -114,6 +114,8 @@ def _check_cpu(v: Variant, p: MachineProfile) -> list[str]:
 
 
 def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+    if v.backend == "metal" and p.os == "macos" and p.arch == "aarch64":
+        return []  # every Apple Silicon Mac has a Metal GPU
     if v.backend != "cuda":
         return [] if v.backend == "cpu" else [f"no {v.backend} device detected"]
     problems = []
@@ -144,9 +146,12 @@ def _judge(v: Variant, p: MachineProfile, backend: str) -> Candidate:
     cuda_mismatch = [g for g in gpu if g.startswith("built for CUDA")]
     if wanted == v.backend and not cuda_mismatch:
         # An explicit GPU backend on a machine without the device (a Docker build stage) is
-        # honoured; the missing device becomes a warning, never a silent switch.
-        notes = [f"{g} (kept: LLAMA_BACKEND={backend} asked for it)" for g in gpu]
-        gpu = []
+        # honoured; the missing device becomes a warning, never a silent switch. A device that
+        # is there but too old (a driver below the CUDA the build needs) is still a refusal:
+        # that library would not load here.
+        absent = [g for g in gpu if g.startswith("no ")]
+        notes = [f"{g} (kept: LLAMA_BACKEND={backend} asked for it)" for g in absent]
+        gpu = [g for g in gpu if g not in absent]
     else:
         notes = []
     problems = hard + gpu
