@@ -1,0 +1,115 @@
+"""The install-time hook under every frontend people use: pip, pip wheel, python -m build, uv,
+editable installs, -C config settings, cross/Docker targets, and a wheel reused from a cache.
+
+Every test runs the real frontend against the loopback hub of the ``release`` fixture, from a
+temporary working directory and without PYTHONPATH, so the checkout's own ``llama_runtime``
+(which has no lock) can never be imported by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import devrelease
+from release_fixtures import Release
+
+pytestmark = pytest.mark.slow
+
+UV = str(Path(sys.executable).parent / "uv")
+CPU, CPU_V3 = "linux-x86_64-cpu", "linux-x86_64-cpu-v3"
+FIX = "pip install --no-cache-dir --force-reinstall llama-runtime"
+LOAD = "import llama_runtime; lib = llama_runtime.load(); print(lib.source, lib.variant, lib.path)"
+
+
+def _env(release: Release, tmp: Path, **extra: str) -> dict[str, str]:
+    env = release.env(tmp / "cache", UV_CACHE_DIR=str(tmp / "uv-cache"), **extra)
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    if ok:
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _wheel_report(wheel: Path, release: Release) -> dict[str, Any]:
+    """The build report of a platform wheel, after checking it holds the selected libraries."""
+    assert wheel.name.endswith("-py3-none-linux_x86_64.whl"), wheel.name
+    with zipfile.ZipFile(wheel) as zf:
+        report: dict[str, Any] = json.loads(zf.read("llama_runtime/_libs/selection.json"))
+        names = set(zf.namelist())
+    variant = release.lock["manifest"]["variants"][report["selected"]]
+    assert {f"llama_runtime/_libs/{f}" for f in variant["libraries"] + variant.get("plugins", [])} <= names
+    return report
+
+
+def _site_libs(venv: Path) -> Path:
+    return next((venv / "lib").glob("python*/site-packages/llama_runtime/_libs"))
+
+
+def _uv_venv(venv: Path, env: dict[str, str]) -> Path:
+    _run([UV, "venv", "-q", "--python", sys.executable, str(venv)], env, venv.parent)
+    return venv / "bin" / "python"
+
+
+def _copy_tree(release: Release, dest: Path) -> Path:
+    """A private copy of the staged source tree (editable installs write into it)."""
+    shutil.copytree(release.tree, dest, ignore=shutil.ignore_patterns("_libs", "__pycache__"))
+    return dest
+
+
+def _this_machine_variant(release: Release, tmp: Path) -> str:
+    doctor = _run([sys.executable, "-m", "llama_runtime", "doctor", "--json"],
+                  {**_env(release, tmp), "PYTHONPATH": str(release.tree)}, release.tree)
+    return json.loads(doctor.stdout)["selected"]
+
+
+# -- 1. frontends ---------------------------------------------------------------------------
+
+def test_uv_pip_install_sdist(release: Release, tmp_path: Path) -> None:
+    env = _env(release, tmp_path)
+    python = _uv_venv(tmp_path / "venv", env)
+    _run([UV, "pip", "install", "--python", python, str(release.sdist)], env, tmp_path)
+    report = json.loads((_site_libs(tmp_path / "venv") / "selection.json").read_text())
+    assert report["selected"] == _this_machine_variant(release, tmp_path)
+    out = _run([python, "-c", LOAD], env, tmp_path)
+    assert out.stdout.startswith(f"installed {report['selected']} ")
+
+
+def test_pip_wheel(release: Release, tmp_path: Path) -> None:
+    env = _env(release, tmp_path)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", tmp_path / "w",
+          release.sdist], env, tmp_path)
+    report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
+    assert report["selected"] == _this_machine_variant(release, tmp_path)
+
+
+def test_python_m_build_wheel_from_tree(release: Release, tmp_path: Path) -> None:
+    tree = _copy_tree(release, tmp_path / "src")
+    env = _env(release, tmp_path)
+    _run([sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "w", tree], env, tmp_path)
+    report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
+    assert report["selected"] == _this_machine_variant(release, tmp_path)
+
+
+def test_uv_build_wheel_from_tree(release: Release, tmp_path: Path) -> None:
+    tree = _copy_tree(release, tmp_path / "src")
+    env = _env(release, tmp_path)
+    _run([UV, "build", "--wheel", "--python", sys.executable, "--out-dir", tmp_path / "w", tree],
+         env, tmp_path)
+    report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
+    assert report["selected"] == _this_machine_variant(release, tmp_path)
