@@ -146,12 +146,31 @@ def _finish(plan: WheelPlan, staging: Path, root: Path, editable: bool, folder: 
     if not editable:
         plan.force_include[str(report_path)] = f"{LIBS}/selection.json"
         return plan
-    libs = root / LIBS
-    shutil.rmtree(libs, ignore_errors=True)
-    libs.mkdir(parents=True)
-    for src in plan.force_include:
-        shutil.copy2(src, libs / Path(src).name)
-    shutil.copy2(report_path, libs / "selection.json")
+    libs = _replace_libs(root / LIBS, [Path(src) for src in plan.force_include] + [report_path])
     plan.force_include = {}
-    print(f"llama-runtime: editable install: libraries placed in {libs}", file=sys.stderr)
+    print(f"llama-runtime: editable install: libraries placed in {libs} (git-ignored; pip cannot"
+          f" remove them on uninstall: delete the folder, or re-install to replace it)", file=sys.stderr)
     return plan
+
+
+def _replace_libs(libs: Path, files: list[Path]) -> Path:
+    """Put ``files`` in ``libs`` for an editable install, replacing the folder as a whole.
+
+    The editable import reads the source tree, so the libraries must live there, not in the
+    editable wheel. A re-install fills a new folder beside the old one and swaps it in by two
+    renames, so a process never sees a mix of two variants' files (between the renames there is
+    briefly no folder: the loader then uses its cache); leftovers of a killed build are removed.
+    """
+    fresh = libs.with_name(f"{libs.name}.new-{os.getpid()}")
+    old = libs.with_name(f"{libs.name}.old-{os.getpid()}")
+    for leftover in [*libs.parent.glob(f"{libs.name}.new-*"), *libs.parent.glob(f"{libs.name}.old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    for src in files:
+        shutil.copy2(src, fresh / src.name)
+    if libs.exists():
+        # a directory cannot be renamed over a non-empty one: move the old aside first
+        os.replace(libs, old)
+    os.replace(fresh, libs)
+    shutil.rmtree(old, ignore_errors=True)
+    return libs

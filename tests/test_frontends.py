@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,53 @@ def test_uv_build_wheel_from_tree(release: Release, tmp_path: Path) -> None:
          env, tmp_path)
     report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
     assert report["selected"] == _this_machine_variant(release, tmp_path)
+
+
+# -- 2. editable installs -------------------------------------------------------------------
+
+def _check_editable(tree: Path, python: Path, env: dict[str, str], cwd: Path) -> str:
+    libs = tree / "llama_runtime" / "_libs"
+    report = json.loads((libs / "selection.json").read_text())
+    assert report["selected"] and all((libs / f).is_file() for f in report["variant"]["libraries"])
+    out = _run([python, "-c", LOAD], env, cwd)
+    source, variant, path = out.stdout.split()
+    assert (source, variant) == ("installed", report["selected"])
+    assert Path(path).resolve().parent == libs.resolve()  # the editable import reads the tree
+    return report["built_at"]
+
+
+def test_pip_editable(release: Release, tmp_path: Path) -> None:
+    tree = _copy_tree(release, tmp_path / "src")
+    env = _env(release, tmp_path)
+    python = devrelease.make_venv(tmp_path / "venv")
+    _run([python, "-m", "pip", "install", "--no-cache-dir", "-e", tree], env, tmp_path)
+    _check_editable(tree, python, env, tmp_path / "elsewhere")
+    _run([python, "-m", "pip", "uninstall", "-y", "llama-runtime"], env, tmp_path)
+    gone = _run([python, "-c", "import llama_runtime"], env, tmp_path / "elsewhere", ok=False)
+    assert gone.returncode != 0
+    # pip runs no code on uninstall, so the git-ignored _libs/ stays in the tree; it must never
+    # leak into what is built from that tree afterwards
+    assert (tree / "llama_runtime" / "_libs" / "selection.json").is_file()
+    _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", tmp_path / "d", tree],
+         env, tmp_path)
+    with tarfile.open(next((tmp_path / "d").glob("*.tar.gz"))) as tf:
+        assert not [n for n in tf.getnames() if "_libs" in n]
+
+
+def test_uv_pip_editable_reinstall_replaces_libs(release: Release, tmp_path: Path) -> None:
+    tree = _copy_tree(release, tmp_path / "src")
+    env = _env(release, tmp_path)
+    python = _uv_venv(tmp_path / "venv", env)
+    _run([UV, "pip", "install", "--python", python, "-e", tree], env, tmp_path)
+    first = _check_editable(tree, python, env, tmp_path / "elsewhere")
+    _run([UV, "pip", "install", "--python", python, "--reinstall-package", "llama-runtime",
+          "-e", tree, "-C", f"variant={CPU}"], env, tmp_path)
+    libs = tree / "llama_runtime" / "_libs"
+    report = json.loads((libs / "selection.json").read_text())
+    assert report["selected"] == CPU and report["built_at"] >= first
+    # the previous variant's files are gone: the folder was replaced, not merged into
+    assert sorted(p.name for p in libs.iterdir()) == sorted(
+        report["variant"]["libraries"] + report["variant"].get("plugins", []) + ["selection.json"])
+    assert _check_editable(tree, python, env, tmp_path / "elsewhere")
+    assert not [p for p in (tree / "llama_runtime").iterdir() if p.name.startswith(("_libs.", ".libs"))
+                and p.name != "_libs"]
