@@ -164,3 +164,62 @@ def test_uv_pip_editable_reinstall_replaces_libs(release: Release, tmp_path: Pat
     assert _check_editable(tree, python, env, tmp_path / "elsewhere")
     assert not [p for p in (tree / "llama_runtime").iterdir() if p.name.startswith(("_libs.", ".libs"))
                 and p.name != "_libs"]
+
+
+# -- 3. config settings, and 4. what `pip install -v` shows ----------------------------------
+
+def test_pip_config_settings_choose_variant_and_log_says_why(release: Release, tmp_path: Path) -> None:
+    env = _env(release, tmp_path)
+    python = devrelease.make_venv(tmp_path / "venv")
+    # current pip here; pip 23 (ensurepip's) runs in the other pip tests
+    _run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"], env, tmp_path)
+    proc = _run([python, "-m", "pip", "install", "-v", "--no-cache-dir", "-C", "backend=cpu",
+                 "-C", f"variant={CPU}", release.sdist], env, tmp_path)
+    report = json.loads((_site_libs(tmp_path / "venv") / "selection.json").read_text())
+    assert report["selected"] == CPU
+    assert report["request"] == {"backend": "cpu", "variant": CPU, "target": None}
+    assert report["settings"]["variant"]["source"] == "config-settings"
+    log = proc.stdout + proc.stderr
+    size = release.lock["manifest"]["variants"][CPU]["size"]
+    assert "llama-runtime: machine: linux/x86_64, glibc" in log  # the profile in one line
+    assert f"llama-runtime: selected {CPU}" in log  # the chosen variant and why
+    assert (f"llama-runtime: {release.archive(CPU)}: {size} bytes, downloaded from {release.hub.url}"
+            in log)
+    out = _run([python, "-c", LOAD], env, tmp_path)
+    assert out.stdout.startswith(f"installed {CPU} ")  # the request travels with the wheel
+
+
+def _pip_wheel(release: Release, tmp: Path, *args: str, ok: bool = True,
+               **env: str) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", tmp / "w",
+                 *args, release.sdist], _env(release, tmp, **env), tmp, ok=ok)
+
+
+def test_skip_download_setting_ships_no_library(release: Release, tmp_path: Path) -> None:
+    _pip_wheel(release, tmp_path, "-C", "skip-download=1")
+    wheel = next((tmp_path / "w").glob("*.whl"))
+    assert wheel.name.endswith("-py3-none-any.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        assert not [n for n in zf.namelist() if n.endswith(".so")]
+        report = json.loads(zf.read("llama_runtime/_libs/selection.json"))
+    assert report["selected"] is None and "skip-download" in report["reason"]
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("colour=blue", "unknown config setting 'colour'; valid keys: backend, variant, target, skip-download"),
+    ("backend=cuda99", "-C backend='cuda99' is not a known backend; valid values: auto, cpu, cuda, cuda11,"),
+], ids=["unknown-key", "bad-backend"])
+def test_bad_config_setting_fails_build(release: Release, tmp_path: Path, setting: str, message: str) -> None:
+    proc = _pip_wheel(release, tmp_path, "-C", setting, ok=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--config-settings-package", "--config-settings"])
+def test_uv_config_settings(release: Release, tmp_path: Path, flag: str) -> None:
+    env = _env(release, tmp_path)
+    python = _uv_venv(tmp_path / "venv", env)
+    value = f"llama-runtime:variant={CPU}" if flag.endswith("package") else f"variant={CPU}"
+    _run([UV, "pip", "install", "--python", python, flag, value, release.sdist], env, tmp_path)
+    report = json.loads((_site_libs(tmp_path / "venv") / "selection.json").read_text())
+    assert report["selected"] == CPU and report["request"]["variant"] == CPU
