@@ -18,7 +18,6 @@ from typing import Any, Optional
 from .errors import DownloadError
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 ATTEMPTS = 4  # one try plus three retries of transient failures
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 Progress = Callable[[int, Optional[int]], None]
@@ -60,7 +59,7 @@ def _one_attempt(client: Any, url: str, part: Path, headers: dict[str, str], rem
             have = 0
         total = _total(r, have)
         with part.open("ab" if have else "wb") as f:
-            for chunk in r.iter_bytes(CHUNK):
+            for chunk in r.iter_bytes():  # as received: a cut loses no bytes already read
                 f.write(chunk)
                 have += len(chunk)
                 if progress:

@@ -226,6 +226,9 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
         _fallback(note, settings, attempts)
     for step in steps:
         where = step.variant.name if step.variant else str(step.folder)
+        if step.source == "download" and any(type(e) is not IntegrityError for e in fetch_errors):
+            attempts.append(f"download {where}: not tried, the hub or mirror failed above")
+            continue
         try:
             real = _realize(step, settings, lock) if lock is not None else step
             library = _open(real, settings)

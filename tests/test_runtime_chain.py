@@ -248,7 +248,7 @@ def test_transient_failure_is_retried(release: Release, faults, tmp_path: Path,
     served = _stats(release)["bytes_by_path"][path] - served
     if fault["kind"] == "cut":
         # half the body, then the rest by Range; a restart from byte 0 would cost 1.5x the size
-        assert size < served < size + size // 2
+        assert size <= served <= size + 64 * 1024  # resumed with Range: (almost) nothing re-fetched
     else:
         assert served == size and elapsed >= fault["retry_after"]  # Retry-After was honoured
 
