@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .cpu import normalize_arch, read_cpu
-from .gpu import read_nvidia
+from .nvidia import read_nvidia
 from .libc import read_libc
 
 

@@ -1,0 +1,136 @@
+"""GPU probes: pure parsers fed captured text, and the real ctypes libcuda probe run against a
+tiny fake driver compiled from ``tests/data/fakecuda/fakecuda.c``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from llama_runtime.probe import nvidia
+from llama_runtime.probe.nvidia import (parse_smi_csv, parse_smi_header, parse_sys_module_version,
+                                        read_nvidia, run_libcuda)
+
+FAKECUDA_C = Path(__file__).parent / "data" / "fakecuda" / "fakecuda.c"
+
+SMI_BANNER_550 = """\
+Tue Nov 25 12:00:00 2026
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |
+|-----------------------------------------+------------------------+----------------------+
+"""
+SMI_BANNER_470 = """\
++-----------------------------------------------------------------------------+
+| NVIDIA-SMI 470.223.02   Driver Version: 470.223.02   CUDA Version: 11.4     |
+|-------------------------------+----------------------+----------------------+
+"""
+
+
+@pytest.mark.parametrize(("text", "driver", "cuda"), [
+    (SMI_BANNER_550, "550.54.15", "12.4"),
+    (SMI_BANNER_470, "470.223.02", "11.4"),
+    ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n", None, None),
+    ("", None, None),
+], ids=["550", "470", "no-driver", "empty"])
+def test_parse_smi_header(text: str, driver: str | None, cuda: str | None) -> None:
+    assert parse_smi_header(text) == {"driver": driver, "cuda_driver": cuda}
+
+
+def test_parse_smi_csv_two_gpus() -> None:
+    text = ("NVIDIA GeForce RTX 3090, 8.6, 24576 MiB, 550.54.15\n"
+            "NVIDIA H100 80GB HBM3, 9.0, 81559 MiB, 550.54.15\n")
+    assert parse_smi_csv(text) == [
+        {"name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6", "memory_mib": 24576,
+         "driver": "550.54.15"},
+        {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_mib": 81559,
+         "driver": "550.54.15"},
+    ]
+
+
+@pytest.mark.parametrize("text", [
+    'Field "compute_cap" is not a valid field to query.\n\n',
+    "No devices were found\n",
+    "",
+], ids=["old-driver", "no-devices", "empty"])
+def test_parse_smi_csv_without_rows(text: str) -> None:
+    assert parse_smi_csv(text) == []
+
+
+def test_parse_smi_csv_na_values_are_none() -> None:
+    [gpu] = parse_smi_csv("Tesla K80, [N/A], [N/A], 470.223.02\n")
+    assert (gpu["compute_capability"], gpu["memory_mib"]) == (None, None)
+
+
+@pytest.mark.parametrize(("text", "version"), [("550.54.15\n", "550.54.15"), ("470.82.01", "470.82.01"),
+                                               ("", None), ("garbage\n", None)],
+                         ids=["550", "470", "empty", "garbage"])
+def test_parse_sys_module_version(text: str, version: str | None) -> None:
+    assert parse_sys_module_version(text) == version
+
+
+# --- the real ctypes probe against a fake libcuda ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def fakecuda(tmp_path_factory: pytest.TempPathFactory) -> str:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler to build the fake libcuda")
+    out = tmp_path_factory.mktemp("fakecuda") / "libcuda.so.1"
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(out), str(FAKECUDA_C)], check=True)
+    return str(out)
+
+
+def test_libcuda_probe_reads_the_fake_driver(fakecuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in {"FAKECUDA_VERSION": "12040", "FAKECUDA_CC": "8.6", "FAKECUDA_COUNT": "2",
+                 "FAKECUDA_MEM_MIB": "24576"}.items():
+        monkeypatch.setenv(k, v)
+    result = run_libcuda(fakecuda)
+    assert result["error"] is None
+    assert result["cuda_driver"] == "12.4"
+    assert [g["compute_capability"] for g in result["gpus"]] == ["8.6", "8.6"]
+    assert [g["memory_mib"] for g in result["gpus"]] == [24576, 24576]
+    assert result["gpus"][1]["name"] == "NVIDIA GeForce RTX 3090 #1"
+
+
+@pytest.mark.parametrize(("version", "cc", "cuda"), [("11040", "6.1", "11.4"), ("13000", "9.0", "13.0"),
+                                                     ("12080", "7.5", "12.8")],
+                         ids=["470-pascal", "580-hopper", "570-turing"])
+def test_libcuda_probe_versions(fakecuda: str, monkeypatch: pytest.MonkeyPatch, version: str,
+                                cc: str, cuda: str) -> None:
+    monkeypatch.setenv("FAKECUDA_VERSION", version)
+    monkeypatch.setenv("FAKECUDA_CC", cc)
+    out = read_nvidia(libcuda=fakecuda, use_smi=False)
+    assert (out["cuda_driver"], out["gpus"][0]["compute_capability"], out["source"]) == (cuda, cc, "libcuda")
+
+
+def test_libcuda_hang_becomes_unknown_within_the_timeout(fakecuda: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKECUDA_HANG", "1")
+    start = time.monotonic()
+    out = read_nvidia(libcuda=fakecuda, timeout=1.0, use_smi=False)
+    assert time.monotonic() - start < 1.0 + 4.0  # timeout plus a generous margin
+    assert out["cuda_driver"] is None
+    assert out["error"].startswith("unknown, because") and "did not answer within 1 s" in out["error"]
+
+
+def test_libcuda_init_error_is_explained(fakecuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKECUDA_INIT_ERROR", "100")
+    out = run_libcuda(fakecuda)
+    # the driver version came before cuInit failed: it is still worth reporting
+    assert out["cuda_driver"] == "12.4" and out["gpus"] == []
+    assert out["error"] == "unknown, because cuInit returned CUDA error 100"
+
+
+def test_libcuda_missing_library(tmp_path: Path) -> None:
+    out = run_libcuda(str(tmp_path / "libcuda.so.1"))
+    assert out["cuda_driver"] is None and out["error"].startswith("unknown, because libcuda did not load")
+
+
+def test_no_driver_means_no_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nvidia, "_driver_present", lambda libcuda: False)
+    monkeypatch.setattr(nvidia, "run_libcuda", lambda *a, **k: pytest.fail("probed libcuda"))
+    out = read_nvidia()
+    assert out["cuda_driver"] is None and out["error"].startswith("no NVIDIA driver found")
