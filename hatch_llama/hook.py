@@ -22,12 +22,19 @@ class LlamaRuntimeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         sys.path.insert(0, self.root)  # the llama_runtime being built, not an installed one
         try:
             from hatch_llama.backend import config_settings
+            from llama_runtime.errors import LlamaRuntimeError
             from llama_runtime.install import prepare_wheel
         finally:
             sys.path.remove(self.root)
-        plan = prepare_wheel(root=Path(self.root), config_settings=config_settings(),
-                             staging=Path(self.directory) / ".llama-runtime-staging",
-                             editable=version == "editable", echo=self.app.display_info)
+        try:
+            plan = prepare_wheel(root=Path(self.root), config_settings=config_settings(),
+                                 staging=Path(self.directory) / ".llama-runtime-staging",
+                                 editable=version == "editable", echo=self.app.display_info)
+        except LlamaRuntimeError as exc:
+            # the user's mistake or the network's: one paragraph, not a traceback through
+            # hatchling and the frontend's hook runner (which all print stderr as is)
+            sys.stderr.write(f"\nllama-runtime: error: {exc}\n\n")
+            raise SystemExit(1) from None
         build_data["force_include"].update(plan.force_include)
         build_data["dependencies"].extend(plan.dependencies)
         build_data["pure_python"] = plan.tag is None

@@ -209,10 +209,17 @@ def test_skip_download_setting_ships_no_library(release: Release, tmp_path: Path
     ("colour=blue", "unknown config setting 'colour'; valid keys: backend, variant, target, skip-download"),
     ("backend=cuda99", "-C backend='cuda99' is not a known backend; valid values: auto, cpu, cuda, cuda11,"),
 ], ids=["unknown-key", "bad-backend"])
-def test_bad_config_setting_fails_build(release: Release, tmp_path: Path, setting: str, message: str) -> None:
-    proc = _pip_wheel(release, tmp_path, "-C", setting, ok=False)
+@pytest.mark.parametrize("frontend", ["pip", "uv"])
+def test_bad_config_setting_fails_build(release: Release, tmp_path: Path, frontend: str, setting: str,
+                                        message: str) -> None:
+    if frontend == "pip":
+        proc = _pip_wheel(release, tmp_path, "-C", setting, ok=False)
+    else:
+        proc = _run([UV, "build", "--wheel", "--python", sys.executable, "--out-dir", tmp_path / "w",
+                     "-C", setting, release.sdist], _env(release, tmp_path), tmp_path, ok=False)
+    out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
+    assert f"llama-runtime: error: {message}" in out and "Traceback" not in out
 
 
 @pytest.mark.parametrize("flag", ["--config-settings-package", "--config-settings"])
