@@ -8,6 +8,7 @@ kernel reports, which only lists what the OS has enabled (e.g. AVX without XSAVE
 from __future__ import annotations
 
 import platform
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -74,18 +75,29 @@ def _archspec_host() -> tuple[str | None, str | None]:
     return host.name, host.vendor
 
 
+def _read_cpuinfo(path: str, out: dict[str, Any]) -> tuple[list[str], str | None]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            info = parse_cpuinfo(f.read())
+    except OSError as exc:
+        return [], f"unknown, because {path} could not be read ({exc.strerror})"
+    out["vendor"] = info["vendor"]
+    return info["flags"], None
+
+
 def read_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     """Probe this machine's CPU. Never raises: a failure is recorded in ``error``."""
     arch = normalize_arch(platform.machine())
     out: dict[str, Any] = {"arch": arch, "vendor": None, "microarchitecture": None,
                            "x86_64_level": None, "features": [], "error": None}
-    flags: list[str] = []
-    try:
-        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
-            info = parse_cpuinfo(f.read())
-        flags, out["vendor"] = info["flags"], info["vendor"]
-    except OSError as exc:
-        out["error"] = f"unknown, because {cpuinfo_path} could not be read ({exc.strerror})"
+    if sys.platform == "win32":
+        from .windows import read_windows_flags
+
+        win = read_windows_flags()
+        flags: list[str] = win["flags"]
+        out["error"] = win["error"]
+    else:
+        flags, out["error"] = _read_cpuinfo(cpuinfo_path, out)
     try:
         out["microarchitecture"], vendor = _archspec_host()
         out["vendor"] = out["vendor"] or vendor

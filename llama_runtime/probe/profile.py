@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from typing import Any
 from ..errors import ConfigError
 from .cpu import normalize_arch, read_cpu
 from .nvidia import read_nvidia
+from .apple import read_apple
 from .libc import read_libc
+from .rocm import read_rocm
+from .vulkan import read_vulkan
 
 
 def _os_name() -> str:
@@ -30,6 +34,10 @@ class MachineProfile:
     cpu: dict[str, Any] = field(default_factory=dict)
     nvidia: dict[str, Any] = field(default_factory=dict)
     probe_ms: float | None = None
+    # Added after the first release: absent in older doctor --json files, so they default empty.
+    rocm: dict[str, Any] = field(default_factory=dict)
+    vulkan: dict[str, Any] = field(default_factory=dict)
+    apple: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,9 +47,22 @@ class MachineProfile:
         cpu = self.cpu
         level = f" x86-64-v{cpu['x86_64_level']}" if cpu.get("x86_64_level") else ""
         libc = f"{self.libc.get('name')} {self.libc.get('version')}" if self.libc.get("name") else "no libc info"
-        gpu = f"NVIDIA driver {self.nvidia['driver']}" if self.nvidia.get("driver") else "no NVIDIA GPU"
+        gpu = ", ".join(self.gpu_names()) or "no GPU"
+        if self.nvidia.get("driver"):
+            gpu = f"NVIDIA driver {self.nvidia['driver']} (CUDA {self.nvidia.get('cuda_driver') or '?'}), {gpu}"
         return (f"{self.os}/{self.arch}, {libc}, CPU {cpu.get('microarchitecture') or '?'}{level}"
                 f" ({len(cpu.get('features') or [])} ggml features), {gpu}")
+
+    def gpu_names(self) -> list[str]:
+        """Every GPU found, as ``name (detail)``, for reports and warnings."""
+        names = [f"{g.get('name') or 'NVIDIA GPU'} (cc {g.get('compute_capability') or '?'})"
+                 for g in self.nvidia.get("gpus") or []]
+        names += [f"{g.get('name') or 'AMD GPU'} ({g.get('gfx')})" for g in self.rocm.get("gpus") or []]
+        names += [f"{d.get('name')} (Vulkan {d.get('type')})" for d in self.vulkan.get("devices") or []
+                  if d.get("type") != "cpu" and not _same_gpu(d.get("name"), names)]
+        if self.apple.get("metal"):
+            names.append(f"{self.apple.get('chip') or 'Apple Silicon'} (Metal)")
+        return names
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MachineProfile:
@@ -55,7 +76,9 @@ class MachineProfile:
         try:
             return cls(os=data["os"], arch=normalize_arch(data["arch"]),
                        libc=dict(data.get("libc") or {}), cpu=dict(data.get("cpu") or {}),
-                       nvidia=dict(data.get("nvidia") or {}), probe_ms=data.get("probe_ms"))
+                       nvidia=dict(data.get("nvidia") or {}), probe_ms=data.get("probe_ms"),
+                       rocm=dict(data.get("rocm") or {}), vulkan=dict(data.get("vulkan") or {}),
+                       apple=dict(data.get("apple") or {}))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"not a machine profile: missing {exc}") from exc
 
@@ -67,11 +90,27 @@ class MachineProfile:
             raise ConfigError(f"cannot read the target profile {path}: {exc}") from exc
 
 
-def probe() -> MachineProfile:
-    """Probe this machine. Never raises: each failed probe says why in its ``error``."""
+def _same_gpu(name: str | None, seen: list[str]) -> bool:
+    return bool(name) and any(str(name) in s or s.split(" (")[0] in str(name) for s in seen)
+
+
+def probe(libcuda: str | None = None) -> MachineProfile:
+    """Probe this machine. Never raises: each failed probe says why in its ``error``.
+
+    The probes that start processes (libcuda in a child, vulkaninfo, rocminfo) run side by side,
+    each under its own timeout, so the slowest one bounds the total.
+    """
     start = time.perf_counter()
-    cpu = read_cpu()
-    return MachineProfile(
-        os=_os_name(), arch=normalize_arch(platform.machine()), libc=read_libc(), cpu=cpu,
-        nvidia=read_nvidia(), probe_ms=round((time.perf_counter() - start) * 1000, 1),
-    )
+    os_name = _os_name()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        nvidia = pool.submit(read_nvidia, libcuda) if os_name != "macos" else None
+        vulkan = pool.submit(read_vulkan) if os_name != "macos" else None
+        rocm = pool.submit(read_rocm) if os_name == "linux" else None
+        cpu, libc, apple = read_cpu(), read_libc(), read_apple()
+        return MachineProfile(
+            os=os_name, arch=normalize_arch(platform.machine()), libc=libc, cpu=cpu,
+            nvidia=nvidia.result() if nvidia else {"driver": None, "cuda_driver": None, "gpus": [],
+                                                   "error": "no NVIDIA driver on macOS", "source": None},
+            rocm=rocm.result() if rocm else {}, vulkan=vulkan.result() if vulkan else {}, apple=apple,
+            probe_ms=round((time.perf_counter() - start) * 1000, 1),
+        )
