@@ -162,8 +162,11 @@ def _open(step: Step, settings: Settings) -> Library:
     paths = [folder / name for name in v.libraries]
     native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
     if v.backend != "cpu" and not any(d["type"] in ("gpu", "igpu") for d in native.devices()):
+        hint = (" ggml's Vulkan backend skips software devices (llvmpipe, lavapipe); to use one"
+                " anyway set GGML_VK_VISIBLE_DEVICES=0." if v.backend == "vulkan" else "")
         raise LibraryLoadError(f"{v.name} loaded, but ggml found no {v.backend} device"
-                               f" (devices: {', '.join(d['name'] for d in native.devices()) or 'none'}).")
+                               f" (devices: {', '.join(d['name'] for d in native.devices()) or 'none'})."
+                               + hint)
     return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
 
 
