@@ -1,0 +1,104 @@
+"""B1-ours and B2: one `pip install --no-cache-dir` of the sdist into a fresh venv from the hub.
+
+B2: bytes the hub served during that install vs the selected archive and all archives.
+B1: wall time of the install (phases from pip's timestamped --log), then the first generation.
+The baseline of B1 (building llama-cpp-python==0.3.36 from source) is not run: see RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+from common import Row, timed_run
+
+import devrelease  # noqa: E402
+from release import Release
+
+_PHASES = (  # (label, the pip log text that starts it)
+    ("resolve sdist", "Processing "),
+    ("build env", "Installing build dependencies"),
+    ("get requires", "Getting requirements to build wheel"),
+    ("metadata", "Preparing metadata"),
+    ("wheel build (probe+download+pack)", "Building wheel"),
+    ("install wheel", "Installing collected packages"),
+)
+
+
+def _phases(log: Path) -> tuple[dict[str, float], list[str]]:
+    stamped = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d+) (.*)", line)
+        if m:
+            stamped.append((datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S,%f").timestamp(), m.group(2)))
+    if not stamped:
+        return {}, []
+    starts: list[tuple[str, float]] = []
+    hook: list[str] = []
+    for label, key in _PHASES:
+        t = next((ts for ts, text in stamped if key in text), None)
+        if t is not None:
+            starts.append((label, t))
+    end = stamped[-1][0]
+    out = {}
+    for i, (label, t) in enumerate(starts):
+        nxt = starts[i + 1][1] if i + 1 < len(starts) else end
+        out[label] = nxt - t
+    t0 = stamped[0][0]
+    for ts, text in stamped:
+        if "llama-runtime:" in text:
+            hook.append(f"+{ts - t0:6.2f} s {text.strip()[:140]}")
+    return out, hook
+
+
+def run(rel: Release, model: Path) -> list[Row]:
+    httpd = rel.hub.httpd
+    assert httpd is not None
+    python = devrelease.make_venv(rel.work / "venv-b2")
+    env = {"LLAMA_RUNTIME_ENDPOINT": rel.hub.url, "LLAMA_RUNTIME_CACHE": str(rel.work / "cache-b2")}
+    log = rel.work / "pip-b2.log"
+    log.unlink(missing_ok=True)
+    httpd.reset_stats()
+    t0 = time.perf_counter()
+    proc = devrelease.pip_install(python, str(rel.sdist), env, "--log", str(log))
+    t_install = time.perf_counter() - t0
+    stats = httpd.stats()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip install failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    # until `import llama_runtime` can generate (offline: nothing more may be fetched)
+    gen = ("import time,sys; t=time.perf_counter(); import llama_runtime as l; "
+           "m=l.Llama(sys.argv[1], n_ctx=64); s=m.generate('hello world', 8, temperature=0); "
+           "print(time.perf_counter()-t)")
+    t_gen, g = timed_run([str(python), "-c", gen, str(model)],
+                         {"LLAMA_RUNTIME_CACHE": str(rel.work / "cache-b2"), "LLAMA_RUNTIME_OFFLINE": "1"})
+    if g.returncode != 0:
+        raise RuntimeError(f"generation after install failed: {g.stderr[-2000:]}")
+    # which variant went into the wheel
+    sel = None
+    found = list((python.parent.parent).glob("lib/python*/site-packages/llama_runtime/**/selection.json"))
+    if found:
+        sel = json.loads(found[0].read_text()).get("selected")
+    variants = rel.manifest["variants"]
+    if not isinstance(sel, str) or sel not in variants:
+        m = re.search(r"linux-[\w-]+", " ".join(line for line in (proc.stdout + proc.stderr).splitlines()
+                                              if "llama-runtime:" in line and "select" in line))
+        sel = m.group(0) if m else next(iter(variants))
+    archive = int(variants[sel]["size"])
+    total = sum(int(v["size"]) for v in variants.values())
+    served = int(stats["bytes_served"])
+    phases, hook = _phases(log)
+    breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+    rows = [
+        Row("B2", f"bytes served during install (selected {sel})", served / 1e6, "MB",
+            archive / 1e6, "selected archive", served / archive, "<= 1.01x", served / archive <= 1.01,
+            f"sum of all {len(variants)} archives: {total / 1e6:.2f} MB ({served / total:.2f}x of it); "
+            f"requests: {stats['requests']}"),
+        Row("B1-ours", "pip install --no-cache-dir sdist (fresh venv)", t_install, "s",
+            None, "llama-cpp-python 0.3.36 from source", None, "<= 1/20 of baseline", None,
+            f"breakdown: {breakdown}; then first generation in a fresh process {t_gen:.2f} s",
+            {"hook": hook, "phases": phases, "t_gen": t_gen}),
+    ]
+    return rows
