@@ -51,9 +51,23 @@ def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[An
                     "path": str(s.folder) if s.folder else None} for s in steps]
     if selection is not None:
         out["candidates"] = [c.to_dict() for c in selection.candidates]
+        out["native_dependencies"] = _native_dependencies(settings)
         out["selected"] = selection.selected
         out["warnings"] = selection.warnings
     return steps
+
+
+def _native_dependencies(settings: Settings) -> dict[str, Any]:
+    """For each GPU variant: every library it needs but does not ship, and where the loader finds it."""
+    from .nativedeps import resolve_all
+    from .variants import read_lock
+
+    out = {}
+    for v in read_lock().manifest.variants.values():
+        needs = list(v.extra.get("external_libraries") or ())
+        if needs and v.backend != "cpu":
+            out[v.name] = resolve_all(needs)
+    return out
 
 
 def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> None:

@@ -175,21 +175,33 @@ GPU_PLUGINS = {"cuda": "libggml-cuda", "vulkan": "libggml-vulkan", "rocm": "libg
 
 
 def preflight(v: Variant, folder: Path) -> None:
-    """Load a GPU variant's backend plugin alone first.
+    """Load a GPU variant's native dependencies and backend plugin alone first.
 
     ggml skips a plugin that fails to load without saying why, and would quietly run on the
     CPU. Loading it here first turns a missing ``libcudart``/``libcuda`` into an error carrying
-    the OS loader's message, before anything else of the variant is in the process.
+    the OS loader's message (and the pip line that provides it), before anything else of the
+    variant is in the process. NVIDIA's runtime wheels are loaded from site-packages first.
     """
     import ctypes
 
+    from .nativedeps import pip_line, resolve_all
+
     prefix = GPU_PLUGINS.get(v.backend)
+    if not prefix:
+        return
+    deps = resolve_all(list(v.extra.get("external_libraries") or ()))
     for name in v.files:
-        if prefix and name.startswith(prefix):
+        if name.startswith(prefix):
             try:
                 ctypes.CDLL(str(folder / name))
             except OSError as exc:
-                raise LibraryLoadError(f"the {v.backend} backend of {v.name} does not load: {exc}") from exc
+                missing = [d for d in deps if not d["found"]]
+                fix = ""
+                if v.python_requires and any((d["provider"] or "").startswith("nvidia-") for d in missing):
+                    fix = f"; install the CUDA runtime wheels: {pip_line(v.python_requires)}"
+                names = ", ".join(f"{d['name']} ({d['provider'] or '?'})" for d in missing)
+                raise LibraryLoadError(f"the {v.backend} backend of {v.name} does not load: {exc}"
+                                       + (f"; missing: {names}" if names else "") + fix) from exc
 
 
 def _lib_sha256(folder: Path, name: str) -> str | None:

@@ -25,6 +25,11 @@ def format_doctor(result: dict[str, Any]) -> str:
     lines.append(f"selected: {result['selected'] or 'none'}")
     for w in result.get("warnings") or []:
         lines.append(f"warning:  {w}")
+    for name, deps in (result.get("native_dependencies") or {}).items():
+        lines.append(f"needs:    {name}:")
+        for d in deps:
+            where = d["where"] if d["found"] else f"MISSING (from {d['provider'] or '?'})"
+            lines.append(f"            {d['name']:<20} {where}")
     lines += _library_lines(result)
     for note in result.get("notes") or []:
         lines.append(f"note:     {note}")
