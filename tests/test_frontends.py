@@ -230,3 +230,73 @@ def test_uv_config_settings(release: Release, tmp_path: Path, flag: str) -> None
     _run([UV, "pip", "install", "--python", python, flag, value, release.sdist], env, tmp_path)
     report = json.loads((_site_libs(tmp_path / "venv") / "selection.json").read_text())
     assert report["selected"] == CPU and report["request"]["variant"] == CPU
+
+
+# -- 5. cross / Docker builds ---------------------------------------------------------------
+
+def test_target_variant_name_builds_without_probe(release: Release, tmp_path: Path) -> None:
+    proc = _pip_wheel(release, tmp_path, "-v", LLAMA_RUNTIME_TARGET=CPU)
+    report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
+    assert report["selected"] == CPU and report["cross"] is True
+    assert report["profile"] is None and report["request"]["target"] == CPU
+    out = proc.stdout + proc.stderr
+    assert f"target variant {CPU} (LLAMA_RUNTIME_TARGET); no probe of this machine" in out
+    assert "llama-runtime: machine:" not in out
+
+
+@pytest.mark.parametrize("how", ["env", "config-setting"])
+def test_target_profile_file_builds_for_that_machine(release: Release, tmp_path: Path, how: str) -> None:
+    env = {**_env(release, tmp_path), "PYTHONPATH": str(release.tree)}
+    doctor = json.loads(_run([sys.executable, "-m", "llama_runtime", "doctor", "--json"], env,
+                             release.tree).stdout)
+    assert doctor["selected"] == CPU_V3  # this machine; the target below is an older CPU
+    doctor["profile"]["cpu"].update(x86_64_level=1, features=[], microarchitecture="x86_64")
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(doctor))
+    if how == "env":
+        proc = _pip_wheel(release, tmp_path, "-v", LLAMA_RUNTIME_TARGET=str(target))
+    else:
+        proc = _pip_wheel(release, tmp_path, "-v", "-C", f"target={target}")
+    report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
+    assert report["selected"] == CPU and report["cross"] is True
+    assert report["profile"]["cpu"]["x86_64_level"] == 1
+    rejected = {c["name"]: c for c in report["candidates"]}[CPU_V3]
+    assert not rejected["compatible"] and rejected["reasons"]
+    assert "llama-runtime: machine: linux/x86_64, glibc" in proc.stdout + proc.stderr
+
+
+# -- 6. a wheel from pip's cache that no longer fits ----------------------------------------
+
+def test_wheel_reused_from_pip_cache_warns_fetches_late_and_strict_fails(release: Release,
+                                                                        tmp_path: Path) -> None:
+    pip_cache = str(tmp_path / "pip-cache")
+    # named, as an index install is: pip looks its wheel cache up by name and URL
+    req = f"llama-runtime @ {release.sdist.as_uri()}"
+    # first a build for another machine (a Docker build stage, say), cached by pip under the
+    # sdist's URL only ...
+    other = devrelease.make_venv(tmp_path / "other")
+    _run([other, "-m", "pip", "install", "--cache-dir", pip_cache, req],
+         _env(release, tmp_path, LLAMA_RUNTIME_TARGET=CPU), tmp_path)
+    # ... then an ordinary install here, which pip serves from that cache without building
+    env = _env(release, tmp_path)
+    python = devrelease.make_venv(tmp_path / "venv")
+    proc = _run([python, "-m", "pip", "install", "-v", "--cache-dir", pip_cache, req], env,
+                tmp_path)
+    assert "llama-runtime: machine:" not in proc.stdout + proc.stderr  # the hook did not run
+    assert json.loads((_site_libs(tmp_path / "venv") / "selection.json").read_text())["selected"] == CPU
+
+    first = _run([python, "-c", LOAD], env, tmp_path)
+    assert first.stdout.startswith(f"download {CPU_V3} "), first.stdout + first.stderr
+    assert f"({CPU}) no longer fits" in first.stderr and f"`{FIX}`" in first.stderr
+    again = _run([python, "-c", LOAD], env, tmp_path)
+    assert again.stdout.startswith(f"cache {CPU_V3} ") and FIX in again.stderr
+
+    strict = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp_path, ok=False)
+    assert strict.returncode != 0
+    assert "LLAMA_RUNTIME_STRICT=1" in strict.stderr and FIX in strict.stderr
+
+    # the fix the warning names (the sdist stands in for the index here)
+    _run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
+          release.sdist], env, tmp_path)
+    fixed = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp_path)
+    assert fixed.stdout.startswith(f"installed {CPU_V3} ") and FIX not in fixed.stderr
