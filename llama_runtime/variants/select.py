@@ -98,6 +98,14 @@ def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
             problems.append(f"needs glibc {floor}, this machine uses {libc.get('name') or 'an unknown libc'}")
         elif _version(libc.get("version") or 0) < _version(floor):
             problems.append(f"needs glibc >= {floor}, this machine has {libc.get('version')}")
+    musl = v.requires.get("musl")
+    if musl and p.os == "linux":
+        # a musl build needs ld-musl; a glibc build needs ld-linux: neither loads on the other
+        libc = p.libc or {}
+        if libc.get("name") != "musl":
+            problems.append(f"needs musl {musl}, this machine uses {libc.get('name') or 'an unknown libc'}")
+        elif libc.get("version") and _version(libc["version"]) < _version(musl):
+            problems.append(f"needs musl >= {musl}, this machine has {libc['version']}")
     return problems
 
 
@@ -113,27 +121,111 @@ def _check_cpu(v: Variant, p: MachineProfile) -> list[str]:
     return problems
 
 
-def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
-    if v.backend == "metal" and p.os == "macos" and p.arch == "aarch64":
-        return []  # every Apple Silicon Mac has a Metal GPU
-    if v.backend != "cuda":
-        return [] if v.backend == "cpu" else [f"no {v.backend} device detected"]
+def _cc(text: Any) -> tuple[int, int]:
+    major, _, minor = str(text).partition(".")
+    return int(major), int(minor or 0)
+
+
+def cc_supported(gpu: str, declared: Any) -> bool:
+    """Can a build for ``declared`` (lowest cc, or the list it was built for) run on ``gpu``?
+
+    CUDA binaries run on the same major with a higher minor (sm_80 code on an 8.6 GPU), and the
+    PTX of the highest listed target is JIT-compiled for anything newer.
+    """
+    g = _cc(gpu)
+    if not isinstance(declared, list):
+        return g >= _cc(declared)
+    listed = [_cc(x) for x in declared]
+    return any(c[0] == g[0] and c[1] <= g[1] for c in listed) or g > max(listed)
+
+
+def _cc_words(declared: Any) -> str:
+    if isinstance(declared, list):
+        return f"compute capability {', '.join(str(x) for x in declared)}"
+    return f"compute capability {declared} or newer"
+
+
+def _check_cuda(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
     problems = []
-    need = v.requires.get("cuda_driver")
-    have = (p.nvidia or {}).get("cuda_driver")
+    nv = p.nvidia or {}
+    need, have = v.requires.get("cuda_driver"), nv.get("cuda_driver")
     if have is None:
-        problems.append("no NVIDIA driver detected" + (f" ({p.nvidia['error']})" if (p.nvidia or {}).get("error") else ""))
+        problems.append("no NVIDIA driver detected" + (f" ({nv['error']})" if nv.get("error") else ""))
     elif need and _version(have) < _version(need):
-        problems.append(f"needs a driver supporting CUDA {need}, driver {p.nvidia.get('driver')} supports CUDA {have}")
+        problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports CUDA {have}")
+    declared = v.requires.get("compute_capability")
+    gpus = [g for g in nv.get("gpus") or [] if g.get("compute_capability")]
+    if declared and gpus and not any(cc_supported(g["compute_capability"], declared) for g in gpus):
+        found = ", ".join(f"{g.get('name')} has {g['compute_capability']}" for g in gpus)
+        problems.append(f"built for {_cc_words(declared)}; {found}")
     major = request.get("cuda_major")
     if major and need and _version(need)[0] != major:
         problems.append(f"built for CUDA {need}, not CUDA {major}")
     return problems
 
 
-def _score(v: Variant) -> float:
+def _check_rocm(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+    rocm = p.rocm or {}
+    gpus = rocm.get("gpus") or []
+    if not gpus:
+        return ["no AMD GPU detected" + (f" ({rocm['error']})" if rocm.get("error") else "")]
+    targets = v.requires.get("gfx")
+    if targets and not any(g.get("gfx") in targets for g in gpus):
+        found = ", ".join(str(g.get("gfx")) for g in gpus)
+        return [f"built for {', '.join(targets)}; this machine's AMD GPU is {found}"]
+    return []
+
+
+def _vulkan_best(p: MachineProfile, allow_software: bool) -> dict[str, Any] | None:
+    ranks = hardware()["vulkan_device_rank"]
+    devices = [d for d in (p.vulkan or {}).get("devices") or [] if allow_software or d.get("type") != "cpu"]
+    return max(devices, key=lambda d: ranks.get(d.get("type"), 0), default=None)
+
+
+def _check_vulkan(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+    if _vulkan_best(p, allow_software=request["backend"] == "vulkan") is not None:
+        return []
+    soft = _vulkan_best(p, allow_software=True)
+    if soft is not None:
+        return [f"the only Vulkan device is {soft.get('name')}, a software renderer slower than the"
+                " CPU build; never picked automatically (LLAMA_BACKEND=vulkan would use it)"]
+    err = (p.vulkan or {}).get("error")
+    return ["no Vulkan device detected" + (f" ({err})" if err else "")]
+
+
+def _check_metal(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+    apple = p.apple or {}
+    if p.os == "macos" and p.arch == "aarch64" and apple.get("metal", True):
+        return []  # every Apple Silicon Mac has a Metal GPU (old profiles lack the apple part)
+    return ["no Metal GPU detected (Metal builds need Apple Silicon)"]
+
+
+_GPU_CHECKS = {"cuda": _check_cuda, "rocm": _check_rocm, "vulkan": _check_vulkan, "metal": _check_metal}
+
+
+def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+    if v.backend == "cpu":
+        return []
+    check = _GPU_CHECKS.get(v.backend)
+    return check(v, p, request) if check else [f"no {v.backend} device detected"]
+
+
+def _check_macos(v: Variant, p: MachineProfile) -> list[str]:
+    need, have = v.requires.get("macos"), (p.apple or {}).get("macos")
+    if v.os == "macos" and p.os == "macos" and need and have and _version(have) < _version(need):
+        return [f"needs macOS {need} or newer, this Mac runs macOS {have}"]
+    return []
+
+
+def _score(v: Variant, p: MachineProfile | None = None) -> float:
     rank = hardware()["backends"].get(v.backend, {}).get("rank", 0)
+    if v.backend == "vulkan" and p is not None:
+        # an integrated GPU ranks below the CPU build, a discrete one where the data puts it
+        best = _vulkan_best(p, allow_software=True)
+        rank = hardware()["vulkan_device_rank"].get(best.get("type"), 0) if best else rank
     level = v.requires.get("x86_64_level") or 0
+    if v.backend == "cuda" and v.requires.get("cuda_driver"):
+        rank += _version(v.requires["cuda_driver"])[0] / 100  # the newest CUDA the driver allows
     return rank * 100 + level * 10 + len(v.requires.get("cpu_features") or ()) + float(v.extra.get("priority", 0))
 
 
@@ -141,7 +233,7 @@ def _judge(v: Variant, p: MachineProfile, backend: str) -> Candidate:
     request = hardware()["requests"][backend]
     wanted = request["backend"]
     requested = wanted is None or v.backend == wanted
-    hard = _check_platform(v, p) + _check_cpu(v, p)
+    hard = _check_platform(v, p) + _check_macos(v, p) + _check_cpu(v, p)
     gpu = _check_gpu(v, p, request)
     cuda_mismatch = [g for g in gpu if g.startswith("built for CUDA")]
     if wanted == v.backend and not cuda_mismatch:
@@ -160,7 +252,7 @@ def _judge(v: Variant, p: MachineProfile, backend: str) -> Candidate:
     reasons = problems or notes or [_fit_reason(v, p)]
     if not requested and not problems:
         reasons = [f"fits, but LLAMA_BACKEND={backend} asked for another backend (fallback only)"]
-    return Candidate(v.name, not problems, _score(v), reasons, requested)
+    return Candidate(v.name, not problems, _score(v, p), reasons, requested)
 
 
 def _fit_reason(v: Variant, p: MachineProfile) -> str:
@@ -169,7 +261,48 @@ def _fit_reason(v: Variant, p: MachineProfile) -> str:
         bits.append(f"x86-64-v{v.requires['x86_64_level']} <= CPU's v{p.cpu.get('x86_64_level')}")
     if v.requires.get("glibc"):
         bits.append(f"glibc {v.requires['glibc']} <= {p.libc.get('version')}")
+    bits += _gpu_fit(v, p)
     return "fits: " + ", ".join(bits)
+
+
+def _gpu_fit(v: Variant, p: MachineProfile) -> list[str]:
+    if v.backend == "cuda" and (p.nvidia or {}).get("cuda_driver"):
+        gpus = [f"{g.get('name')} (cc {g.get('compute_capability')})" for g in p.nvidia.get("gpus") or []]
+        return [f"driver {p.nvidia.get('driver')} supports CUDA {p.nvidia['cuda_driver']}"] + gpus
+    if v.backend == "rocm":
+        return [f"AMD {g.get('name') or 'GPU'} {g.get('gfx')}" for g in (p.rocm or {}).get("gpus") or []]
+    if v.backend == "vulkan":
+        best = _vulkan_best(p, allow_software=True)
+        return [f"Vulkan device {best.get('name')} ({best.get('type')})"] if best else []
+    if v.backend == "metal" and (p.apple or {}).get("macos"):
+        return [f"macOS {p.apple['macos']}"]
+    return []
+
+
+def _idle_gpus(p: MachineProfile) -> list[str]:
+    """GPUs a GPU build could use: NVIDIA, AMD, and hardware Vulkan devices that are discrete."""
+    names = [f"an NVIDIA GPU ({g.get('name')})" for g in (p.nvidia or {}).get("gpus") or []]
+    if not names and (p.nvidia or {}).get("driver"):
+        names.append(f"an NVIDIA driver ({p.nvidia['driver']})")
+    names += [f"an AMD GPU ({g.get('name') or g.get('gfx')})" for g in (p.rocm or {}).get("gpus") or []]
+    if not names:
+        names += [f"a Vulkan GPU ({d.get('name')})" for d in (p.vulkan or {}).get("devices") or []
+                  if d.get("type") == "discrete"]
+    return names
+
+
+def _gpu_unused_warning(selection: Selection, manifest: Manifest, p: MachineProfile) -> str | None:
+    chosen = selection.selected
+    if chosen is None or manifest.variants[chosen].backend != "cpu" or selection.backend != "auto":
+        return None
+    gpus = _idle_gpus(p)
+    if not gpus:
+        return None
+    why = [f"{c.name} {'; '.join(c.reasons)}" for c in selection.candidates
+           if not c.compatible and manifest.variants[c.name].backend != "cpu"
+           and not _check_platform(manifest.variants[c.name], p)]
+    because = "; ".join(why) or f"the manifest has no GPU build for {p.os}/{p.arch}"
+    return f"{gpus[0]} is present but {because}; using CPU ({chosen})"
 
 
 def select(manifest: Manifest, profile: MachineProfile | None = None, *,
@@ -191,4 +324,12 @@ def select(manifest: Manifest, profile: MachineProfile | None = None, *,
     chosen = selection.selected
     if chosen and selection.candidate(chosen).reasons[0].endswith("asked for it)"):
         selection.warnings.append(f"{chosen}: {selection.candidate(chosen).reasons[0]}")
+    idle = _gpu_unused_warning(selection, manifest, profile) if variant is None else None
+    if idle:
+        selection.warnings.append(idle)
+    if chosen and manifest.variants[chosen].backend == "vulkan":
+        best = _vulkan_best(profile, allow_software=True)
+        if best and best.get("type") == "cpu":
+            selection.warnings.append(f"{chosen}: Vulkan runs on {best.get('name')}, a software renderer"
+                                      f" (kept: LLAMA_BACKEND={backend} asked for it)")
     return selection
