@@ -1,0 +1,144 @@
+"""Run the llama-runtime benchmarks side by side with their baselines (`scripts/dev bench`).
+
+    .venv/bin/python benchmarks/run.py [--only B2,B3,B4,B5,B6] [--work DIR] [--quick]
+
+Prints one table (median, baseline median, ratio, target, met?) and writes benchmarks/RESULTS.md.
+Every baseline is measured in the same run, interleaved with the candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import ROOT, Row, load  # noqa: E402
+
+ALL = ("B2", "B3", "B4", "B5", "B6")  # B1-ours is measured by B2's install
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def table(rows: list[Row]) -> str:
+    head = "| # | what | median | baseline (median) | ratio | target | met? |\n|---|---|---|---|---|---|---|\n"
+    lines = []
+    for r in rows:
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        base = f"{fmt(r.baseline)} ({r.baseline_what})" if r.baseline is not None else (r.baseline_what or "-")
+        lines.append(f"| {r.bench} | {r.what} | {fmt(r.value)} {r.unit} | {base} | {fmt(r.ratio)} | {r.target} | {met} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = ap.parse_args()
+    only = [x.strip().upper() for x in args.only.split(",") if x.strip()]
+    work = (args.work or Path(tempfile.mkdtemp(prefix="llama-bench-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    load_before = load()
+    started = time.time()
+    rows: list[Row] = []
+    errors: list[str] = []
+
+    from hubserver import HubServer
+    from release import make_release
+
+    with HubServer(work / "hub") as hub:
+        rel = make_release(work, hub)
+        model_small = work / "tiny.gguf"
+        from tiny_model import write_tiny_llama
+        write_tiny_llama(model_small)
+        libdir = rel.cache / next(p.name for p in rel.cache.iterdir() if p.is_dir())
+        libdir = next(p for p in libdir.iterdir() if (p / "libllama.so").exists() or p.is_dir())
+
+        def step(name: str, fn) -> None:
+            if name not in only:
+                return
+            print(f"==> {name}", flush=True)
+            t = time.perf_counter()
+            try:
+                got = fn()
+                rows.extend(got)
+                for r in got:
+                    print(f"    {r.bench} {r.what}: {fmt(r.value)} {r.unit} vs {fmt(r.baseline)} "
+                          f"-> {fmt(r.ratio)} ({r.target}) {r.met}", flush=True)
+            except Exception as exc:  # one benchmark failing must not hide the others
+                traceback.print_exc()
+                errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:400]}")
+            print(f"    ({time.perf_counter() - t:.0f} s)", flush=True)
+
+        import b2_install, b3_startup, b4_tokens, b5_download, b6_first_token  # noqa: E401
+        step("B3", lambda: b3_startup.run(rel, rounds=7 if q else 15))
+        step("B6", lambda: b6_first_token.run(rel, model_small, rounds=3 if q else 7))
+        step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 5, reps=2 if q else 4))
+        step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
+        step("B2", lambda: b2_install.run(rel, model_small))
+
+    load_after = load()
+    text = table(rows)
+    print("\n" + text)
+    for e in errors:
+        print("ERROR", e)
+    cmd = "scripts/dev bench" + ("" if args.only == ",".join(ALL) else f" --only {args.only}") + (" --quick" if q else "")
+    notes = [f"- **{r.bench} {r.what}**: {r.note}" for r in rows if r.note]
+    hook = next((r.extra.get("hook") for r in rows if r.extra.get("hook")), None)
+    md = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- command: `{cmd}` ({time.time() - started:.0f} s)",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}",
+        f"- load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in load_before)}; "
+        f"after: {' / '.join(f'{x:.2f}' for x in load_after)}",
+        "- every baseline was measured in the same run, interleaved with the candidate; values are medians",
+        "",
+        text,
+        "## Notes",
+        "",
+        *notes,
+        *(f"- ERROR {e}" for e in errors),
+    ]
+    if hook:
+        md += ["", "### Hook output during the B2 install (pip --log timestamps from the start of pip)", "",
+               "```", *hook, "```"]
+    extra = HERE / "NOTES.md"
+    if extra.exists():
+        md += ["", extra.read_text().rstrip()]
+    args.results.write_text("\n".join(md) + "\n")
+    print(f"wrote {args.results}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
