@@ -225,7 +225,9 @@ def _score(v: Variant, p: MachineProfile | None = None) -> float:
         rank = hardware()["vulkan_device_rank"].get(best.get("type"), 0) if best else rank
     level = v.requires.get("x86_64_level") or 0
     if v.backend == "cuda" and v.requires.get("cuda_driver"):
-        rank += _version(v.requires["cuda_driver"])[0] / 100  # the newest CUDA the driver allows
+        # the newest CUDA a known driver allows; with no driver seen (a build stage), the oldest
+        major = _version(v.requires["cuda_driver"])[0] / 100
+        rank += major if p is not None and (p.nvidia or {}).get("cuda_driver") else -major
     return rank * 100 + level * 10 + len(v.requires.get("cpu_features") or ()) + float(v.extra.get("priority", 0))
 
 
@@ -300,7 +302,8 @@ def _gpu_unused_warning(selection: Selection, manifest: Manifest, p: MachineProf
         return None
     why = [f"{c.name} {'; '.join(c.reasons)}" for c in selection.candidates
            if not c.compatible and manifest.variants[c.name].backend != "cpu"
-           and not _check_platform(manifest.variants[c.name], p)]
+           and not _check_platform(manifest.variants[c.name], p)
+           and not all(r.startswith("no ") for r in c.reasons)]
     because = "; ".join(why) or f"the manifest has no GPU build for {p.os}/{p.arch}"
     return f"{gpus[0]} is present but {because}; using CPU ({chosen})"
 

@@ -1,0 +1,80 @@
+"""Build a :class:`MachineProfile` from captured tool output, through the same pure parsers the
+live probe uses. Golden machine fixtures go through here; so can a support ticket's pasted output.
+
+Keys (all optional except ``os`` and ``arch``): ``cpuinfo``, ``windows_pf`` (codes for which
+``IsProcessorFeaturePresent`` returned true), ``libc`` (``"glibc 2.35"`` or the ``ld-musl`` banner),
+``nvidia_proc_version``, ``nvidia_sys_module_version``, ``nvidia_smi`` (the csv query),
+``nvidia_smi_header``, ``kfd_properties`` (list of node files), ``rocminfo``, ``vulkaninfo``,
+``sysctl`` (``{"machdep.cpu.brand_string": ..., "hw.optional.arm64": ...}``), ``sw_vers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .apple import parse_apple
+from .cpu import ggml_features, normalize_arch, parse_cpuinfo, x86_64_level
+from .gpu import parse_nvidia_proc_version
+from .libc import parse_glibc_version, parse_musl_version
+from .nvidia import parse_smi_csv, parse_smi_header, parse_sys_module_version
+from .profile import MachineProfile
+from .rocm import parse_kfd_properties, parse_rocminfo
+from .vulkan import parse_vulkaninfo_summary
+from .windows import features_from_pf
+
+
+def _cpu(data: dict[str, Any], arch: str) -> dict[str, Any]:
+    if "windows_pf" in data:
+        info: dict[str, Any] = {"vendor": data.get("cpu_vendor"), "flags": features_from_pf(data["windows_pf"])}
+    else:
+        info = parse_cpuinfo(data.get("cpuinfo", ""))
+    flags = info["flags"]
+    return {"arch": arch, "vendor": info["vendor"], "microarchitecture": data.get("microarchitecture"),
+            "x86_64_level": x86_64_level(flags) if arch == "x86_64" and flags else None,
+            "features": ggml_features(arch, flags), "error": None if flags else "unknown, because no CPU flags"}
+
+
+def _libc(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {"name": None, "version": None, "error": None}
+    glibc = parse_glibc_version(text)
+    if glibc:
+        return {"name": "glibc", "version": glibc, "error": None}
+    return {"name": "musl", "version": parse_musl_version(text), "error": None}
+
+
+def _nvidia(data: dict[str, Any]) -> dict[str, Any]:
+    driver = (parse_nvidia_proc_version(data.get("nvidia_proc_version", ""))
+              or parse_sys_module_version(data.get("nvidia_sys_module_version", "")))
+    header = parse_smi_header(data.get("nvidia_smi_header", ""))
+    gpus = parse_smi_csv(data.get("nvidia_smi", ""))
+    driver = driver or header["driver"] or (gpus[0]["driver"] if gpus else None)
+    found = bool(driver or header["cuda_driver"])
+    return {"driver": driver, "cuda_driver": header["cuda_driver"],
+            "gpus": [{k: g[k] for k in ("name", "compute_capability", "memory_mib")} for g in gpus],
+            "error": None if found else "none in the captured output", "source": "nvidia-smi" if found else None}
+
+
+def _rocm(data: dict[str, Any]) -> dict[str, Any]:
+    gfx = [t for t in (parse_kfd_properties(p) for p in data.get("kfd_properties") or []) if t]
+    if gfx:
+        return {"gpus": [{"name": None, "gfx": t} for t in gfx], "error": None, "source": "kfd"}
+    gpus = parse_rocminfo(data.get("rocminfo", ""))
+    return {"gpus": gpus, "error": None if gpus else "no AMD GPU driver found",
+            "source": "rocminfo" if gpus else None}
+
+
+def profile_from_captures(data: dict[str, Any]) -> MachineProfile:
+    """Captured outputs of one machine -> its profile (no I/O)."""
+    os_name, arch = data["os"], normalize_arch(data["arch"])
+    sysctl = data.get("sysctl") or {}
+    apple = (parse_apple(sysctl.get("machdep.cpu.brand_string", ""), sysctl.get("hw.optional.arm64", "0"),
+                         data.get("sw_vers", ""), data.get("machine", data["arch"]))
+             if os_name == "macos" else {})
+    vulkan = parse_vulkaninfo_summary(data.get("vulkaninfo", ""))
+    return MachineProfile(
+        os=os_name, arch=arch, libc=_libc(data.get("libc")), cpu=_cpu(data, arch), nvidia=_nvidia(data),
+        rocm=_rocm(data) if os_name == "linux" else {},
+        vulkan={"devices": vulkan, "error": None if vulkan else "unknown, because vulkaninfo is not installed"},
+        apple=apple,
+    )
