@@ -79,8 +79,7 @@ def main() -> int:
         model_small = work / "tiny.gguf"
         from tiny_model import write_tiny_llama
         write_tiny_llama(model_small)
-        libdir = rel.cache / next(p.name for p in rel.cache.iterdir() if p.is_dir())
-        libdir = next(p for p in libdir.iterdir() if (p / "libllama.so").exists() or p.is_dir())
+        libdir = rel.variants / "linux-x86_64-cpu-v3"  # the source build (OpenMP), as the issue asks
 
         def step(name: str, fn) -> None:
             if name not in only:
