@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from llama_runtime.probe import nvidia
+from llama_runtime.probe.apple import parse_apple
 from llama_runtime.probe.nvidia import (parse_smi_csv, parse_smi_header, parse_sys_module_version,
                                         read_nvidia, run_libcuda)
+from llama_runtime.probe.rocm import (gfx_from_target_version, parse_kfd_properties, parse_rocminfo,
+                                      read_rocm)
+from llama_runtime.probe.vulkan import parse_vulkaninfo_summary
+from llama_runtime.probe.windows import features_from_pf
 
 FAKECUDA_C = Path(__file__).parent / "data" / "fakecuda" / "fakecuda.c"
 
@@ -134,3 +139,119 @@ def test_no_driver_means_no_child_process(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(nvidia, "run_libcuda", lambda *a, **k: pytest.fail("probed libcuda"))
     out = read_nvidia()
     assert out["cuda_driver"] is None and out["error"].startswith("no NVIDIA driver found")
+
+
+# --- ROCm ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "gfx"), [(110000, "gfx1100"), (110001, "gfx1101"), (90010, "gfx90a"),
+                                            (90402, "gfx942"), (90008, "gfx908"), (100302, "gfx1032"),
+                                            (0, None)],
+                         ids=["navi31", "navi32", "mi210", "mi300", "mi100", "navi23", "cpu-node"])
+def test_gfx_from_target_version(value: int, gfx: str | None) -> None:
+    assert gfx_from_target_version(value) == gfx
+
+
+def test_parse_kfd_properties() -> None:
+    text = "cpu_cores_count 0\nsimd_count 192\ngfx_target_version 110000\nvendor_id 4098\n"
+    assert parse_kfd_properties(text) == "gfx1100"
+    assert parse_kfd_properties("cpu_cores_count 16\ngfx_target_version 0\n") is None
+    assert parse_kfd_properties("") is None
+
+
+ROCMINFO = """\
+ROCk module is loaded
+=====================
+HSA Agents
+==========
+*******
+Agent 1
+*******
+  Name:                    AMD Ryzen 9 7950X 16-Core Processor
+  Marketing Name:          AMD Ryzen 9 7950X 16-Core Processor
+  Device Type:             CPU
+*******
+Agent 2
+*******
+  Name:                    gfx1100
+  Uuid:                    GPU-5d1d6a1a2b3c4d5e
+  Marketing Name:          Radeon RX 7900 XTX
+  Vendor Name:             AMD
+  Device Type:             GPU
+      ISA 1
+        Name:                    amdgcn-amd-amdhsa--gfx1100
+"""
+
+
+def test_parse_rocminfo_skips_cpu_agents() -> None:
+    assert parse_rocminfo(ROCMINFO) == [{"name": "Radeon RX 7900 XTX", "gfx": "gfx1100"}]
+    assert parse_rocminfo("") == []
+
+
+def test_read_rocm_from_a_fake_sysfs(tmp_path: Path) -> None:
+    for node, version in (("0", 0), ("1", 110000), ("2", 90010)):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "properties").write_text(f"simd_count 4\ngfx_target_version {version}\n")
+    out = read_rocm(str(tmp_path), use_rocminfo=False)
+    assert [g["gfx"] for g in out["gpus"]] == ["gfx1100", "gfx90a"] and out["source"] == "kfd"
+    missing = read_rocm(str(tmp_path / "absent"))
+    assert missing["gpus"] == [] and "no AMD GPU driver" in missing["error"]
+
+
+# --- Vulkan --------------------------------------------------------------------------------------
+
+VULKAN_LAPTOP = """\
+Devices:
+========
+GPU0:
+\tapiVersion         = 1.3.274
+\tdriverVersion      = 24.0.9
+\tdeviceType         = PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU
+\tdeviceName         = Intel(R) Iris(R) Xe Graphics (ADL GT2)
+GPU1:
+\tapiVersion         = 1.3.277
+\tdeviceType         = PHYSICAL_DEVICE_TYPE_DISCRETE_GPU
+\tdeviceName         = NVIDIA GeForce RTX 4070 Laptop GPU
+GPU2:
+\tapiVersion         = 1.3.274
+\tdeviceType         = PHYSICAL_DEVICE_TYPE_CPU
+\tdeviceName         = llvmpipe (LLVM 17.0.6, 256 bits)
+"""
+
+
+def test_parse_vulkaninfo_summary_types() -> None:
+    devices = parse_vulkaninfo_summary(VULKAN_LAPTOP)
+    assert [(d["name"].split()[0], d["type"]) for d in devices] == [
+        ("Intel(R)", "integrated"), ("NVIDIA", "discrete"), ("llvmpipe", "cpu")]
+    assert devices[0]["api_version"] == "1.3.274"
+
+
+@pytest.mark.parametrize("text", ["", "ERROR: [Loader Message] Code 0 : vkCreateInstance: Found no drivers!\n"],
+                         ids=["empty", "no-drivers"])
+def test_parse_vulkaninfo_summary_without_devices(text: str) -> None:
+    assert parse_vulkaninfo_summary(text) == []
+
+
+# --- Apple and Windows ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("brand", "arm64", "macos", "machine", "metal", "rosetta"), [
+    ("Apple M1", "1", "13.2.1", "arm64", True, False),
+    ("Apple M3 Pro", "1", "15.1", "arm64", True, False),
+    ("Apple M2", "1", "14.5", "x86_64", False, True),
+    ("Intel(R) Core(TM) i9-9980HK CPU @ 2.40GHz", "0", "14.7", "x86_64", False, False),
+    ("Intel(R) Core(TM) i7-4870HQ CPU @ 2.50GHz", "", "11.7.10", "x86_64", False, False),
+], ids=["m1", "m3", "m2-rosetta", "intel-mac", "old-intel-no-sysctl-key"])
+def test_parse_apple(brand: str, arm64: str, macos: str, machine: str, metal: bool, rosetta: bool) -> None:
+    out = parse_apple(brand + "\n", arm64 + "\n", macos, machine)
+    assert (out["chip"], out["macos"], out["metal"], out["rosetta"]) == (brand, macos, metal, rosetta)
+
+
+def test_windows_processor_features_to_flags() -> None:
+    from llama_runtime.probe.cpu import ggml_features, x86_64_level
+
+    avx2 = features_from_pf([6, 10, 13, 36, 37, 38, 39, 40])
+    assert x86_64_level(avx2) == 3 and {"avx2", "fma", "f16c"} <= set(ggml_features("x86_64", avx2))
+    sse42 = features_from_pf([6, 10, 13, 36, 37, 38])
+    assert x86_64_level(sse42) == 2 and "avx" not in sse42
+    assert x86_64_level(features_from_pf([6, 10])) == 1
+    assert features_from_pf([29, 43]) == ["asimd", "asimddp"]
