@@ -134,6 +134,10 @@ def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, sel
     report = _report(settings, profile, selection, selected=name, variant=v.to_dict(), cross=cross,
                      files=record.get("files"), source=source, lock={"repo": lock.repo,
                      "revision": lock.revision, "commit": lock.commit})
+    if settings.target == name:
+        # LLAMA_RUNTIME_TARGET=<variant> names the variant the target machine is to run, as
+        # LLAMA_RUNTIME_VARIANT would: the loader there keeps it instead of re-selecting
+        report["request"]["variant"] = name
     plan = WheelPlan(tag=f"py3-none-{platform_tag(v.os, v.arch, v.requires)}",
                      dependencies=list(v.python_requires), report=report)
     plan.force_include = {str(folder / f): f"{LIBS}/{f}" for f in v.files}

@@ -238,21 +238,33 @@ def test_target_variant_name_builds_without_probe(release: Release, tmp_path: Pa
     proc = _pip_wheel(release, tmp_path, "-v", LLAMA_RUNTIME_TARGET=CPU)
     report = _wheel_report(next((tmp_path / "w").glob("*.whl")), release)
     assert report["selected"] == CPU and report["cross"] is True
-    assert report["profile"] is None and report["request"]["target"] == CPU
+    assert report["profile"] is None and report["request"] == {"backend": "auto", "variant": CPU, "target": CPU}
     out = proc.stdout + proc.stderr
     assert f"target variant {CPU} (LLAMA_RUNTIME_TARGET); no probe of this machine" in out
     assert "llama-runtime: machine:" not in out
+    # installed on a machine that could run a better variant, the named one is kept (Docker)
+    env = _env(release, tmp_path, LLAMA_RUNTIME_STRICT="1")
+    python = _uv_venv(tmp_path / "venv", env)
+    _run([UV, "pip", "install", "--python", python, next((tmp_path / "w").glob("*.whl"))], env, tmp_path)
+    loaded = _run([python, "-c", LOAD], env, tmp_path)
+    assert loaded.stdout.startswith(f"installed {CPU} ") and not loaded.stderr
 
 
-@pytest.mark.parametrize("how", ["env", "config-setting"])
-def test_target_profile_file_builds_for_that_machine(release: Release, tmp_path: Path, how: str) -> None:
-    env = {**_env(release, tmp_path), "PYTHONPATH": str(release.tree)}
+def _old_cpu_profile(release: Release, tmp: Path) -> Path:
+    """This machine's ``doctor --json``, edited into a baseline x86-64 CPU with no extensions."""
+    env = {**_env(release, tmp), "PYTHONPATH": str(release.tree)}
     doctor = json.loads(_run([sys.executable, "-m", "llama_runtime", "doctor", "--json"], env,
                              release.tree).stdout)
     assert doctor["selected"] == CPU_V3  # this machine; the target below is an older CPU
     doctor["profile"]["cpu"].update(x86_64_level=1, features=[], microarchitecture="x86_64")
-    target = tmp_path / "target.json"
+    target = tmp / "target.json"
     target.write_text(json.dumps(doctor))
+    return target
+
+
+@pytest.mark.parametrize("how", ["env", "config-setting"])
+def test_target_profile_file_builds_for_that_machine(release: Release, tmp_path: Path, how: str) -> None:
+    target = _old_cpu_profile(release, tmp_path)
     if how == "env":
         proc = _pip_wheel(release, tmp_path, "-v", LLAMA_RUNTIME_TARGET=str(target))
     else:
@@ -272,11 +284,11 @@ def test_wheel_reused_from_pip_cache_warns_fetches_late_and_strict_fails(release
     pip_cache = str(tmp_path / "pip-cache")
     # named, as an index install is: pip looks its wheel cache up by name and URL
     req = f"llama-runtime @ {release.sdist.as_uri()}"
-    # first a build for another machine (a Docker build stage, say), cached by pip under the
-    # sdist's URL only ...
+    # first a build for another machine (an older CPU), cached by pip under the sdist's URL only
+    target = _old_cpu_profile(release, tmp_path)
     other = devrelease.make_venv(tmp_path / "other")
     _run([other, "-m", "pip", "install", "--cache-dir", pip_cache, req],
-         _env(release, tmp_path, LLAMA_RUNTIME_TARGET=CPU), tmp_path)
+         _env(release, tmp_path, LLAMA_RUNTIME_TARGET=str(target)), tmp_path)
     # ... then an ordinary install here, which pip serves from that cache without building
     env = _env(release, tmp_path)
     python = devrelease.make_venv(tmp_path / "venv")
