@@ -98,6 +98,8 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     if report is not None and not steps:
         notes.append(_misfit_message(report, selection))
     for name in selection.ranked:
+        if any(s.variant is not None and s.variant.name == name for s in steps):
+            continue  # the wheel ships it already: one try is enough
         v = lock.manifest.variants[name]
         cached = lookup(settings.cache_dir, v)
         if cached is not None:

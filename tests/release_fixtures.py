@@ -76,3 +76,19 @@ def run_source_py(release: Release, env: dict[str, str], code: str) -> subproces
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**env, "PYTHONPATH": str(release.tree)}, timeout=300,
                           cwd=release.tree)
+
+
+CUDA_NPM = "@node-llama-cpp/linux-x64-cuda@3.22.1"
+CPU_NPM = "@node-llama-cpp/linux-x64@3.22.1"
+
+
+@pytest.fixture(scope="session")
+def gpu_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Path]]:
+    """The real npm CUDA 13 build published next to the npm CPU build: (tree, endpoint, sdist)."""
+    variants = devrelease.build_variant_dirs(devrelease.dev_cache() / "variants-gpu",
+                                             "--npm", CUDA_NPM, "--npm", CPU_NPM)
+    work = tmp_path_factory.mktemp("gpu-release")
+    with HubServer(work / "hub") as hub:
+        tree = devrelease.stage_source(work / "src")
+        devrelease.publish_release(tree, variants, hub.url)
+        yield tree, hub.url, devrelease.build_sdist(tree, work / "dist")

@@ -9,31 +9,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import devrelease
-from hubserver import HubServer
-
 pytestmark = pytest.mark.slow
-CUDA = "@node-llama-cpp/linux-x64-cuda@3.22.1"
-CPU = "@node-llama-cpp/linux-x64@3.22.1"
 PROBE = ("import json, logging, llama_runtime as l\n"
          "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
          "lib = l.load(); print(json.dumps({'variant': lib.variant, 'source': lib.source,"
          " 'attempts': lib.attempts, 'devices': lib.native.devices()}))")
-
-
-@pytest.fixture(scope="module")
-def gpu_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    variants = devrelease.build_variant_dirs(devrelease.dev_cache() / "variants-gpu", "--npm", CUDA, "--npm", CPU)
-    work = tmp_path_factory.mktemp("gpu-release")
-    with HubServer(work / "hub") as hub:
-        tree = devrelease.stage_source(work / "src")
-        devrelease.publish_release(tree, variants, hub.url)
-        yield tree, hub.url
 
 
 def _load(tree: Path, endpoint: str, cache: Path, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -44,7 +28,7 @@ def _load(tree: Path, endpoint: str, cache: Path, **extra: str) -> subprocess.Co
 
 
 def test_forced_cuda_falls_back_to_cpu_with_loader_message(gpu_release, tmp_path: Path) -> None:
-    tree, endpoint = gpu_release
+    tree, endpoint, _ = gpu_release
     proc = _load(tree, endpoint, tmp_path / "cache", LLAMA_BACKEND="cuda")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -60,7 +44,7 @@ def test_forced_cuda_falls_back_to_cpu_with_loader_message(gpu_release, tmp_path
 
 
 def test_forced_cuda_under_strict_is_an_error(gpu_release, tmp_path: Path) -> None:
-    tree, endpoint = gpu_release
+    tree, endpoint, _ = gpu_release
     proc = _load(tree, endpoint, tmp_path / "cache", LLAMA_BACKEND="cuda", LLAMA_RUNTIME_STRICT="1")
     assert proc.returncode != 0
     assert "LibraryLoadError" in proc.stderr and "LLAMA_RUNTIME_STRICT=1" in proc.stderr
@@ -68,7 +52,7 @@ def test_forced_cuda_under_strict_is_an_error(gpu_release, tmp_path: Path) -> No
 
 
 def test_auto_never_picks_cuda_without_a_driver(gpu_release, tmp_path: Path) -> None:
-    tree, endpoint = gpu_release
+    tree, endpoint, _ = gpu_release
     proc = _load(tree, endpoint, tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
