@@ -13,9 +13,12 @@ def _profile_line(profile: dict[str, Any]) -> str:
 
 def format_doctor(result: dict[str, Any]) -> str:
     lines = [f"machine:  {_profile_line(result['profile'])}"]
-    for name, part in (("cpu", result["profile"].get("cpu")), ("nvidia", result["profile"].get("nvidia")),
-                       ("libc", result["profile"].get("libc"))):
-        if part and part.get("error"):
+    lines += _gpu_lines(result["profile"])
+    for name in ("cpu", "libc", "nvidia", "rocm", "vulkan", "apple"):
+        part = result["profile"].get(name)
+        # a machine without AMD or Vulkan is normal; only an unanswered probe is worth a line
+        quiet = name in ("rocm", "vulkan") and not str((part or {}).get("error")).startswith("unknown")
+        if part and part.get("error") and not quiet:
             lines.append(f"          {name}: {part['error']}")
     lines.append("candidates:")
     width = max([len(c["name"]) for c in result["candidates"]] + [4])
@@ -36,6 +39,22 @@ def format_doctor(result: dict[str, Any]) -> str:
     if result.get("error"):
         lines.append(f"error:    {result['error']}")
     return "\n".join(lines)
+
+
+def _gpu_lines(profile: dict[str, Any]) -> list[str]:
+    """One line per GPU: NVIDIA with compute capability and memory, AMD gfx, Vulkan devices, Metal."""
+    lines = []
+    for g in (profile.get("nvidia") or {}).get("gpus") or []:
+        mem = f", {g['memory_mib']} MiB" if g.get("memory_mib") else ""
+        lines.append(f"gpu:      {g.get('name')} (CUDA, compute capability {g.get('compute_capability') or '?'}{mem})")
+    for g in (profile.get("rocm") or {}).get("gpus") or []:
+        lines.append(f"gpu:      {g.get('name') or 'AMD GPU'} (ROCm, {g.get('gfx')})")
+    for d in (profile.get("vulkan") or {}).get("devices") or []:
+        lines.append(f"gpu:      {d.get('name')} (Vulkan, {d.get('type')})")
+    apple = profile.get("apple") or {}
+    if apple.get("metal"):
+        lines.append(f"gpu:      Metal on {apple.get('chip') or 'Apple Silicon'}, macOS {apple.get('macos') or '?'}")
+    return lines
 
 
 def _library_lines(result: dict[str, Any]) -> list[str]:

@@ -132,3 +132,17 @@ def test_idle_gpu_warning_names_the_gpu_and_only_builds_that_saw_it() -> None:
     [warning] = select(MANIFEST, profile).warnings
     assert warning.startswith("an NVIDIA GPU (NVIDIA GeForce GTX 1080) is present but linux-x86_64-cuda13")
     assert "vulkan" not in warning and "rocm" not in warning  # no device: nothing to explain
+
+
+def test_doctor_report_lists_every_gpu() -> None:
+    from llama_runtime.report import format_doctor
+
+    _, profile = load(DATA / "machines" / "laptop-intel-igpu-nvidia-dgpu.json")
+    s = select(MANIFEST, profile)
+    text = format_doctor({"profile": profile.to_dict(), "candidates": [c.to_dict() for c in s.candidates],
+                          "selected": s.selected, "warnings": s.warnings, "library": None})
+    gpus = [line for line in text.splitlines() if line.startswith("gpu:")]
+    assert gpus[0] == ("gpu:      NVIDIA GeForce RTX 4070 Laptop GPU (CUDA, compute capability 8.9,"
+                       " 8188 MiB)")
+    assert any("Iris(R) Xe" in g and "integrated" in g for g in gpus)
+    assert "rocm:" not in text  # no AMD GPU is normal, not a failed probe
