@@ -255,3 +255,23 @@ def test_windows_processor_features_to_flags() -> None:
     assert x86_64_level(sse42) == 2 and "avx" not in sse42
     assert x86_64_level(features_from_pf([6, 10])) == 1
     assert features_from_pf([29, 43]) == ["asimd", "asimddp"]
+
+
+@pytest.mark.parametrize(("driver", "cuda"), [("470.223.02", "11.4"), ("525.147.05", "12.0"),
+                                              ("550.54.15", "12.4"), ("550.54.14", "12.4"),
+                                              ("550.40.07", "12.3"), ("580.65.06", "13.0"),
+                                              ("570.124.06", "12.8"), ("440.33.01", None)],
+                         ids=["470", "525", "550", "550-exact-floor", "550-beta", "580", "570", "440"])
+def test_cuda_from_driver_table(driver: str, cuda: str | None) -> None:
+    assert nvidia.cuda_from_driver(driver) == cuda
+
+
+def test_driver_without_libcuda_or_smi_falls_back_to_the_table(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\n")
+    monkeypatch.setattr(nvidia, "PROC_VERSION", str(proc))
+    monkeypatch.setattr(nvidia.sys, "platform", "linux")
+    out = read_nvidia(libcuda=str(tmp_path / "libcuda.so.1"), use_smi=False)
+    assert (out["driver"], out["cuda_driver"], out["source"]) == ("535.183.01", "12.2", "driver version table")
+    assert "libcuda did not load" in out["error"]  # the failed source is still reported

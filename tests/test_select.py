@@ -461,3 +461,19 @@ def test_hardware_requires_name_manifest_keys() -> None:
 
     for name, info in hardware()["backends"].items():
         assert set(info["requires"]) <= set(REQUIRE_KEYS), name
+
+
+def test_hardware_vulkan_device_ranks() -> None:
+    ranks = hardware()["vulkan_device_rank"]
+    backends = hardware()["backends"]
+    assert set(ranks) == {"discrete", "virtual", "integrated", "other", "cpu"}
+    # a discrete GPU ranks where Vulkan sits; an integrated one or a software renderer below the CPU
+    assert ranks["discrete"] == backends["vulkan"]["rank"]
+    assert ranks["cpu"] < ranks["integrated"] < backends["cpu"]["rank"] < ranks["virtual"] <= ranks["discrete"]
+
+
+def test_driver_known_but_cuda_unknown_is_explained() -> None:
+    prof = profile(driver="550.54.15", cuda=None)
+    s = select(MANIFEST, prof)
+    assert "no CUDA version known for NVIDIA driver 550.54.15" in reasons(s, "linux-x86_64-cuda12")
+    assert select(MANIFEST, prof, backend="cuda").selected == "linux-x86_64-cuda12"  # kept, with a warning

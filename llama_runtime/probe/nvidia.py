@@ -15,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .gpu import cuda_version_from_int, parse_nvidia_proc_version
@@ -112,6 +114,26 @@ def parse_libcuda_result(data: dict[str, Any]) -> dict[str, Any]:
             "error": f"unknown, because {data['error']}" if data.get("error") else None}
 
 
+def _vt(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text))
+
+
+@lru_cache(maxsize=1)
+def _driver_table() -> dict[str, str]:
+    path = Path(__file__).with_name("cuda_drivers.json")
+    return dict(json.loads(path.read_text(encoding="utf-8"))["linux_min_driver"])
+
+
+def cuda_from_driver(driver: str) -> str | None:
+    """The highest CUDA a Linux driver supports, from NVIDIA's published minimum versions.
+
+    Used only when neither libcuda nor nvidia-smi answered (e.g. a container that sees the
+    kernel module but has no user-space driver mounted): the driver version alone decides.
+    """
+    fits = [cuda for cuda, floor in _driver_table().items() if _vt(driver) >= _vt(floor)]
+    return max(fits, key=_vt) if fits else None
+
+
 def libcuda_name() -> str:
     return "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
 
@@ -177,6 +199,10 @@ def read_nvidia(libcuda: str | None = None, timeout: float = LIBCUDA_TIMEOUT_S,
     out.update(cuda, source="libcuda" if cuda["cuda_driver"] else None)
     if (cuda["cuda_driver"] is None or not cuda["gpus"]) and use_smi:
         _fill_from_smi(out)
+    if out["driver"] and out["cuda_driver"] is None and sys.platform.startswith("linux"):
+        out["cuda_driver"] = cuda_from_driver(out["driver"])
+        if out["cuda_driver"]:
+            out["source"] = "driver version table"
     if out["driver"] is None and out["cuda_driver"] is None and out["error"] is None:
         out["error"] = "no NVIDIA driver found"
     return out

@@ -149,8 +149,11 @@ def _check_cuda(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[
     problems = []
     nv = p.nvidia or {}
     need, have = v.requires.get("cuda_driver"), nv.get("cuda_driver")
-    if have is None:
-        problems.append("no NVIDIA driver detected" + (f" ({nv['error']})" if nv.get("error") else ""))
+    why = f" ({nv['error']})" if nv.get("error") else ""
+    if have is None and nv.get("driver"):
+        problems.append(f"no CUDA version known for NVIDIA driver {nv['driver']}{why}")
+    elif have is None:
+        problems.append("no NVIDIA driver detected" + why)
     elif need and _version(have) < _version(need):
         problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports CUDA {have}")
     declared = v.requires.get("compute_capability")
