@@ -268,3 +268,24 @@ def test_from_file_reads_a_doctor_json(tmp_path: Path) -> None:
     path = tmp_path / "doctor.json"
     path.write_text(json.dumps({"profile": _profile().to_dict()}), encoding="utf-8")
     assert MachineProfile.from_file(path) == _profile()
+
+
+def test_profiles_from_before_the_gpu_parts_load_with_empty_parts() -> None:
+    old = _profile().to_dict()
+    for key in ("rocm", "vulkan", "apple"):
+        old.pop(key)
+    profile = MachineProfile.from_dict({"profile": old})
+    assert (profile.rocm, profile.vulkan, profile.apple) == ({}, {}, {})
+    assert profile.nvidia["cuda_driver"] == "12.4"
+
+
+def test_new_gpu_parts_round_trip() -> None:
+    profile = MachineProfile.from_dict({
+        **_profile().to_dict(),
+        "rocm": {"gpus": [{"name": None, "gfx": "gfx1100"}], "error": None, "source": "kfd"},
+        "vulkan": {"devices": [{"name": "llvmpipe", "type": "cpu", "api_version": "1.3.274"}], "error": None},
+        "apple": {"macos": "15.1", "chip": "Apple M3", "apple_silicon": True, "rosetta": False, "metal": True,
+                  "error": None},
+    })
+    assert MachineProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+    assert "gfx1100" in profile.summary()

@@ -141,6 +141,8 @@ def libcuda_name() -> str:
 def run_libcuda(path: str | None = None, timeout: float = LIBCUDA_TIMEOUT_S) -> dict[str, Any]:
     """Ask ``libcuda`` (``path``, default the system's) in a child process. Never raises or hangs."""
     path = path or libcuda_name()
+    if not sys.executable:  # embedded interpreters: no python to start the child with
+        return {"cuda_driver": None, "gpus": [], "error": "unknown, because there is no Python executable to run the libcuda probe"}
     try:
         proc = subprocess.run([sys.executable, "-I", "-c", _LIBCUDA_SCRIPT, path],
                               capture_output=True, text=True, timeout=timeout)
