@@ -84,5 +84,6 @@ def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> 
         except LlamaRuntimeError as exc:
             out["notes"].append(f"{step.source} {where} does not load: {exc}")
             continue
-        out["library"] = {**library.to_dict(), "system_info": library.native.system_info()}
+        out["library"] = {**library.to_dict(), "system_info": library.native.system_info(),
+                          "devices": library.native.devices()}
         return

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from .variants import Lock, Selection, Variant
 
 log = logging.getLogger("llama_runtime")
+# llama.cpp's own log is quiet unless the application configures logging for it
+logging.getLogger("llama_runtime.native").addHandler(logging.NullHandler())
+_DLL_DIRECTORIES: list[Any] = []  # handles of os.add_dll_directory, kept for the process
 REPORT = "selection.json"
 FIX_WHEEL = "pip install --no-cache-dir --force-reinstall llama-runtime"
 
@@ -154,12 +157,14 @@ def _open(step: Step, settings: Settings) -> Library:
         tagged = re.search(r"\.v(\d+\.\d+\.\d+)\.", path.name)
         check_generation(tagged.group(1) if tagged else None, str(path), settings)
         folder = path.parent
+        allow_dll_folder(folder)
         dl = any(folder.glob("libggml-cpu*.so")) or any(folder.glob("ggml-cpu*.dll"))
         native = Native.open([path], backend_dir=folder if dl else None)
         return Library(path, folder, "explicit", None, None, native)
     assert step.variant is not None and step.folder is not None
     v, folder = step.variant, step.folder
     check_generation(v.extra.get("llama_cpp"), f"variant {v.name}", settings)
+    allow_dll_folder(folder)
     preflight(v, folder)
     paths = [folder / name for name in v.libraries]
     native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
@@ -170,6 +175,15 @@ def _open(step: Step, settings: Settings) -> Library:
                                f" (devices: {', '.join(d['name'] for d in native.devices()) or 'none'})."
                                + hint)
     return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
+
+
+def allow_dll_folder(folder: Path) -> None:
+    """On Windows, let the loader find a library's sibling DLLs (never by changing PATH)."""
+    import os
+    import sys
+
+    if sys.platform == "win32" and hasattr(os, "add_dll_directory"):
+        _DLL_DIRECTORIES.append(os.add_dll_directory(str(folder)))
 
 
 # ggml's backend plugin of each GPU backend (GGML_BACKEND_DL builds)

@@ -65,6 +65,8 @@ def _library_lines(result: dict[str, Any]) -> list[str]:
         return [f"library:  {lib['variant']} would be downloaded on first use"]
     out = [f"library:  {lib['path']}", f"          source {lib['source']}, variant {lib.get('variant')},"
            f" sha256 {lib.get('sha256')}"]
+    for dev in lib.get("devices") or []:
+        out.append(f"          device {dev['name']} ({dev['type']}): {dev['description']}")
     if lib.get("system_info"):
         out.append(f"          {lib['system_info']}")
     return out
