@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,17 +19,24 @@ from common import Row, timed_run
 import devrelease  # noqa: E402
 from release import Release
 
-_PHASES = (  # (label, the pip log text that starts it)
-    ("resolve sdist", "Processing "),
-    ("build env", "Installing build dependencies"),
-    ("get requires", "Getting requirements to build wheel"),
-    ("metadata", "Preparing metadata"),
-    ("wheel build (probe+download+pack)", "Building wheel"),
-    ("install wheel", "Installing collected packages"),
+_EVENTS = (  # (short name, pip log text); intervals between consecutive events, in time order
+    ("start", None),
+    ("build deps start", "Installing build dependencies: started"),
+    ("build deps done", "Installing build dependencies: finished"),
+    ("get-requires done", "Getting requirements to build wheel: finished"),
+    ("metadata start", "Preparing metadata (pyproject.toml): started"),
+    ("probe done", "llama-runtime: machine:"),
+    ("selected", "llama-runtime: selected"),
+    ("archive fetched+verified", "downloaded from"),
+    ("metadata done", "Preparing metadata (pyproject.toml): finished"),
+    ("wheel build start", "Building wheels for collected packages"),
+    ("wheel created", "Created wheel for"),
+    ("installed", "Successfully installed"),
 )
 
 
 def _phases(log: Path) -> tuple[dict[str, float], list[str]]:
+    """Time between consecutive pip/hook events (pip's --log is timestamped)."""
     stamped = []
     for line in log.read_text(errors="replace").splitlines():
         m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d+) (.*)", line)
@@ -36,21 +44,16 @@ def _phases(log: Path) -> tuple[dict[str, float], list[str]]:
             stamped.append((datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S,%f").timestamp(), m.group(2)))
     if not stamped:
         return {}, []
-    starts: list[tuple[str, float]] = []
-    hook: list[str] = []
-    for label, key in _PHASES:
+    t0 = stamped[0][0]
+    seen = [("start", t0)]
+    for name, key in _EVENTS[1:]:
         t = next((ts for ts, text in stamped if key in text), None)
         if t is not None:
-            starts.append((label, t))
-    end = stamped[-1][0]
-    out = {}
-    for i, (label, t) in enumerate(starts):
-        nxt = starts[i + 1][1] if i + 1 < len(starts) else end
-        out[label] = nxt - t
-    t0 = stamped[0][0]
-    for ts, text in stamped:
-        if "llama-runtime:" in text:
-            hook.append(f"+{ts - t0:6.2f} s {text.strip()[:140]}")
+            seen.append((name, t))
+    seen.sort(key=lambda e: e[1])
+    out = {f"{a} -> {b}": tb - ta for (a, ta), (b, tb) in zip(seen, seen[1:])}
+    out["total (pip log)"] = stamped[-1][0] - t0
+    hook = [f"+{ts - t0:6.2f} s {text.strip()[:140]}" for ts, text in stamped if "llama-runtime:" in text]
     return out, hook
 
 
@@ -59,6 +62,7 @@ def run(rel: Release, model: Path) -> list[Row]:
     assert httpd is not None
     python = devrelease.make_venv(rel.work / "venv-b2")
     env = {"LLAMA_RUNTIME_ENDPOINT": rel.hub.url, "LLAMA_RUNTIME_CACHE": str(rel.work / "cache-b2")}
+    shutil.rmtree(rel.work / "cache-b2", ignore_errors=True)  # a fresh machine: nothing cached
     log = rel.work / "pip-b2.log"
     log.unlink(missing_ok=True)
     httpd.reset_stats()
@@ -98,7 +102,8 @@ def run(rel: Release, model: Path) -> list[Row]:
             f"requests: {stats['requests']}"),
         Row("B1-ours", "pip install --no-cache-dir sdist (fresh venv)", t_install, "s",
             None, "llama-cpp-python 0.3.36 from source", None, "<= 1/20 of baseline", None,
-            f"breakdown: {breakdown}; then first generation in a fresh process {t_gen:.2f} s",
+            "breakdown (pip --log; the hook's probe/fetch run inside "
+            f"pip's metadata step because hatchling has no prepare_metadata hook, so pip builds the wheel there): {breakdown}; then first generation in a fresh process {t_gen:.2f} s",
             {"hook": hook, "phases": phases, "t_gen": t_gen}),
     ]
     return rows

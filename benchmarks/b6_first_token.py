@@ -23,6 +23,20 @@ warm = sorted(first(sys.argv[1]) for _ in range(3))[1]
 print(json.dumps({"cold": cold, "warm": warm}))
 """
 
+_SPLIT = r"""
+import json, sys, time
+import llama_runtime
+t = time.perf_counter()
+from llama_runtime import loader
+t_imp = time.perf_counter()
+loader.load()
+t_load = time.perf_counter()
+llm = llama_runtime.Llama(sys.argv[1], n_ctx=128, n_threads=2)
+next(llm.stream("hello world", 4, temperature=0))
+t_end = time.perf_counter()
+print(json.dumps({"import_loader": t_imp - t, "load": t_load - t_imp, "llama_first": t_end - t_load}))
+"""
+
 
 def run(rel: Release, model, rounds: int = 7) -> list[Row]:
     env = rel.env()
@@ -37,9 +51,22 @@ def run(rel: Release, model, rounds: int = 7) -> list[Row]:
         warms.append(d["warm"])
         return d["cold"]
 
-    interleave({"child": once}, rounds)
-    colds, warms = colds[1:], warms[1:]  # drop the warm-up
+    split: list[dict] = []
+
+    def parts() -> float:
+        _, p = timed_run([PY, "-c", _SPLIT, str(model)], env)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        split.append(json.loads(p.stdout))
+        return 0.0
+
+    interleave({"child": once, "split": parts}, rounds)
+    colds, warms, split = colds[1:], warms[1:], split[1:]  # drop the warm-up
+    br = {k: median([d[k] for d in split]) * 1000 for k in split[0]}
     c, w = median(colds) * 1000, median(warms) * 1000
     return [Row("B6", "Llama() -> first token, fresh process", c, "ms", w,
                 "same, library already loaded (ms)", c / w, "adds <= 50 ms", c - w <= 50,
-                f"added {c - w:.1f} ms (resolution from cache + dlopen + backend init); tiny 2-layer model")]
+                f"added {c - w:.1f} ms; split in another fresh process: import of the loader modules "
+                f"{br['import_loader']:.0f} ms, llama_runtime.load() (probe, select, cache check, dlopen, "
+                f"backend init) {br['load']:.0f} ms, then Llama() to first token {br['llama_first']:.0f} ms; "
+                "tiny 2-layer model")]
