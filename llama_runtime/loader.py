@@ -253,6 +253,8 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
     steps, selection, notes = plan(settings, profile=profile, lock=lock)
     attempts: list[str] = []
     fetch_errors: list[LlamaRuntimeError] = []
+    for warning in selection.warnings if selection is not None else []:
+        _fallback(warning, settings, [])
     for note in notes:
         _fallback(note, settings, attempts)
     for step in steps:

@@ -16,7 +16,9 @@ from typing import Any
 from ..errors import ManifestError
 
 SCHEMA = 1
+# requirement keys every schema-1 entry carries (null when unused), then optional ones
 REQUIRE_KEYS = ("glibc", "x86_64_level", "cpu_features", "cuda_driver", "compute_capability", "macos")
+OPTIONAL_REQUIRE_KEYS = ("gfx", "musl")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
