@@ -1,9 +1,11 @@
-"""The high-level API: load a GGUF model, tokenize, generate text.
+"""The high-level API: load a GGUF model, tokenize, generate, chat, embed.
 
 A thin layer over the C functions of :mod:`llama_runtime.native`: one ``llama_model`` and one
-``llama_context`` per :class:`Llama`, a fresh sampler chain per generation. Every failure of
-llama.cpp becomes a :class:`~llama_runtime.errors.ModelError` or
-:class:`~llama_runtime.errors.GenerationError` here, in one place each.
+:class:`~llama_runtime.native.context.Context` per :class:`Llama`, a fresh sampler chain per
+generation (built in C by :mod:`~llama_runtime.native.sampling`). Every failure of llama.cpp
+becomes a :class:`~llama_runtime.errors.ModelError` or
+:class:`~llama_runtime.errors.GenerationError`; a prompt llama.cpp must not see is a
+:class:`~llama_runtime.chat.PromptError`.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from .chat import ChatTemplateError, StopMatcher, encode_text, format_chat
 from .errors import GenerationError, ModelError
+from .native.context import Context, why
+from .native.sampling import LLAMA_DEFAULT_SEED, Sampling
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is 3.11+; only the checker reads it
 
     from .native import Native
 
-LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp draws a random seed
 _GGUF_MAGIC = b"GGUF"
 
 
@@ -38,11 +43,6 @@ def _check_model_file(path: Path) -> None:
             f"{path} is not a GGUF model (it starts with {magic!r}, not {_GGUF_MAGIC!r}); "
             "llama.cpp only reads GGUF: convert the model with llama.cpp's convert_hf_to_gguf.py"
         )
-
-
-def _why(log_lines: list[str]) -> str:
-    """llama.cpp's own explanation: the warnings/errors it logged during the failed call."""
-    return "; ".join(log_lines[-3:]) if log_lines else "llama.cpp logged no reason"
 
 
 def _default_threads() -> int:
@@ -63,13 +63,17 @@ class Llama:
 
     >>> with Llama("model.gguf", n_ctx=512) as llm:  # doctest: +SKIP
     ...     print(llm.generate("Once upon a time", max_tokens=32, temperature=0))
+
+    ``embeddings=True`` makes a context for :meth:`embed` (``pooling``: ``"mean"``, ``"cls"``,
+    ``"last"``, ``"none"``; default: the model's own). One Llama runs one generation at a time.
     """
 
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 512, n_batch: int = 512,
                  n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = LLAMA_DEFAULT_SEED,
+                 embeddings: bool = False, pooling: str | None = None,
                  native: Native | None = None) -> None:
         self._model: int | None = None
-        self._ctx: int | None = None
+        self._context: Context | None = None
         self.model_path = Path(model_path)
         self.seed = seed
         _check_model_file(self.model_path)
@@ -79,10 +83,14 @@ class Llama:
             native = load().native
         self._native = native
         self._model = self._load_model(n_gpu_layers)
-        self._ctx = self._new_context(n_ctx, n_batch, n_threads)
         self._vocab = native.llama_model_get_vocab(self._model)
-        self.n_ctx = int(native.llama_n_ctx(self._ctx))
-        self.n_batch = int(native.llama_n_batch(self._ctx))
+        self._context = Context(native, self._model, n_ctx=n_ctx, n_batch=n_batch,
+                                n_threads=n_threads or _default_threads(),
+                                embeddings=embeddings, pooling=pooling)
+        self.n_ctx = self._context.n_ctx
+        self.n_batch = self._context.n_batch
+        self.n_embd = int(native.llama_model_n_embd(self._model))
+        self.n_vocab = int(native.llama_vocab_n_tokens(self._vocab))
 
     def _load_model(self, n_gpu_layers: int) -> int:
         params = self._native.llama_model_default_params()
@@ -91,27 +99,11 @@ class Llama:
             model = self._native.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not model:
             raise ModelError(
-                f"llama.cpp could not load {self.model_path}: {_why(errors)}. The file may be "
+                f"llama.cpp could not load {self.model_path}: {why(errors)}. The file may be "
                 "truncated or corrupt (download it again), or use an architecture or tensor type "
                 "this llama.cpp does not know"
             )
         return int(model)
-
-    def _new_context(self, n_ctx: int, n_batch: int, n_threads: int | None) -> int:
-        params = self._native.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = n_batch
-        params.n_ubatch = min(n_batch, params.n_ubatch)
-        params.n_threads = params.n_threads_batch = n_threads or _default_threads()
-        ctx = self._native.llama_init_from_model(self._model, params)
-        if not ctx:
-            raise ModelError(
-                f"llama.cpp could not create a context of {n_ctx} tokens for {self.model_path}; "
-                "try a smaller n_ctx or n_batch"
-            )
-        return int(ctx)
-
-    # --- tokens -------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, repo_id: str, filename: str, revision: str | None = None,
@@ -126,9 +118,15 @@ class Llama:
 
         return cls(download_model(repo_id, filename, revision, current_settings()), **kwargs)
 
-    def tokenize(self, text: str, *, add_special: bool = True, special: bool = False) -> list[int]:
-        """Token ids of ``text``; ``add_special`` adds BOS, ``special`` parses ``<s>``-like text."""
-        data = text.encode("utf-8")
+    # --- tokens -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes, *, add_special: bool = True,
+                 special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``add_special`` adds BOS, ``special`` parses ``<s>``-like text.
+
+        ``bytes`` must be valid UTF-8 (else :class:`~llama_runtime.chat.PromptError`).
+        """
+        data = encode_text(text)
         capacity = len(data) + 8
         for _ in range(2):
             buf = (ctypes.c_int32 * capacity)()
@@ -173,101 +171,143 @@ class Llama:
 
     # --- generation ---------------------------------------------------------------------------
 
-    def generate(self, prompt: str, max_tokens: int = 64, *, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, seed: int | None = None) -> str:
-        """The text that follows ``prompt``; ``temperature=0`` is greedy (deterministic)."""
-        return "".join(self.stream(prompt, max_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, seed=seed))
+    def generate(self, prompt: str | bytes, max_tokens: int = 64, *, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 repeat_penalty: float = 1.0, seed: int | None = None,
+                 stop: Iterable[str] = ()) -> str:
+        """The text that follows ``prompt``; ``temperature=0`` is greedy (deterministic).
 
-    def stream(self, prompt: str, max_tokens: int = 64, *, temperature: float = 0.8,
-               top_k: int = 40, top_p: float = 0.95, seed: int | None = None) -> Iterator[str]:
-        """Yield the generated text piece by piece as it is sampled.
-
-        A token may end in the middle of a UTF-8 character (byte-fallback tokens): those bytes
-        are held back until the character is complete. Generation stops at an end-of-generation
-        token, after ``max_tokens``, or when the context is full.
+        Generation ends at an end-of-generation token, after ``max_tokens``, when the context is
+        full, or just before the first of the ``stop`` strings (which is not returned).
         """
-        tokens = self.tokenize(prompt)
-        if len(tokens) > self.n_ctx:
-            raise GenerationError(
-                f"the prompt is {len(tokens)} tokens long but the context holds {self.n_ctx}; "
-                "shorten the prompt or create the Llama with a larger n_ctx"
-            )
-        self._reset_memory()
-        self._decode(tokens)
-        sampler = self._new_sampler(temperature, top_k, top_p, self.seed if seed is None else seed)
-        try:
-            yield from self._sample_loop(sampler, min(max_tokens, self.n_ctx - len(tokens)))
-        finally:
-            self._native.llama_sampler_free(sampler)
+        return "".join(self.stream(prompt, max_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                   seed=seed, stop=stop))
 
-    def _sample_loop(self, sampler: int, max_tokens: int) -> Iterator[str]:
+    def stream(self, prompt: str | bytes, max_tokens: int = 64, *, temperature: float = 0.8,
+               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+               repeat_penalty: float = 1.0, seed: int | None = None,
+               stop: Iterable[str] = ()) -> Iterator[str]:
+        """:meth:`generate`, piece by piece as tokens are sampled.
+
+        The pieces are always whole UTF-8 characters: bytes of a character split across tokens
+        are held back until it is complete, and so is text that may begin a stop string.
+        """
+        sampling = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        tokens = self.tokenize(prompt)
+        return self._texts(self._live_context().sample(tokens, max_tokens, sampling, self._vocab,
+                                                       self.n_vocab), stop)
+
+    def generate_tokens(self, prompt: str | bytes | Sequence[int], max_tokens: int = 64, *,
+                        temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                        min_p: float = 0.05, repeat_penalty: float = 1.0,
+                        seed: int | None = None) -> list[int]:
+        """The generated token ids (not the prompt's); ``prompt`` may itself be token ids."""
+        sampling = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        tokens = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt)
+        return list(self._live_context().sample(tokens, max_tokens, sampling, self._vocab,
+                                                self.n_vocab))
+
+    def _sampling(self, temperature: float, top_k: int, top_p: float, min_p: float,
+                  repeat_penalty: float, seed: int | None) -> Sampling:
+        return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                        repeat_penalty=repeat_penalty, seed=self.seed if seed is None else seed)
+
+    def _texts(self, tokens: Iterator[int], stop: Iterable[str]) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for i in range(max_tokens):
-            token = int(self._native.llama_sampler_sample(sampler, self._live_ctx(), -1))
-            if self._native.llama_vocab_is_eog(self._vocab, token):
-                break
-            text = decoder.decode(self.token_to_piece(token))
-            if text:
-                yield text
-            if i + 1 < max_tokens:
-                self._decode([token])
-        tail = decoder.decode(b"", final=True)
+        matcher = StopMatcher([stop] if isinstance(stop, str) else stop)
+        with contextlib.closing(tokens):  # stopping early frees the sampler now, not at GC
+            for token in tokens:
+                text = matcher.feed(decoder.decode(self.token_to_piece(token)))
+                if text:
+                    yield text
+                if matcher.stopped:
+                    return
+        tail = matcher.feed(decoder.decode(b"", final=True))
+        tail += "" if matcher.stopped else matcher.flush()
         if tail:
             yield tail
 
-    def _decode(self, tokens: Sequence[int]) -> None:
-        """Evaluate ``tokens`` at the next positions, ``n_batch`` at a time."""
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            arr = (ctypes.c_int32 * len(chunk))(*chunk)  # must outlive llama_decode
-            batch = self._native.llama_batch_get_one(arr, len(chunk))
-            with self._native.capture_errors() as errors:
-                rc = self._native.llama_decode(self._live_ctx(), batch)
-            if rc != 0:
-                raise GenerationError(
-                    f"llama_decode returned {rc} for {len(chunk)} tokens: {_why(errors)} "
-                    "(1: no room left in the context, 2: aborted, negative: invalid input or error)"
-                )
+    # --- chat ---------------------------------------------------------------------------------
 
-    def _reset_memory(self) -> None:
-        # Each generation starts from an empty KV cache: positions restart at 0.
-        self._native.llama_memory_clear(self._native.llama_get_memory(self._live_ctx()), True)
+    @property
+    def chat_template(self) -> str | None:
+        """The model's chat template (GGUF ``tokenizer.chat_template``), or None."""
+        raw = self._native.llama_model_chat_template(self._live_model(), None)
+        return raw.decode("utf-8", "replace") if raw else None
 
-    def _new_sampler(self, temperature: float, top_k: int, top_p: float, seed: int) -> int:
-        n = self._native
-        chain = n.llama_sampler_chain_init(n.llama_sampler_chain_default_params())
-        if not chain:
-            raise GenerationError("llama_sampler_chain_init failed")
-        if temperature <= 0:
-            n.llama_sampler_chain_add(chain, n.llama_sampler_init_greedy())
-            return int(chain)
-        if top_k > 0:
-            n.llama_sampler_chain_add(chain, n.llama_sampler_init_top_k(top_k))
-        if 0 < top_p < 1:
-            n.llama_sampler_chain_add(chain, n.llama_sampler_init_top_p(top_p, 1))
-        n.llama_sampler_chain_add(chain, n.llama_sampler_init_temp(temperature))
-        n.llama_sampler_chain_add(chain, n.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return int(chain)
+    def format_chat(self, messages: Sequence[Mapping[str, str]], *,
+                    template: str | None = None) -> str:
+        """The prompt text ``chat`` generates from: ``messages`` through the chat template."""
+        template = template or self.chat_template
+        if template is None:
+            raise ChatTemplateError(
+                f"{self.model_path.name} has no chat template (tokenizer.chat_template); pass "
+                "one, e.g. chat(..., template='chatml'), or format the prompt and call generate()")
+        return format_chat(self._native, template, messages)
 
-    # --- lifetime -----------------------------------------------------------------------------
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = ..., *,
+             stream: Literal[False] = ..., **options: Any) -> str: ...
+    @overload
+    def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = ..., *,
+             stream: Literal[True], **options: Any) -> Iterator[str]: ...
 
-    def _live_ctx(self) -> int:
-        if self._ctx is None:
+    def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = 256, *,
+             stream: bool = False, template: str | None = None, stop: Iterable[str] = (),
+             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+             repeat_penalty: float = 1.0, seed: int | None = None) -> str | Iterator[str]:
+        """The assistant's reply to ``messages`` (``[{"role": ..., "content": ...}, ...]``).
+
+        The conversation is formatted with the model's chat template (or ``template``: a
+        template text or a llama.cpp built-in name such as ``"chatml"``). The KV cache is
+        reused: a conversation that grows turn by turn only decodes its new tokens.
+        """
+        prompt = self.format_chat(messages, template=template)
+        sampling = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+        tokens = self.tokenize(prompt, special=True)
+        pieces = self._texts(self._live_context().sample(tokens, max_tokens, sampling,
+                                                         self._vocab, self.n_vocab), stop)
+        return pieces if stream else "".join(pieces)
+
+    # --- embeddings ---------------------------------------------------------------------------
+
+    def embed(self, text: str | bytes, *, normalize: bool = False) -> list[float]:
+        """The embedding of ``text``: ``n_embd`` floats, pooled as the context says.
+
+        ``normalize=True`` scales it to unit length (for cosine similarity by dot product).
+        """
+        vector = self._live_context().embedding(self.tokenize(text), self.n_embd)
+        if normalize:
+            norm = math.sqrt(sum(v * v for v in vector))
+            vector = [v / norm for v in vector] if norm > 0 else vector
+        return vector
+
+    @property
+    def n_decoded(self) -> int:
+        """How many tokens this Llama has given to ``llama_decode`` so far (prompt included)."""
+        return self._live_context().n_decoded
+
+    def _live_context(self) -> Context:
+        if self._context is None:
             raise GenerationError("this Llama is closed; create a new one")
-        return self._ctx
+        return self._context
 
-    def _live_vocab(self) -> Any:
+    def _live_model(self) -> int:
         if self._model is None:
             raise GenerationError("this Llama is closed; create a new one")
+        return self._model
+
+    def _live_vocab(self) -> Any:
+        self._live_model()
         return self._vocab
 
     def close(self) -> None:
         """Free the context and the model; safe to call twice."""
-        ctx, model = self._ctx, self._model
-        self._ctx = self._model = None
-        if ctx is not None:
-            self._native.llama_free(ctx)
+        context, model = self._context, self._model
+        self._context = self._model = None
+        if context is not None:
+            context.free()
         if model is not None:
             self._native.llama_model_free(model)
 

@@ -91,7 +91,7 @@ def test_prompt_longer_than_the_context_is_refused(llm: Llama) -> None:
 
 def test_decode_failure_raises_generation_error(llm: Llama) -> None:
     with pytest.raises(GenerationError, match="invalid token"):
-        llm._decode([10**6])  # llama_decode refuses a token id outside the vocabulary
+        llm._context.decode([10**6])  # llama_decode refuses a token id outside the vocabulary
 
 
 def test_close_is_idempotent_and_final(native_lib: Native, tiny_gguf: Path) -> None:

@@ -77,6 +77,7 @@ def test_pinned_header_is_the_declared_generation() -> None:
 def _squeeze(c_text: str) -> str:
     for noise in ("LLAMA_API", "GGML_API"):
         c_text = c_text.replace(noise, "")
+    c_text = re.sub(r"//[^\n]*", "", c_text)  # comments between parameters (penalties)
     return re.sub(r"\s+", "", c_text)
 
 

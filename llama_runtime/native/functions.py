@@ -107,8 +107,13 @@ FUNCTIONS: list[Fn] = [
        "llama_memory_t llama_get_memory(const struct llama_context * ctx);"),
     Fn("llama_memory_clear", [memory_t, c_bool], None,
        "void llama_memory_clear(llama_memory_t mem, bool data);"),
+    Fn("llama_memory_seq_rm", [memory_t, llama_seq_id, llama_pos, llama_pos], c_bool,
+       "bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, "
+       "llama_pos p1);"),
     Fn("llama_memory_seq_pos_max", [memory_t, llama_seq_id], llama_pos,
        "llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);"),
+    Fn("llama_pooling_type", [context_p], c_int32,
+       "enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);"),
     Fn("llama_model_get_vocab", [model_p], vocab_p,
        "const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model);"),
     Fn("llama_model_n_ctx_train", [model_p], c_int32,
@@ -132,6 +137,8 @@ FUNCTIONS: list[Fn] = [
        "llama_token llama_vocab_bos(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_eos", [vocab_p], llama_token,
        "llama_token llama_vocab_eos(const struct llama_vocab * vocab);"),
+    Fn("llama_vocab_get_add_bos", [vocab_p], c_bool,
+       "bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_is_eog", [vocab_p, llama_token], c_bool,
        "bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);"),
     Fn("llama_vocab_get_text", [vocab_p, llama_token], c_char_p,
@@ -154,6 +161,8 @@ FUNCTIONS: list[Fn] = [
        [c_char_p, POINTER(llama_chat_message), c_size_t, c_bool, c_char_p, c_int32], c_int32,
        "int32_t llama_chat_apply_template(const char * tmpl, const struct llama_chat_message * chat, "
        "size_t n_msg, bool add_ass, char * buf, int32_t length);"),
+    Fn("llama_chat_builtin_templates", [POINTER(c_char_p), c_size_t], c_int32,
+       "int32_t llama_chat_builtin_templates(const char ** output, size_t len);"),
 
     # --- decoding
     Fn("llama_batch_get_one", [token_p, c_int32], llama_batch,
@@ -165,6 +174,14 @@ FUNCTIONS: list[Fn] = [
        "int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);"),
     Fn("llama_get_logits_ith", [context_p, c_int32], POINTER(c_float),
        "float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);"),
+
+    # --- embeddings
+    Fn("llama_set_embeddings", [context_p, c_bool], None,
+       "void llama_set_embeddings(struct llama_context * ctx, bool embeddings);"),
+    Fn("llama_get_embeddings_ith", [context_p, c_int32], POINTER(c_float),
+       "float * llama_get_embeddings_ith(struct llama_context * ctx, int32_t i);"),
+    Fn("llama_get_embeddings_seq", [context_p, llama_seq_id], POINTER(c_float),
+       "float * llama_get_embeddings_seq(struct llama_context * ctx, llama_seq_id seq_id);"),
 
     # --- sampling
     Fn("llama_sampler_chain_init", [llama_sampler_chain_params], sampler_p,
@@ -181,6 +198,9 @@ FUNCTIONS: list[Fn] = [
        "struct llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep);"),
     Fn("llama_sampler_init_min_p", [c_float, c_size_t], sampler_p,
        "struct llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep);"),
+    Fn("llama_sampler_init_penalties", [c_int32, c_int32, c_float, c_float, c_float], sampler_p,
+       "struct llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, "
+       "int32_t penalty_last_n, float penalty_repeat, float penalty_freq, float penalty_present);"),
     Fn("llama_sampler_init_temp", [c_float], sampler_p,
        "struct llama_sampler * llama_sampler_init_temp(float t);"),
     Fn("llama_sampler_sample", [sampler_p, context_p, c_int32], llama_token,

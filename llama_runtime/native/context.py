@@ -1,0 +1,189 @@
+"""One ``llama_context``: decoding, the KV cache it keeps between calls, sampling, embeddings.
+
+The context remembers which tokens its KV cache holds (sequence 0). A new prompt that starts
+with those tokens only decodes what is new; the divergent tail is removed with
+``llama_memory_seq_rm``. That is what makes a chat's second turn cost its new tokens only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from ..errors import GenerationError, ModelError
+from .sampling import Sampling, build_chain
+from .structs import llama_batch
+
+if TYPE_CHECKING:
+    from .binding import Native
+
+POOLING = {None: -1, "none": 0, "mean": 1, "cls": 2, "last": 3}  # enum llama_pooling_type
+_POOLING_NONE = 0
+
+
+def why(log_lines: list[str]) -> str:
+    """llama.cpp's own explanation: the warnings/errors it logged during the failed call."""
+    return "; ".join(log_lines[-3:]) if log_lines else "llama.cpp logged no reason"
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Context:
+    """A ``llama_context`` of a loaded model; freed by :meth:`free`. Not thread-safe."""
+
+    def __init__(self, native: Native, model: int, *, n_ctx: int, n_batch: int, n_threads: int,
+                 embeddings: bool = False, pooling: str | None = None) -> None:
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {', '.join(map(str, POOLING))}; got {pooling!r}")
+        self._native = native
+        params = native.llama_context_default_params()
+        params.n_ctx, params.n_batch = n_ctx, n_batch
+        # A pooled embedding needs the whole text in one micro-batch.
+        params.n_ubatch = n_batch if embeddings else min(n_batch, params.n_ubatch)
+        params.n_threads = params.n_threads_batch = n_threads
+        params.embeddings = embeddings
+        params.pooling_type = POOLING[pooling]
+        ctx = native.llama_init_from_model(model, params)
+        if not ctx:
+            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens; "
+                             "try a smaller n_ctx or n_batch")
+        self.ctx = int(ctx)
+        self.embeddings = embeddings
+        self.n_ctx = int(native.llama_n_ctx(ctx))
+        self.n_batch = int(native.llama_n_batch(ctx))
+        self.pooling_type = int(native.llama_pooling_type(ctx))
+        self.memory = native.llama_get_memory(ctx)
+        self.tokens: list[int] = []  # what the KV cache holds, position by position
+        self.n_decoded = 0  # tokens given to llama_decode so far (tests and metrics read it)
+        self._generation = 0
+        self.closed = False
+        # One reusable single-token batch: the per-token path allocates nothing.
+        self._one = (ctypes.c_int32 * 1)()
+        self._one_batch = native.llama_batch_get_one(self._one, 1)
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` at the next positions, ``n_batch`` at a time."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = list(tokens[start : start + self.n_batch])
+            arr = (ctypes.c_int32 * len(chunk))(*chunk)  # must outlive llama_decode
+            self._run(self._native.llama_batch_get_one(arr, len(chunk)), chunk)
+
+    def _decode_one(self, token: int) -> None:
+        self._one[0] = token
+        self._run(self._one_batch, [token])
+
+    def _run(self, batch: llama_batch, chunk: list[int]) -> None:
+        if len(self.tokens) + len(chunk) > self.n_ctx:
+            raise GenerationError(f"the context of {self.n_ctx} tokens is full")
+        with self._native.capture_errors() as errors:
+            rc = self._native.llama_decode(self.ctx, batch)
+        if rc != 0:
+            self.reset()  # a failed batch may be half in the cache: start clean next time
+            raise GenerationError(
+                f"llama_decode returned {rc} for {len(chunk)} tokens: {why(errors)} "
+                "(1: no room left in the context, 2: aborted, negative: invalid input or error)"
+            )
+        self.tokens.extend(chunk)
+        self.n_decoded += len(chunk)
+
+    def reset(self) -> None:
+        self._native.llama_memory_clear(self.memory, True)
+        self.tokens = []
+
+    def eval_prompt(self, tokens: Sequence[int]) -> None:
+        """Make the KV cache hold exactly ``tokens`` with the last one's logits fresh."""
+        keep = common_prefix(self.tokens, tokens)
+        keep = min(keep, len(tokens) - 1)  # the last token is decoded again for its logits
+        if keep < len(self.tokens):
+            if self._native.llama_memory_seq_rm(self.memory, 0, keep, -1):
+                del self.tokens[keep:]
+            else:  # some memories (recurrent) cannot drop a tail: start over
+                self.reset()
+                keep = 0
+        self.decode(tokens[keep:])
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    def sample(self, tokens: Sequence[int], max_tokens: int, sampling: Sampling,
+               vocab: int, n_vocab: int) -> Iterator[int]:
+        """Decode the prompt ``tokens``, then yield up to ``max_tokens`` sampled tokens.
+
+        Stops before an end-of-generation token and when the context is full. Only one
+        generation runs at a time: starting another abandons this one.
+        """
+        if not tokens:
+            raise GenerationError("the prompt has no tokens; give some text or add_special=True")
+        if len(tokens) > self.n_ctx:
+            raise GenerationError(
+                f"the prompt is {len(tokens)} tokens long but the context holds {self.n_ctx}; "
+                "shorten the prompt or create the Llama with a larger n_ctx")
+        self._generation += 1
+        generation = self._generation
+        self._set_embeddings(False)
+        self.eval_prompt(tokens)
+        n = self._native
+        chain = build_chain(n, sampling, n_vocab)
+        try:
+            if sampling.penalised:  # the penalty sees the prompt's last tokens too
+                for t in tokens[-sampling.repeat_last_n:]:
+                    n.llama_sampler_accept(chain, t)
+            limit = min(max_tokens, self.n_ctx - len(tokens))
+            for i in range(limit):
+                if self._generation != generation:
+                    raise GenerationError(
+                        "this Llama is closed" if self.closed else "another generation started "
+                        "on this Llama and replaced this one's context; consume one at a time")
+                token = int(n.llama_sampler_sample(chain, self.ctx, -1))
+                if n.llama_vocab_is_eog(vocab, token):
+                    return
+                yield token
+                if i + 1 < limit:
+                    self._decode_one(token)
+        finally:
+            n.llama_sampler_free(chain)
+
+    # --- embeddings ---------------------------------------------------------------------------
+
+    def embedding(self, tokens: Sequence[int], n_embd: int) -> list[float]:
+        """The pooled embedding of ``tokens`` (the last token's when pooling is ``none``)."""
+        if not tokens:
+            raise GenerationError("cannot embed an empty text")
+        if len(tokens) > min(self.n_batch, self.n_ctx):
+            raise GenerationError(
+                f"the text is {len(tokens)} tokens long; embeddings take at most "
+                f"{min(self.n_batch, self.n_ctx)} (n_batch and n_ctx): create the Llama with larger ones")
+        self._generation += 1
+        self._set_embeddings(True)
+        self.reset()
+        try:
+            self.decode(tokens)
+            n = self._native
+            if self.pooling_type == _POOLING_NONE:
+                ptr = n.llama_get_embeddings_ith(self.ctx, -1)
+            else:
+                ptr = n.llama_get_embeddings_seq(self.ctx, 0)
+            if not ptr:
+                raise GenerationError("llama.cpp returned no embedding (was the context created "
+                                      "with embeddings=True?)")
+            return list(ptr[:n_embd])
+        finally:
+            self.reset()  # embedding-mode state is no prefix a generation should reuse
+
+    def _set_embeddings(self, on: bool) -> None:
+        if on != self.embeddings:
+            self._native.llama_set_embeddings(self.ctx, on)
+            self.embeddings = on
+
+    def free(self) -> None:
+        self._generation += 1  # a suspended generation must not touch the freed context
+        self.closed = True
+        self._native.llama_free(self.ctx)
