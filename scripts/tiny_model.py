@@ -108,8 +108,11 @@ def _tensors(rng: np.random.Generator, *, n_layer: int, n_embd: int, n_ff: int,
     return out
 
 
+_POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}  # enum llama_pooling_type
+
+
 def _write_metadata(w: gguf.GGUFWriter, *, n_layer: int, n_embd: int, n_head: int, n_ff: int,
-                    n_ctx: int, f16: bool) -> None:
+                    n_ctx: int, f16: bool, pooling: str | None) -> None:
     w.add_name("llama-runtime tiny test model")
     w.add_context_length(n_ctx)
     w.add_embedding_length(n_embd)
@@ -121,6 +124,8 @@ def _write_metadata(w: gguf.GGUFWriter, *, n_layer: int, n_embd: int, n_head: in
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+    if pooling is not None:
+        w.add_pooling_type(gguf.PoolingType(_POOLING[pooling]))
 
 
 def _write_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float],
@@ -140,12 +145,16 @@ def _write_tokenizer(w: gguf.GGUFWriter, tokens: list[str], scores: list[float],
 
 def write_tiny_llama(path: Path, *, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
                      n_head: int = 4, n_ff: int = 128, n_ctx: int = 256, vocab_size: int = 300,
-                     chat_template: str | None = None, f16: bool = False) -> Path:
+                     chat_template: str | None = None, f16: bool = False,
+                     pooling: str | None = None) -> Path:
     """Write a tiny llama GGUF to ``path`` and return ``path``.
 
     The same arguments always give the same bytes. ``f16`` stores 2-D weights as F16
-    (norms stay F32, as llama.cpp's converters do).
+    (norms stay F32, as llama.cpp's converters do). ``pooling`` (``none``, ``mean``, ``cls``,
+    ``last``) writes ``llama.pooling_type``: the pooling llama.cpp uses for embeddings.
     """
+    if pooling is not None and pooling not in _POOLING:
+        raise ValueError(f"pooling must be one of {', '.join(_POOLING)}, got {pooling!r}")
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
     path = Path(path)
@@ -155,7 +164,7 @@ def write_tiny_llama(path: Path, *, seed: int = 0, n_layer: int = 2, n_embd: int
                        row_mask=_output_row_mask(tokens, types))
     w = gguf.GGUFWriter(str(path), "llama")
     _write_metadata(w, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_ff=n_ff, n_ctx=n_ctx,
-                    f16=f16)
+                    f16=f16, pooling=pooling)
     _write_tokenizer(w, tokens, scores, types, chat_template)
     for name, data in tensors.items():
         w.add_tensor(name, data.astype(np.float16) if f16 and data.ndim == 2 else data)
@@ -172,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--f16", action="store_true", help="store 2-D weights as F16")
     parser.add_argument("--chat-template", default=None)
+    parser.add_argument("--pooling", choices=sorted(_POOLING), default=None)
     args = parser.parse_args(argv)
-    path = write_tiny_llama(args.out, seed=args.seed, f16=args.f16, chat_template=args.chat_template)
+    path = write_tiny_llama(args.out, seed=args.seed, f16=args.f16, chat_template=args.chat_template,
+                            pooling=args.pooling)
     print(path)
     return 0
 

@@ -1,9 +1,11 @@
 """Real llama.cpp libraries and a real tiny GGUF for the binding tests.
 
 Imported by ``test_native.py`` and ``test_llama.py`` (``tests/conftest.py`` is someone else's).
-The libraries come from ``LLAMA_RUNTIME_TEST_LIBDIR`` if set, else the unpacked npm package
-``@node-llama-cpp/linux-x64`` at ``/tmp/npmx/package/bins/linux-x64``; without either the tests
-skip and say so.
+The libraries come from ``LLAMA_RUNTIME_TEST_LIBDIR`` if set, else the development variant
+folders ``<dev cache>/variants/linux-x86_64-cpu`` (npm prebuilt, ggml backends as plugins) or
+``linux-x86_64-cpu-v3`` (source build, OpenMP), else the unpacked npm package at
+``/tmp/npmx/package/bins/linux-x64``. When none exists, ``scripts/devrelease.py`` builds the
+variant folders (cached); only when that fails do the tests skip, and say why.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
 
-DEFAULT_LIBDIR = Path("/tmp/npmx/package/bins/linux-x64")
+LEGACY_LIBDIR = Path("/tmp/npmx/package/bins/linux-x64")
+VARIANTS = ("linux-x86_64-cpu", "linux-x86_64-cpu-v3")
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,33 @@ def _one(folder: Path, *patterns: str) -> Path:
     pytest.skip(f"{folder} holds no {' or '.join(patterns)}: not a llama.cpp library folder")
 
 
+def _variant_folders() -> list[Path]:
+    from devrelease import dev_cache
+
+    root = dev_cache() / "variants"
+    return [root / name for name in VARIANTS]
+
+
+def _default_folder() -> Path:
+    for folder in [*_variant_folders(), LEGACY_LIBDIR]:
+        if (folder / "variant.json").is_file() or folder == LEGACY_LIBDIR and folder.is_dir():
+            return folder
+    from devrelease import build_variant_dirs, dev_cache
+
+    try:  # a fresh clone: npm download + source build, cached for the next run
+        build_variant_dirs(dev_cache() / "variants")
+    except Exception as exc:  # noqa: BLE001 - any failure means: no libraries here
+        pytest.skip(f"no llama.cpp libraries and building them failed ({exc}); set "
+                    "LLAMA_RUNTIME_TEST_LIBDIR to a folder holding libggml-base, libggml, libllama")
+    return _variant_folders()[0]
+
+
 def find_native_libs() -> NativeLibs:
     """The libraries to test against, or skip with the reason."""
     env = os.environ.get("LLAMA_RUNTIME_TEST_LIBDIR")
-    folder = Path(env) if env else DEFAULT_LIBDIR
+    folder = Path(env) if env else _default_folder()
     if not folder.is_dir():
-        pytest.skip(
-            f"no llama.cpp libraries: set LLAMA_RUNTIME_TEST_LIBDIR to a folder holding "
-            f"libggml-base, libggml and libllama (e.g. `npm pack @node-llama-cpp/linux-x64@3.22.1`"
-            f" unpacked: package/bins/linux-x64); {folder} does not exist"
-        )
+        pytest.skip(f"LLAMA_RUNTIME_TEST_LIBDIR={folder} does not exist")
     libraries = (
         _one(folder, "libggml-base.so", "libggml-base.*.so"),
         _one(folder, "libggml.so", "libggml.v*.so"),
@@ -66,9 +86,14 @@ def find_native_libs() -> NativeLibs:
     return NativeLibs(folder, libraries, backend_dl)
 
 
+_FOUND: list[NativeLibs] = []
+
+
 @pytest.fixture(scope="session")
 def native_libs() -> NativeLibs:
-    return find_native_libs()
+    if not _FOUND:  # once per process: every test module must see the same libllama
+        _FOUND.append(find_native_libs())
+    return _FOUND[0]
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +106,24 @@ def native_lib(native_libs: NativeLibs) -> Native:
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny llama model (2 layers, n_embd 64, 300-token SPM vocabulary), seed 0."""
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny.gguf", seed=0)
+
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a ChatML chat template (llama.cpp recognises it as ``chatml``)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "chat.gguf", seed=0,
+                            chat_template=CHATML)
+
+
+@pytest.fixture(scope="session")
+def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model declaring mean pooling (``llama.pooling_type`` = 1)."""
+    return write_tiny_llama(tmp_path_factory.mktemp("models") / "embed.gguf", seed=0,
+                            pooling="mean")

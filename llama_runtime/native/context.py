@@ -138,14 +138,14 @@ class Context:
                     n.llama_sampler_accept(chain, t)
             limit = min(max_tokens, self.n_ctx - len(tokens))
             for i in range(limit):
-                if self._generation != generation:
-                    raise GenerationError(
-                        "this Llama is closed" if self.closed else "another generation started "
-                        "on this Llama and replaced this one's context; consume one at a time")
                 token = int(n.llama_sampler_sample(chain, self.ctx, -1))
                 if n.llama_vocab_is_eog(vocab, token):
                     return
                 yield token
+                if self._generation != generation:  # checked after resuming: ctx may be gone
+                    raise GenerationError(
+                        "this Llama is closed" if self.closed else "another generation started "
+                        "on this Llama and replaced this one's context; consume one at a time")
                 if i + 1 < limit:
                     self._decode_one(token)
         finally:
