@@ -279,36 +279,54 @@ def test_target_profile_file_builds_for_that_machine(release: Release, tmp_path:
 
 # -- 6. a wheel from pip's cache that no longer fits ----------------------------------------
 
-def test_wheel_reused_from_pip_cache_warns_fetches_late_and_strict_fails(release: Release,
-                                                                        tmp_path: Path) -> None:
-    pip_cache = str(tmp_path / "pip-cache")
+@pytest.fixture(scope="module")
+def reused(release: Release, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], Path]:
+    """A venv whose llama-runtime came from pip's wheel cache, built for an older CPU."""
+    tmp = tmp_path_factory.mktemp("reused")
+    pip_cache = str(tmp / "pip-cache")
     # named, as an index install is: pip looks its wheel cache up by name and URL
     req = f"llama-runtime @ {release.sdist.as_uri()}"
     # first a build for another machine (an older CPU), cached by pip under the sdist's URL only
-    target = _old_cpu_profile(release, tmp_path)
-    other = devrelease.make_venv(tmp_path / "other")
+    target = _old_cpu_profile(release, tmp)
+    other = devrelease.make_venv(tmp / "other")
     _run([other, "-m", "pip", "install", "--cache-dir", pip_cache, req],
-         _env(release, tmp_path, LLAMA_RUNTIME_TARGET=str(target)), tmp_path)
+         _env(release, tmp, LLAMA_RUNTIME_TARGET=str(target)), tmp)
     # ... then an ordinary install here, which pip serves from that cache without building
-    env = _env(release, tmp_path)
-    python = devrelease.make_venv(tmp_path / "venv")
-    proc = _run([python, "-m", "pip", "install", "-v", "--cache-dir", pip_cache, req], env,
-                tmp_path)
+    env = _env(release, tmp)
+    python = devrelease.make_venv(tmp / "venv")
+    proc = _run([python, "-m", "pip", "install", "-v", "--cache-dir", pip_cache, req], env, tmp)
     assert "llama-runtime: machine:" not in proc.stdout + proc.stderr  # the hook did not run
-    assert json.loads((_site_libs(tmp_path / "venv") / "selection.json").read_text())["selected"] == CPU
+    assert json.loads((_site_libs(tmp / "venv") / "selection.json").read_text())["selected"] == CPU
+    return python, env, tmp
 
-    first = _run([python, "-c", LOAD], env, tmp_path)
+
+# defined before the test below, which re-installs the package in the shared venv
+@pytest.mark.xfail(strict=True, reason="loader: a shipped variant that is compatible but not the"
+                   " best is not a fallback step, so offline with an empty cache nothing loads")
+def test_reused_wheel_offline_still_loads_the_shipped_library(reused: tuple[Path, dict[str, str], Path],
+                                                               tmp_path: Path) -> None:
+    python, env, _ = reused
+    env = {**env, "LLAMA_RUNTIME_OFFLINE": "1", "LLAMA_RUNTIME_CACHE": str(tmp_path / "empty")}
+    out = _run([python, "-c", LOAD], env, tmp_path, ok=False)
+    assert out.stdout.startswith(f"installed {CPU} "), out.stderr[-2000:]
+    assert FIX in out.stderr
+
+
+def test_wheel_reused_from_pip_cache_warns_fetches_late_and_strict_fails(
+        reused: tuple[Path, dict[str, str], Path], release: Release) -> None:
+    python, env, tmp = reused
+    first = _run([python, "-c", LOAD], env, tmp)
     assert first.stdout.startswith(f"download {CPU_V3} "), first.stdout + first.stderr
     assert f"({CPU}) no longer fits" in first.stderr and f"`{FIX}`" in first.stderr
-    again = _run([python, "-c", LOAD], env, tmp_path)
+    again = _run([python, "-c", LOAD], env, tmp)
     assert again.stdout.startswith(f"cache {CPU_V3} ") and FIX in again.stderr
 
-    strict = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp_path, ok=False)
+    strict = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp, ok=False)
     assert strict.returncode != 0
     assert "LLAMA_RUNTIME_STRICT=1" in strict.stderr and FIX in strict.stderr
 
     # the fix the warning names (the sdist stands in for the index here)
     _run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
-          release.sdist], env, tmp_path)
-    fixed = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp_path)
+          release.sdist], env, tmp)
+    fixed = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp)
     assert fixed.stdout.startswith(f"installed {CPU_V3} ") and FIX not in fixed.stderr
