@@ -31,6 +31,10 @@ for _ in range(reps):
             ids.append(int(t))
             return t
         native._functions["llama_sampler_sample"] = spy
+    # the same work as the C program each rep: an empty KV cache (newer Llama reuses a prefix)
+    ctx = getattr(llm, "_context", None)
+    if ctx is not None and hasattr(ctx, "reset"):
+        ctx.reset()
     t0 = time.perf_counter()
     it = llm.stream(prompt, n_gen, temperature=0)
     pieces = 1
