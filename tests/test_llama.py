@@ -204,3 +204,59 @@ def test_exit_without_close_does_not_crash(native_libs: NativeLibs, tiny_gguf: P
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip()
+
+
+_CALL_SCRIPT = """
+import json, sys
+from pathlib import Path
+from llama_runtime.errors import LlamaRuntimeError
+from llama_runtime.llama import Llama
+from llama_runtime.native import Native
+libs, backend_dir, model, code = json.loads(sys.argv[1])
+native = Native.open([Path(p) for p in libs], backend_dir=backend_dir and Path(backend_dir))
+llm = Llama(model, n_ctx=64, n_threads=1, native=native)
+try:
+    exec(code)
+except (LlamaRuntimeError, TypeError) as exc:
+    print(json.dumps({"type": type(exc).__name__, "message": str(exc)}))
+else:
+    print(json.dumps({"type": None, "message": "no error"}))
+"""
+
+
+def _call_in_subprocess(native_libs: NativeLibs, model: Path, code: str) -> dict[str, str]:
+    arg = json.dumps([[str(p) for p in native_libs.libraries],
+                      str(native_libs.folder) if native_libs.backend_dl else None, str(model), code])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _CALL_SCRIPT, arg], cwd=REPO, env=env,
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed with {proc.returncode}: {proc.stderr[-2000:]}"
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize(("code", "error", "message"), [
+    ("llm.generate('hello ' * 400, 4)", "GenerationError", "context holds"),
+    ("llm.chat([{'role': 'user', 'content': 'hello ' * 400}], 4, template='chatml')",
+     "GenerationError", "context holds"),
+    ("llm.embed('hello ' * 400)", "GenerationError", "at most"),
+    ("llm.chat([{'role': 'user', 'content': 'hi'}], template='{{ what is this }}')",
+     "ChatTemplateError", "does not support this chat template"),
+    ("llm.chat([{'role': 'user', 'content': 'hi'}])", "ChatTemplateError", "no chat template"),
+    ("llm.generate(b'caf\\xe9', 4)", "PromptError", "not valid UTF-8"),
+    ("llm.generate('caf\\udce9', 4)", "PromptError", "surrogates"),
+    ("llm.generate(['hello'], 4)", "TypeError", "str or bytes"),
+    ("llm.close(); llm.generate('hello', 4)", "GenerationError", "closed"),
+    ("llm.close(); llm.chat([{'role': 'user', 'content': 'hi'}], template='chatml')",
+     "GenerationError", "closed"),
+    ("llm.close(); llm.embed('hello')", "GenerationError", "closed"),
+    ("it = llm.stream('hello', 8, temperature=0); next(it); llm.close(); list(it)",
+     "GenerationError", "closed"),
+], ids=["prompt-too-long", "chat-too-long", "embed-too-long", "unknown-template", "no-template",
+        "bytes-not-utf8", "lone-surrogate", "not-text", "generate-after-close",
+        "chat-after-close", "embed-after-close", "stream-across-close"])
+def test_errors_not_crashes(native_libs: NativeLibs, tiny_gguf: Path, code: str, error: str,
+                            message: str) -> None:
+    result = _call_in_subprocess(native_libs, tiny_gguf, code)
+    assert result["type"] == error, result
+    assert message in result["message"], result
