@@ -11,6 +11,8 @@ variant folders (cached); only when that fails do the tests skip, and say why.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +129,37 @@ def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model declaring mean pooling (``llama.pooling_type`` = 1)."""
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "embed.gguf", seed=0,
                             pooling="mean")
+
+
+ORACLE_SOURCE = REPO / "tests" / "data" / "oracle" / "greedy.c"
+
+
+def build_oracle(libs: NativeLibs, out_dir: Path) -> Path:
+    """``tests/data/oracle/greedy.c`` compiled against the pinned llama.h and linked to ``libs``.
+
+    Raises ``FileNotFoundError`` without a C compiler and ``subprocess.CalledProcessError``
+    (with gcc's output) when the build fails.
+    """
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise FileNotFoundError("no C compiler (gcc/cc) on PATH")
+    exe = Path(out_dir) / "greedy"
+    include = REPO / "llama_runtime" / "native" / "include"
+    # libllama and libggml (ggml_backend_load_all_from_path) by path; siblings through rpath
+    subprocess.run([gcc, "-std=c11", "-O2", "-I", str(include), str(ORACLE_SOURCE),
+                    str(libs.libraries[-1]), str(libs.libraries[1]),
+                    f"-Wl,-rpath,{libs.folder}", "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    return exe
+
+
+def run_oracle(exe: Path, libs: NativeLibs, model: Path, prompt: str, n_gen: int, *,
+               threads: int = 1, n_ctx: int = 256, reps: int = 1) -> tuple[list[list[int]], float]:
+    """The C program's generated ids per rep, and its µs per generated token."""
+    cmd = [str(exe), str(model), prompt, str(n_gen), str(threads), str(n_ctx), str(reps)]
+    if libs.backend_dl:
+        cmd.append(str(libs.folder))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    ids = [[int(t) for t in line.split()[1:]] for line in out.splitlines() if line.startswith("ids")]
+    us = float(next(line.split()[1] for line in out.splitlines() if line.startswith("gen_us")))
+    return ids, us

@@ -1,0 +1,90 @@
+/* The correctness oracle (tests/test_oracle.py) and speed baseline (benchmarks/b_binding_overhead.py):
+ * libllama driven straight from C, greedy, the way llama-runtime's Llama does it.
+ *
+ * usage: greedy MODEL PROMPT N_GEN THREADS N_CTX REPS [BACKEND_DIR]
+ * BACKEND_DIR: a GGML_BACKEND_DL build loads its backends from there first.
+ * Prints, per rep, one line: "ids <token> <token> ..." (the generated ids), then one line
+ * "gen_us_per_token <float>": the loop of decode(1) + greedy sample + token_to_piece,
+ * averaged over the tokens after the first, over all reps. Exit 1 with a message on failure. */
+#define _POSIX_C_SOURCE 199309L  /* clock_gettime under -std=c11 */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "llama.h"
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
+
+static void quiet(enum ggml_log_level level, const char *text, void *user) {
+    (void)user;
+    if (level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
+static int fail(const char *what) { fprintf(stderr, "greedy: %s\n", what); return 1; }
+
+int main(int argc, char **argv) {
+    if (argc < 7) {
+        fprintf(stderr, "usage: %s MODEL PROMPT N_GEN THREADS N_CTX REPS [BACKEND_DIR]\n", argv[0]);
+        return 2;
+    }
+    const char *path = argv[1], *prompt = argv[2];
+    int n_gen = atoi(argv[3]), threads = atoi(argv[4]), n_ctx = atoi(argv[5]), reps = atoi(argv[6]);
+    llama_log_set(quiet, NULL);
+    if (argc > 7) ggml_backend_load_all_from_path(argv[7]);
+    llama_backend_init();
+
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    struct llama_model *model = llama_model_load_from_file(path, mp);
+    if (!model) return fail("model load failed");
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_batch = 512;
+    cp.n_ubatch = cp.n_ubatch < 512 ? cp.n_ubatch : 512;
+    cp.n_threads = cp.n_threads_batch = threads;
+    struct llama_context *ctx = llama_init_from_model(model, cp);
+    if (!ctx) return fail("context creation failed");
+    const struct llama_vocab *vocab = llama_model_get_vocab(model);
+
+    int cap = (int)strlen(prompt) + 8;
+    llama_token *toks = malloc(sizeof(llama_token) * cap);
+    llama_token *out = malloc(sizeof(llama_token) * (n_gen + 1));
+    int n_prompt = llama_tokenize(vocab, prompt, (int)strlen(prompt), toks, cap, true, false);
+    if (n_prompt <= 0) return fail("tokenize failed");
+    char piece[256];
+    double loop_us = 0;
+    long loop_tokens = 0;
+    for (int r = 0; r < reps; r++) {
+        llama_memory_clear(llama_get_memory(ctx), true);
+        struct llama_sampler *smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
+        if (llama_decode(ctx, llama_batch_get_one(toks, n_prompt)) != 0) return fail("prompt decode failed");
+        int got = 0;
+        double t0 = now_us();
+        for (int i = 0; i < n_gen; i++) {
+            llama_token t = llama_sampler_sample(smpl, ctx, -1);
+            if (llama_vocab_is_eog(vocab, t)) break;
+            llama_token_to_piece(vocab, t, piece, sizeof piece, 0, false);
+            out[got++] = t;
+            if (i + 1 < n_gen && llama_decode(ctx, llama_batch_get_one(&out[got - 1], 1)) != 0)
+                return fail("decode failed");
+            if (i == 0) t0 = now_us();  /* the first token belongs to the prompt's cost */
+        }
+        if (got > 1) { loop_us += now_us() - t0; loop_tokens += got - 1; }
+        printf("ids");
+        for (int i = 0; i < got; i++) printf(" %d", out[i]);
+        printf("\n");
+        llama_sampler_free(smpl);
+    }
+    printf("gen_us_per_token %.3f\n", loop_tokens ? loop_us / loop_tokens : 0.0);
+    free(toks);
+    free(out);
+    llama_free(ctx);
+    llama_model_free(model);
+    llama_backend_free();
+    return 0;
+}
