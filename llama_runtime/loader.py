@@ -98,7 +98,7 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     backend, variant = effective_request(settings, report)
     selection = select(lock.manifest, profile, backend=backend, variant=variant)
     steps, notes = _installed_step(report, selection, lock), []
-    if report is not None and not steps:
+    if report is not None and report.get("selected") and not steps:  # shipped, but no longer fits
         notes.append(_misfit_message(report, selection))
     for name in selection.ranked:
         if any(s.variant is not None and s.variant.name == name for s in steps):
@@ -125,8 +125,6 @@ def _installed_step(report: dict[str, Any] | None, selection: Selection, lock: L
 
 def _misfit_message(report: dict[str, Any], selection: Selection) -> str:
     shipped = report.get("selected")
-    if not shipped:
-        return f"the wheel ships no library ({report.get('reason', 'skipped at install')})"
     best = selection.ranked[0] if selection.ranked else None
     why = "; ".join(selection.candidate(shipped).reasons) if any(
         c.name == shipped for c in selection.candidates) else "it is not in this release's lock"

@@ -96,6 +96,9 @@ def test_skip_download_fetches_on_first_use_then_stays_offline(release: Release,
     second = _run(python, env, "generate", str(tiny_model), "Hello", "-n", "8", "--temp", "0")
     assert second.returncode == 0 and second.stdout == first.stdout
     assert release.requests() == requests  # the second run opened no connection to the hub
+    strict = _run(python, {**env, "LLAMA_RUNTIME_STRICT": "1"}, "generate", str(tiny_model), "Hello", "-n", "8",
+                  "--temp", "0")
+    assert strict.returncode == 0 and "WARNING" not in strict.stderr  # a skipped binary is no fallback
 
 
 def test_tampered_archive_fails_install_and_installs_nothing(release: Release, tmp_path: Path) -> None:
