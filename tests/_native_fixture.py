@@ -10,10 +10,13 @@ variant folders (cached); only when that fails do the tests skip, and say why.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +75,31 @@ def _default_folder() -> Path:
     return _variant_folders()[0]
 
 
+def _snapshot(folder: Path) -> Path:
+    """A private copy of ``folder`` for this process.
+
+    ``build_variant_dirs`` (run by other test modules and scripts, possibly in another process
+    at the same moment) replaces the variant folders with rmtree + rename: a test that opens
+    or links a library in that window would fail. The copy cannot change under us.
+    """
+    for attempt in range(5):
+        copy = Path(tempfile.mkdtemp(prefix="llama-runtime-test-libs-"))
+        atexit.register(shutil.rmtree, copy, True)
+        try:
+            shutil.copytree(folder, copy / folder.name, symlinks=True)
+            return copy / folder.name
+        except (OSError, shutil.Error):
+            time.sleep(0.5 * (attempt + 1))  # caught mid-replacement: the new folder comes
+    return folder
+
+
 def find_native_libs() -> NativeLibs:
     """The libraries to test against, or skip with the reason."""
     env = os.environ.get("LLAMA_RUNTIME_TEST_LIBDIR")
     folder = Path(env) if env else _default_folder()
     if not folder.is_dir():
         pytest.skip(f"LLAMA_RUNTIME_TEST_LIBDIR={folder} does not exist")
+    folder = _snapshot(folder)
     libraries = (
         _one(folder, "libggml-base.so", "libggml-base.*.so"),
         _one(folder, "libggml.so", "libggml.v*.so"),
