@@ -91,6 +91,36 @@ def install(cache_dir: Path, variant: Variant, archive: Path, source: dict[str, 
     return final
 
 
+TEMP_PREFIXES = (".dl-", ".tmp-", ".old-")
+
+
+def _temp_of(item: Path, name: str) -> bool:
+    """Whether ``item`` is a temporary folder of variant ``name`` (mkdtemp: 8 chars, no dash)."""
+    for prefix in TEMP_PREFIXES:
+        rest = item.name[len(prefix) + len(name) + 1:]
+        if item.name.startswith(f"{prefix}{name}-") and len(rest) == 8 and "-" not in rest:
+            return True
+    return False
+
+
+def remove_stale_temps(cache_dir: Path, name: str) -> list[Path]:
+    """Remove the temporary folders a killed process left for variant ``name``.
+
+    Call it only while holding that variant's lock: every live writer of those folders holds
+    it, so whatever exists then belongs to a process that died (``kill -9``, power loss).
+    """
+    base, removed = version_dir(cache_dir), []
+    try:
+        items = [p for p in base.iterdir() if _temp_of(p, name)]
+    except OSError:
+        return removed
+    for item in items:
+        shutil.rmtree(item, ignore_errors=True)
+        if not item.exists():
+            removed.append(item)
+    return removed
+
+
 def lock_path(cache_dir: Path, name: str) -> Path:
     return version_dir(cache_dir) / f".{name}.lock"
 

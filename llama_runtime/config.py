@@ -8,6 +8,7 @@ never at import. Every resolved value remembers where it came from, for ``doctor
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ ENV_VARS: dict[str, str] = {
     "proxy": "LLAMA_RUNTIME_PROXY",
     "strict": "LLAMA_RUNTIME_STRICT",
     "abi_check": "LLAMA_RUNTIME_ABI_CHECK",
+    "allow_http": "LLAMA_RUNTIME_ALLOW_HTTP",
 }
 # `-C key=value` spellings accepted by the build backend
 CONFIG_SETTING_KEYS: dict[str, str] = {
@@ -78,6 +80,7 @@ class Settings:
     proxy: str | None = None
     strict: bool = False
     abi_check: bool = True
+    allow_http: bool = False
     token: str | None = field(default=None, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -195,7 +198,8 @@ def resolve(
         offer(name, raw, "config-settings", f"-C {name.replace('_', '-')}")
     for name, var in ENV_VARS.items():
         raw = env.get(var)
-        if raw is not None and (raw.strip() or name in ("skip_download", "offline", "strict", "abi_check")):
+        if raw is not None and (raw.strip() or name in ("skip_download", "offline", "strict", "abi_check",
+                                                          "allow_http")):
             offer(name, raw, f"env:{var}", var)
     # the Hugging Face variables are honoured as fallbacks
     offer("endpoint", env.get("HF_ENDPOINT") or None, "env:HF_ENDPOINT", "HF_ENDPOINT")
@@ -209,7 +213,38 @@ def resolve(
         offer(name, raw, "pyproject", f"[tool.llama-runtime] {key}")
     if "cache_dir" not in values:
         values["cache_dir"] = default_cache_dir(env)
-    return Settings(**values, sources=sources)
+    settings = Settings(**values, sources=sources)
+    check_endpoint(settings)
+    return settings
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(settings: Settings) -> None:
+    """Refuse plain HTTP to anything but this machine: the token and the binaries travel over it.
+
+    Loopback (127.0.0.0/8, ::1, localhost) is allowed for tests and local mirrors; a LAN mirror
+    without TLS needs ``LLAMA_RUNTIME_ALLOW_HTTP=1``. The sha256 check still guards the bytes,
+    but a token sent in clear, or a manifest trusted after an override, would not be.
+    """
+    from urllib.parse import urlsplit
+
+    url = urlsplit(settings.endpoint)
+    if url.scheme == "http" and not settings.allow_http and not is_loopback_host(url.hostname):
+        where = settings.sources.get("endpoint", "default")
+        raise ConfigError(
+            f"endpoint {settings.endpoint} ({where}) uses plain http:// to another machine; use"
+            " https://, or set LLAMA_RUNTIME_ALLOW_HTTP=1 if you trust the network to it."
+        )
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cache import install, lock_path, lookup, version_dir
+from .cache import install, lock_path, lookup, remove_stale_temps, version_dir
 from .config import Settings
 from .download import Progress
 from .errors import CacheError, DownloadError, IntegrityError, OfflineError
@@ -52,7 +52,7 @@ def _from_hub(variant: Variant, lock: Lock, settings: Settings, work: Path,
 
     repo = settings.repo or lock.repo
     revision = settings.revision or lock.commit
-    path = download_file(repo, variant.archive, revision, settings, work, progress)
+    path = download_file(repo, variant.archive, revision, settings, work, progress, variant.size)
     return path, {"kind": "hub", "endpoint": settings.endpoint, "repo": repo, "revision": revision}
 
 
@@ -89,6 +89,8 @@ def ensure_variant(variant: Variant, lock: Lock, settings: Settings,
         found = lookup(settings.cache_dir, variant)  # another process may have finished it
         if found is not None:
             return found, "cache"
+        for stale in remove_stale_temps(settings.cache_dir, variant.name):
+            log.info("removed %s, left by a download that was interrupted", stale)
         work = Path(tempfile.mkdtemp(prefix=f".dl-{variant.name}-", dir=base))
         try:
             archive, origin = obtain_archive(variant, lock, settings, work, progress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Settings
+from .config import Settings, check_endpoint
 from .download import Progress, fetch
 from .errors import DownloadError
 
@@ -20,7 +20,7 @@ def ways_out(settings: Settings) -> str:
 
 
 def download_file(repo: str, filename: str, revision: str, settings: Settings, dest: Path,
-                  progress: Progress | None = None) -> Path:
+                  progress: Progress | None = None, size: int | None = None) -> Path:
     """Download ``filename`` of ``repo`` at ``revision`` into folder ``dest``; return its path."""
     from huggingface_hub import __version__ as hub_version
     from huggingface_hub import hf_hub_url
@@ -28,12 +28,13 @@ def download_file(repo: str, filename: str, revision: str, settings: Settings, d
 
     from ._version import __version__
 
+    check_endpoint(settings)  # also when a caller replaced the endpoint after resolve()
     url = hf_hub_url(repo, filename, revision=revision, endpoint=settings.endpoint)
     headers = build_hf_headers(token=settings.token or False, library_name="llama-runtime",
                                library_version=__version__, user_agent=f"huggingface_hub/{hub_version}")
     try:
         return fetch(url, dest / filename, headers=headers, timeout=settings.timeout,
-                     proxy=settings.proxy, progress=progress)
+                     proxy=settings.proxy, progress=progress, size=size)
     except DownloadError as exc:
         raise DownloadError(f"could not download {filename} from {settings.endpoint} ({repo} at"
                             f" {revision[:12]}): {exc}. {ways_out(settings)}") from exc
