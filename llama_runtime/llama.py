@@ -283,6 +283,10 @@ class Llama:
             vector = [v / norm for v in vector] if norm > 0 else vector
         return vector
 
+    def reset(self) -> None:
+        """Forget the KV cache: the next prompt is decoded from its first token."""
+        self._live_context().reset()
+
     @property
     def n_decoded(self) -> int:
         """How many tokens this Llama has given to ``llama_decode`` so far (prompt included)."""

@@ -148,6 +148,9 @@ def test_a_divergent_prompt_drops_the_tail(llm: Llama) -> None:
     # the same prompt again: only its last token is decoded again (for fresh logits)
     llm.generate_tokens(prompt, 1, **GREEDY)
     assert llm.n_decoded - before == len(prompt) - shared + 1
+    llm.reset()  # and after a reset, all of it
+    llm.generate_tokens(prompt, 1, **GREEDY)
+    assert llm.n_decoded - before == 2 * len(prompt) - shared + 1
 
 
 # --- chat ---------------------------------------------------------------------------------------
