@@ -47,7 +47,9 @@ def _phases(log: Path) -> tuple[dict[str, float], list[str]]:
     t0 = stamped[0][0]
     seen = [("start", t0)]
     for name, key in _EVENTS[1:]:
-        t = next((ts for ts, text in stamped if key in text), None)
+        hits = [ts for ts, text in stamped if key in text]
+        # build dependencies are installed with the same words: the package's install is the last
+        t = (hits[-1] if name == "installed" else hits[0]) if hits else None
         if t is not None:
             seen.append((name, t))
     seen.sort(key=lambda e: e[1])
