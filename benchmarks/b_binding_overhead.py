@@ -48,7 +48,7 @@ def _python(llm: Llama, n_gen: int, reps: int,
     results = []
     list(run(llm, n_gen))  # warm-up: first-call costs (page faults, ctypes thunks) not counted
     for _ in range(reps):
-        llm._live_context().reset()  # like the C program: every rep decodes its prompt afresh
+        llm.reset()  # like the C program: every rep decodes its prompt afresh
         results.append(_per_token_us(run(llm, n_gen)))
     return min(r[0] for r in results), results[-1][1]  # best of: the least disturbed run
 
