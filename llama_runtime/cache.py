@@ -85,7 +85,9 @@ def install(cache_dir: Path, variant: Variant, archive: Path, source: dict[str, 
             shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, final)
     except OSError as exc:
-        raise CacheError(f"cannot unpack {variant.archive} into {base}: {exc}") from exc
+        raise CacheError(f"cannot unpack {variant.archive} into {base}: {exc}; nothing was installed."
+                         " Free some space there, or set LLAMA_RUNTIME_CACHE to a writable folder"
+                         " with room.") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
