@@ -32,9 +32,10 @@ for _ in range(reps):
             return t
         native._functions["llama_sampler_sample"] = spy
     # the same work as the C program each rep: an empty KV cache (newer Llama reuses a prefix)
-    ctx = getattr(llm, "_context", None)
-    if ctx is not None and hasattr(ctx, "reset"):
-        ctx.reset()
+    if hasattr(llm, "reset"):
+        llm.reset()
+    elif hasattr(getattr(llm, "_context", None), "reset"):
+        llm._context.reset()
     t0 = time.perf_counter()
     it = llm.stream(prompt, n_gen, temperature=0)
     pieces = 1
