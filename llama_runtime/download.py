@@ -25,7 +25,8 @@ Progress = Callable[[int, Optional[int]], None]
 
 # which of three things a hub's 404 is about (the Hub's X-Error-Code header; ours sends it too)
 _NOT_FOUND = {
-    "RepoNotFound": "the repository does not exist (or is private: set HF_TOKEN); check LLAMA_RUNTIME_REPO",
+    "RepoNotFound": "the repository does not exist (or is private: set HF_TOKEN); check LLAMA_RUNTIME_REPO"
+                    " (a mirror such as olah also says this for a revision it lacks: check LLAMA_RUNTIME_REVISION)",
     "RevisionNotFound": "the revision does not exist in the repository; check LLAMA_RUNTIME_REVISION",
     "EntryNotFound": "the repository has no such file at that revision; the release on the hub is"
                      " incomplete, or LLAMA_RUNTIME_REVISION points at another release",
@@ -114,11 +115,13 @@ def _total(response: Any, have: int) -> int | None:
 
 def _hint(response: Any) -> str:
     status = response.status_code
+    why = _NOT_FOUND.get(response.headers.get("X-Error-Code", ""))
+    if why and status in (401, 404):  # the Hub and mirrors (olah) answer 401 RepoNotFound too
+        return f": {why}."
     if status in (401, 403):
         return ": access denied; set HF_TOKEN if the repo is private."
     if status == 404:
-        why = _NOT_FOUND.get(response.headers.get("X-Error-Code", ""))
-        return f": {why}." if why else ": not found; check LLAMA_RUNTIME_REPO / LLAMA_RUNTIME_REVISION."
+        return ": not found; check LLAMA_RUNTIME_REPO / LLAMA_RUNTIME_REVISION."
     return "."
 
 
