@@ -42,13 +42,38 @@ def lookup(cache_dir: Path, variant: Variant) -> Path | None:
         return None
     files = record.get("files") or {}
     for name in variant.files:
-        entry = files.get(name)
-        try:
-            if entry is None or (folder / name).stat().st_size != entry["size"]:
-                return None
-        except OSError:
+        if not _intact(folder / name, files.get(name)):
             return None
+    if _foreign(folder, record):  # ggml loads every plugin it finds there: nothing unrecorded
+        return None
     return folder
+
+
+def _foreign(folder: Path, record: dict[str, Any]) -> list[str]:
+    """Names in ``folder`` that its record does not know (planted after the verified unpack)."""
+    if "extra_files" not in record:  # a record from before extra files were recorded
+        return []
+    known = {RECORD, *(record.get("files") or {}), *(record.get("extra_files") or {})}
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name not in known)
+    except OSError:
+        return []
+
+
+def _intact(path: Path, entry: dict[str, Any] | None) -> bool:
+    """Whether a cached file is still the one its record hashed.
+
+    Size and mtime as recorded: unchanged since the verified unpack (cheap, every load).
+    Otherwise (copied without times, touched, an older record) the file is re-hashed: a
+    corrupt or modified library is never loaded, it is fetched again.
+    """
+    try:
+        st = path.stat()
+        if entry is None or st.st_size != entry["size"]:
+            return False
+        return st.st_mtime_ns == entry.get("mtime_ns") or sha256_file(path) == entry.get("sha256")
+    except (OSError, KeyError, TypeError):
+        return False
 
 
 def _write_record(folder: Path, variant: Variant, source: dict[str, Any]) -> None:
@@ -57,9 +82,14 @@ def _write_record(folder: Path, variant: Variant, source: dict[str, Any]) -> Non
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"archive {variant.archive} lacks {name}, which the manifest lists.")
-        files[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        st = path.stat()
+        files[name] = {"sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    # files the archive holds beyond the manifest's list (variant.json, a licence): trusted with
+    # the archive, kept, and recorded so that anything appearing later is seen as foreign
+    extra = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+             for p in sorted(folder.iterdir()) if p.name not in files and p.name != RECORD}
     record = {"variant": variant.name, "archive": variant.archive, "archive_sha256": variant.sha256,
-              "files": files, "source": source, "llama_runtime": __version__,
+              "files": files, "extra_files": extra, "source": source, "llama_runtime": __version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (folder / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -145,7 +175,9 @@ def verify_entry(folder: Path) -> list[str]:
     if record is None:
         return ["no record: incomplete or not made by llama-runtime"]
     problems = []
-    for name, entry in sorted((record.get("files") or {}).items()):
+    recorded = {**(record.get("extra_files") or {}), **(record.get("files") or {})}
+    problems += [f"{name}: not from the archive (added later)" for name in _foreign(folder, record)]
+    for name, entry in sorted(recorded.items()):
         path = folder / name
         if not path.is_file():
             problems.append(f"{name}: missing")
