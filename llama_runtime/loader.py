@@ -97,15 +97,17 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     report = read_build_report()
     backend, variant = effective_request(settings, report)
     selection = select(lock.manifest, profile, backend=backend, variant=variant)
-    steps, notes = _installed_step(report, selection, lock), []
-    if report is not None and report.get("selected") and not steps:  # shipped, but no longer fits
-        notes.append(_misfit_message(report, selection))
+    shipped = (report or {}).get("selected")
+    notes = []
+    if shipped and selection.ranked[:1] != [shipped]:
+        notes.append(_misfit_message(shipped, selection, report or {}))
+    steps: list[Step] = []
     for name in selection.ranked:
-        if any(s.variant is not None and s.variant.name == name for s in steps):
-            continue  # the wheel ships it already: one try is enough
         v = lock.manifest.variants[name]
         cached = lookup(settings.cache_dir, v)
-        if cached is not None:
+        if name == shipped:  # still runs here, even if no longer the best: tried in its rank
+            steps.append(Step("installed", v, installed_dir()))
+        elif cached is not None:
             steps.append(Step("cache", v, cached))
         elif settings.auto_download:
             steps.append(Step("download", v, None))
@@ -114,21 +116,17 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     return steps, selection, notes
 
 
-def _installed_step(report: dict[str, Any] | None, selection: Selection, lock: Lock) -> list[Step]:
-    if not report or not report.get("selected") or report.get("selected") not in lock.manifest.variants:
-        return []
-    name = report["selected"]
-    if selection.ranked[:1] != [name]:
-        return []
-    return [Step("installed", lock.manifest.variants[name], installed_dir())]
-
-
-def _misfit_message(report: dict[str, Any], selection: Selection) -> str:
-    shipped = report.get("selected")
+def _misfit_message(shipped: str, selection: Selection, report: dict[str, Any]) -> str:
     best = selection.ranked[0] if selection.ranked else None
-    why = "; ".join(selection.candidate(shipped).reasons) if any(
-        c.name == shipped for c in selection.candidates) else "it is not in this release's lock"
-    return (f"the library shipped in the wheel ({shipped}) no longer fits: {why}; best now: {best}."
+    built = report.get("profile_summary") or (report.get("request") or {}).get("target") or "another machine"
+    known = {c.name: c for c in selection.candidates}
+    if shipped not in known:
+        why = "it is not in this release's lock"
+    elif known[shipped].compatible:
+        why = f"{best} fits this machine better ({'; '.join(known[best].reasons)})" if best else "?"
+    else:
+        why = "; ".join(known[shipped].reasons)
+    return (f"the library shipped in the wheel ({shipped}, built for: {built}) no longer fits: {why}."
             f" The wheel was probably reused from pip's cache; fix it with `{FIX_WHEEL}`")
 
 
