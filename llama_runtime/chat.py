@@ -11,19 +11,11 @@ import ctypes
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .errors import LlamaRuntimeError
+from .errors import ChatTemplateError, PromptError
 from .native.structs import llama_chat_message
 
 if TYPE_CHECKING:
     from .native import Native
-
-
-class PromptError(LlamaRuntimeError, ValueError):
-    """A prompt or chat message that cannot be given to llama.cpp (not UTF-8, NUL byte ...)."""
-
-
-class ChatTemplateError(LlamaRuntimeError, ValueError):
-    """The model has no chat template, or llama.cpp does not support the one it has."""
 
 
 def encode_text(text: str | bytes, what: str = "prompt") -> bytes:

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temp", type=float, default=0.8)
     g.add_argument("--top-k", type=int, default=40)
     g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--min-p", type=float, default=0.05)
+    g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", default=[], help="end generation at this text (repeatable)")
     g.add_argument("--seed", type=int)
 
     u = sub.add_parser("publish", help="pack variant folders, upload them to a hub, write the lock")
@@ -122,8 +125,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .models import resolve_model
 
     with Llama(resolve_model(args.model, _settings(args))) as llm:
-        for piece in llm.stream(args.prompt, args.max_tokens, temperature=args.temp,
-                                top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        for piece in llm.stream(args.prompt, args.max_tokens, temperature=args.temp, top_k=args.top_k,
+                                top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                                stop=args.stop, seed=args.seed):
             sys.stdout.write(piece)
             sys.stdout.flush()
     sys.stdout.write("\n")

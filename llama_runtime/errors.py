@@ -56,6 +56,14 @@ class ModelError(LlamaRuntimeError, ValueError):
     """A model file is missing, not GGUF, truncated, or refused by llama.cpp."""
 
 
+class PromptError(LlamaRuntimeError, ValueError):
+    """A prompt or chat message that cannot be given to llama.cpp (not UTF-8, NUL byte ...)."""
+
+
+class ChatTemplateError(LlamaRuntimeError, ValueError):
+    """The model has no chat template, or llama.cpp does not support the one it has."""
+
+
 class GenerationError(LlamaRuntimeError, RuntimeError):
     """llama.cpp failed while evaluating a prompt or sampling."""
 

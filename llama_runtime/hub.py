@@ -36,5 +36,8 @@ def download_file(repo: str, filename: str, revision: str, settings: Settings, d
         return fetch(url, dest / filename, headers=headers, timeout=settings.timeout,
                      proxy=settings.proxy, progress=progress, size=size)
     except DownloadError as exc:
+        mirror = ("" if settings.revision else " If this endpoint is a mirror that re-committed the"
+                  " release (olah, a git copy), its commits differ from the lock's: set"
+                  " LLAMA_RUNTIME_REVISION to its branch, tag or commit.")
         raise DownloadError(f"could not download {filename} from {settings.endpoint} ({repo} at"
-                            f" {revision[:12]}): {exc}. {ways_out(settings)}") from exc
+                            f" {revision[:12]}): {exc}. {ways_out(settings)}{mirror}") from exc

@@ -19,6 +19,7 @@ Usage: ``python scripts/build_variants.py OUT [--npm PKG@VER ...] [--source-buil
 from __future__ import annotations
 
 import argparse
+import filecmp
 import hashlib
 import json
 import mmap
@@ -267,10 +268,24 @@ def _replace_dir(staging: Path, final: Path) -> Path:
     staging.chmod(0o755)  # mkdtemp makes it 0700; a published folder is world-readable
     for lib in staging.glob("*.so*"):
         lib.chmod(0o755)
+    if final.exists() and _same_files(staging, final):
+        shutil.rmtree(staging)  # already current: never pull a folder from under a reader
+        return final
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+        old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final)
     return final
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir())
+    if names != sorted(p.name for p in b.iterdir()):
+        return False
+    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
 
 
 def _folder_size(folder: Path) -> int:

@@ -140,7 +140,5 @@ def test_lock_commit_olah_lacks_names_endpoint_and_revision(release: Release, mi
     assert "HTTP 500" in err and "LLAMA_RUNTIME_MIRROR" in err and "LLAMA_RUNTIME_SKIP_DOWNLOAD=1" in err
 
 
-@pytest.mark.xfail(strict=True, reason="olah's 500 for an unknown commit looks transient: the message says"
-                   " 'retry', not that a mirror which re-committed the release needs LLAMA_RUNTIME_REVISION")
 def test_lock_commit_olah_lacks_points_at_llama_runtime_revision(lock_commit_failure: str) -> None:
     assert "LLAMA_RUNTIME_REVISION" in lock_commit_failure
