@@ -21,6 +21,23 @@ from hubserver import HubServer
 from tiny_model import write_tiny_llama
 
 
+# A sitecustomize that makes every socket connect fail in the process that imports it.
+NO_NETWORK = """
+import socket
+def _refuse(self, address):
+    raise OSError(f"network guard: connect to {address!r} refused")
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+"""
+
+
+def network_guard(folder: Path) -> Path:
+    """A folder to put on PYTHONPATH: every Python process started with it opens no connection."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(NO_NETWORK)
+    return folder
+
+
 @dataclass
 class Release:
     hub: HubServer

@@ -6,22 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import devrelease
-from release_fixtures import Release, run_source_cli
+from release_fixtures import Release, network_guard, run_source_cli
 
 pytestmark = pytest.mark.slow
-NO_NETWORK = textwrap.dedent("""
-    import socket
-    def _refuse(self, address):
-        raise OSError(f"network guard: connect to {address!r} refused")
-    socket.socket.connect = _refuse
-    socket.socket.connect_ex = _refuse
-""")
 BUILD_DEPS = ("hatchling>=1.26", "huggingface_hub>=1.0,<3", "archspec>=0.2.5")
 
 
@@ -36,9 +28,7 @@ def wheelhouse() -> Path:
 
 def _offline_install(release: Release, wheelhouse: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     python = devrelease.make_venv(tmp_path / "venv")
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(NO_NETWORK)
+    guard = network_guard(tmp_path / "guard")
     full = release.env(tmp_path / "cache", LLAMA_RUNTIME_ENDPOINT="http://127.0.0.1:9", **env)
     prep = devrelease.pip_install(python, "hatchling", full, "--no-index", "--find-links", str(wheelhouse))
     assert prep.returncode == 0, prep.stderr[-2000:]

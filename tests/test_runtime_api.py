@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from release_fixtures import Release, run_source_cli, run_source_py
+from release_fixtures import Release, network_guard, run_source_cli, run_source_py
 
 pytestmark = pytest.mark.slow
 
-# A sitecustomize that makes any socket connect fail: "no connection is opened", enforced.
-NO_NETWORK = textwrap.dedent("""
-    import socket
-    def _refuse(self, address):
-        raise OSError(f"network guard: connect to {address!r} refused")
-    socket.socket.connect = _refuse
-    socket.socket.connect_ex = _refuse
-""")
 
 
 def _py(release: Release, env: dict[str, str], code: str) -> dict:
@@ -31,10 +23,7 @@ def _py(release: Release, env: dict[str, str], code: str) -> dict:
 
 
 def _guarded(release: Release, env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    guard = tmp_path / "guard"
-    guard.mkdir(exist_ok=True)
-    (guard / "sitecustomize.py").write_text(NO_NETWORK)
-    return {**env, "PYTHONPATH": f"{guard}:{release.tree}"}
+    return {**env, "PYTHONPATH": f"{network_guard(tmp_path / 'guard')}:{release.tree}"}
 
 
 def test_download_by_cpu_level_and_progress(release: Release, tmp_path: Path) -> None:
