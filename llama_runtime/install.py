@@ -18,7 +18,7 @@ from typing import Any
 
 from ._version import __version__
 from .config import Settings, resolve
-from .errors import ConfigError
+from .errors import ConfigError, NoCompatibleVariantError
 
 LIBS = "llama_runtime/_libs"
 
@@ -107,6 +107,9 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
         echo(f"llama-runtime: machine: {profile.summary()}")
         selection = select(lock.manifest, profile, backend=settings.backend, variant=variant)
         name = selection.require()
+        if selection.warnings and settings.strict:
+            raise NoCompatibleVariantError(
+                "LLAMA_RUNTIME_STRICT=1 forbids building with a fallback: " + "; ".join(selection.warnings))
         for w in selection.warnings:
             echo(f"llama-runtime: warning: {w}")
         echo(f"llama-runtime: selected {selection.why()}")

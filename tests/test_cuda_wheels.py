@@ -69,3 +69,16 @@ def test_shipped_cuda_library_fails_on_the_driver_alone_and_falls_back(cuda_venv
     # the dynamic loader's own complaint, with NVIDIA's wheels already loaded from site-packages
     assert "libcuda.so.1: cannot open shared object file" in attempt
     assert "libcudart" not in attempt.split("missing:")[0] and "libcublas" not in attempt.split("missing:")[0]
+
+
+def test_strict_install_refuses_cuda_where_no_driver_is_visible(gpu_release, tmp_path: Path) -> None:
+    _, endpoint, sdist = gpu_release
+    python = devrelease.make_venv(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "HF_"))}
+    env.update(LLAMA_RUNTIME_ENDPOINT=endpoint, LLAMA_RUNTIME_CACHE=str(tmp_path / "cache"),
+               LLAMA_BACKEND="cuda", LLAMA_RUNTIME_STRICT="1")
+    proc = devrelease.pip_install(python, str(sdist), env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "LLAMA_RUNTIME_STRICT=1 forbids building with a fallback" in out and "no NVIDIA driver" in out
+    assert not (tmp_path / "cache" / "0.1.0" / CUDA).exists()  # refused before any download
