@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_NPM = "@node-llama-cpp/linux-x64@3.22.1"
-DEFAULT_FLAVOR = "v3"
 SDIST_REQUIREMENT = "llama-cpp-python==0.3.36"
 SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
 VENDOR_DIR = "vendor/llama.cpp"
 # Bump when the way a folder is assembled changes, so cached builds are not reused.
-RECIPE = 1
+RECIPE = 2
 
 BASE_CMAKE: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -69,25 +68,74 @@ BASE_CMAKE: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Flavor:
-    """One source-built CPU variant: its name, CMake flags and what it needs from the CPU."""
+    """One source-built CPU variant: its name, CMake flags and what it needs from the CPU.
+
+    ``cpu_variants`` (backend_dl flavors only): the ``ggml-cpu-<tag>`` plugins to build, as CMake
+    targets of ``GGML_CPU_ALL_VARIANTS``; ``None`` builds all of them. ``priority`` goes to
+    ``variant.json`` (added to the selection score, see llama_runtime/variants/select.py).
+    """
 
     name: str
     cmake: tuple[str, ...]
     x86_64_level: int
     cpu_features: tuple[str, ...]
     openmp: bool
+    backend_dl: bool = False
+    cpu_variants: tuple[str, ...] | None = None
+    priority: int | None = None
+    summary: str = ""
 
+    def build_targets(self) -> tuple[str, ...]:
+        """``cmake --build --target`` arguments (empty: everything)."""
+        if self.cpu_variants is None:
+            return ()
+        return ("llama", *(f"ggml-cpu-{tag}" for tag in self.cpu_variants))
+
+
+V3_FEATURES = ("avx", "avx2", "fma", "f16c", "bmi2")
+V3_CMAKE = ("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
+            "-DGGML_F16C=ON", "-DGGML_BMI2=ON")
+DL_CMAKE = ("-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_NATIVE=OFF",
+            "-DGGML_OPENMP=ON")
+# The x86 plugins GGML_CPU_ALL_VARIANTS defines in this llama.cpp (ggml/src/CMakeLists.txt).
+ALL_X86_CPU_VARIANTS = ("x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell",
+                        "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4",
+                        "alderlake", "sapphirerapids")
+# The few that matter for speed (baseline, AVX2, AVX-512): a third of the cold build time.
+LITE_X86_CPU_VARIANTS = ("x64", "haswell", "skylakex")
 
 FLAVORS: Mapping[str, Flavor] = {
     "v3": Flavor(
-        name="linux-x86_64-cpu-v3",
-        cmake=("-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON",
-               "-DGGML_F16C=ON", "-DGGML_BMI2=ON", "-DGGML_OPENMP=ON"),
-        x86_64_level=3,
-        cpu_features=("avx", "avx2", "fma", "f16c", "bmi2"),
-        openmp=True,
-    ),
+        name="linux-x86_64-cpu-v3", cmake=(*V3_CMAKE, "-DGGML_OPENMP=ON"), x86_64_level=3,
+        cpu_features=V3_FEATURES, openmp=True,
+        summary="x86-64-v3 (AVX2/FMA/F16C/BMI2), one CPU backend linked in, OpenMP"),
+    # The same build without OpenMP (ggml's own thread pool): kept to measure what OpenMP buys.
+    "v3-noomp": Flavor(
+        name="linux-x86_64-cpu-v3-noomp", cmake=(*V3_CMAKE, "-DGGML_OPENMP=OFF"), x86_64_level=3,
+        cpu_features=V3_FEATURES, openmp=False,
+        summary="x86-64-v3, one CPU backend linked in, ggml thread pool (no OpenMP)"),
+    # The release build: every x86 CPU plugin, ggml picks the best at run time, OpenMP.
+    "omp": Flavor(
+        name="linux-x86_64-cpu-omp", cmake=DL_CMAKE, x86_64_level=1, cpu_features=(),
+        openmp=True, backend_dl=True, priority=30,
+        summary="GGML_BACKEND_DL with all 14 x86 CPU plugins (ggml picks one at run time), "
+                "OpenMP"),
+    # Same variant name and flags, only 3 plugins built: the development stand-in (tests, demo).
+    "omp-lite": Flavor(
+        name="linux-x86_64-cpu-omp", cmake=DL_CMAKE, x86_64_level=1, cpu_features=(),
+        openmp=True, backend_dl=True, cpu_variants=LITE_X86_CPU_VARIANTS, priority=30,
+        summary="GGML_BACKEND_DL with the x64/haswell/skylakex CPU plugins (ggml picks one at "
+                "run time), OpenMP"),
+    # The safety net: x86-64 baseline (SSE2), nothing the oldest 64-bit CPU lacks.
+    "portable": Flavor(
+        name="linux-x86_64-cpu-portable",
+        cmake=("-DGGML_NATIVE=OFF", "-DGGML_SSE42=OFF", "-DGGML_AVX=OFF", "-DGGML_AVX2=OFF",
+               "-DGGML_FMA=OFF", "-DGGML_F16C=OFF", "-DGGML_BMI2=OFF", "-DGGML_AVX512=OFF",
+               "-DGGML_AVX_VNNI=OFF", "-DGGML_OPENMP=ON"),
+        x86_64_level=1, cpu_features=(), openmp=True,
+        summary="x86-64 baseline (SSE2 only), one CPU backend linked in, OpenMP"),
 }
+DEFAULT_FLAVORS: tuple[str, ...] = ("v3",)
 
 # Libraries every glibc Linux provides (the manylinux policy's core); never shipped.
 SYSTEM_LIBS = frozenset({
@@ -246,20 +294,25 @@ def write_variant_json(folder: Path, **facts: Any) -> dict[str, Any]:
     return entry
 
 
-def _library_facts(folder: Path) -> dict[str, Any]:
-    """libraries (load order), plugins, external NEEDs and glibc floor of a staged folder."""
+def _library_facts(folder: Path, bundled: Sequence[str] = ()) -> dict[str, Any]:
+    """libraries (load order), plugins, external NEEDs and glibc floor of a staged folder.
+
+    ``bundled`` (e.g. ``libgomp.so.1``) are outside libraries copied in; one that only plugins
+    NEED comes first in ``libraries``, so the loader maps the shipped copy before ggml opens them.
+    """
     roots = [p.name for p in sorted(folder.glob("libllama*.so")) if LIBLLAMA.match(p.name)]
     if len(roots) != 1:
         raise BuildVariantError(f"expected one libllama in {folder}, found {roots}")
     closure = dependency_closure(folder, roots[0])
     plugins = sorted(p.name for p in folder.glob("libggml-*.so") if p.name not in closure)
-    shipped = [*closure, *plugins]
+    extra = [b for b in bundled if b not in closure]
+    shipped = [*extra, *closure, *plugins]
     external = sorted({d for n in shipped for d in elf_needed(folder / n)} - set(shipped))
     unknown = [d for d in external if d not in SYSTEM_LIBS and d not in BACKEND_EXTERNAL]
     if unknown:
         raise BuildVariantError(f"{folder.name} needs {unknown}, which it neither ships nor can "
                                 "expect on a user's machine: bundle them or build without them")
-    return {"libraries": load_order(folder, closure), "plugins": plugins,
+    return {"libraries": [*extra, *load_order(folder, closure)], "plugins": plugins,
             "external_libraries": [d for d in external if d not in SYSTEM_LIBS],
             "glibc": glibc_floor(folder / n for n in shipped)}
 
@@ -451,14 +504,16 @@ def build_key(sdist_sha256: str, flags: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _cmake_build(source: Path, build: Path, flags: Sequence[str], jobs: int) -> Path:
+def _cmake_build(source: Path, build: Path, flags: Sequence[str], jobs: int,
+                 targets: Sequence[str] = ()) -> Path:
     """Configure and build; the log stays in ``build/`` and its tail is in any error."""
     _ensure_ccache()
     cmake = _tool("cmake", "install CMake >= 3.14 (apt-get install cmake)")
     build.mkdir(parents=True, exist_ok=True)
     with open(build / "build-variants.log", "w") as log:
         for cmd in ([cmake, "-S", str(source), "-B", str(build), *flags],
-                    [cmake, "--build", str(build), "-j", str(jobs)]):
+                    [cmake, "--build", str(build), "-j", str(jobs),
+                     *(["--target", *targets] if targets else [])]):
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
             # Paths under the cache become relative, so ccache hits across home folders too.
@@ -491,25 +546,33 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
     sha = _sha256(sdist)
     source = _extract_vendor(sdist, cache / "src" / sha[:16])
     flags = (*BASE_CMAKE, *flavor.cmake)
-    bin_dir = _cmake_build(source, cache / "cmake" / key, flags, jobs)
+    started = time.monotonic()
+    bin_dir = _cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_targets())
+    seconds = time.monotonic() - started
     final = cache / "builds" / key
     final.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
-    _stage_built(bin_dir, staged, ["libgomp.so.1"] if flavor.openmp else [])
-    libs = _library_facts(staged)
+    bundled = ["libgomp.so.1"] if flavor.openmp else []
+    _stage_built(bin_dir, staged, bundled)
+    libs = _library_facts(staged, bundled)
+    if flavor.backend_dl and not libs["plugins"]:
+        raise BuildVariantError(f"{flavor.name}: GGML_BACKEND_DL build produced no plugins")
+    extra: dict[str, Any] = {} if flavor.priority is None else {"priority": flavor.priority}
     write_variant_json(
         staged, os="linux", arch="x86_64", backend="cpu",
         requires={"glibc": libs["glibc"], "x86_64_level": flavor.x86_64_level,
                   "cpu_features": list(flavor.cpu_features), "cuda_driver": None,
                   "compute_capability": None, "macos": None},
-        libraries=libs["libraries"], plugins=libs["plugins"], backend_dl=False,
+        libraries=libs["libraries"], plugins=libs["plugins"], backend_dl=flavor.backend_dl,
         python_requires=[], external_libraries=libs["external_libraries"],
         llama_cpp=_llama_version(source),
         source=f"source build of {VENDOR_DIR} from the {SDIST_REQUIREMENT} sdist "
-               f"(sha256 {sha}); cmake {' '.join(flags)}",
-        description=f"llama.cpp CPU for x86-64-v{flavor.x86_64_level} Linux"
-                    + (", OpenMP (libgomp bundled)" if flavor.openmp else ""),
-        cache_key=key)
+               f"(sha256 {sha}); cmake {' '.join(flags)}"
+               + (f"; targets {' '.join(flavor.build_targets())}" if flavor.cpu_variants else ""),
+        description=f"llama.cpp CPU for x86-64-v{flavor.x86_64_level} Linux: {flavor.summary}"
+                    + (" (libgomp bundled)" if flavor.openmp else ""),
+        cache_key=key, **extra)
+    (cache / "cmake" / key / "build-seconds").write_text(f"{seconds:.1f}\n")
     return _replace_dir(staged, final)
 
 
@@ -520,7 +583,7 @@ def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
         raise BuildVariantError(f"unknown flavor {flavor!r}; known: {sorted(FLAVORS)}")
     spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
     sdist = ensure_sdist(cache)
-    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake))
+    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake, *spec.build_targets()))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(spec, sdist, key, cache, jobs)
@@ -563,13 +626,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source-build", action="append", default=[], metavar="FLAVOR",
                         choices=sorted(FLAVORS))
     parser.add_argument("--all-default", action="store_true",
-                        help=f"also produce the defaults ({DEFAULT_NPM}, {DEFAULT_FLAVOR})")
+                        help=f"also produce the defaults ({DEFAULT_NPM}, "
+                             f"{', '.join(DEFAULT_FLAVORS)})")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     args = parser.parse_args(argv)
     default = args.all_default or not (args.npm or args.source_build)
     jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
-    jobs += [("source", f) for f in [*([DEFAULT_FLAVOR] if default else []), *args.source_build]]
+    jobs += [("source", f) for f in [*(DEFAULT_FLAVORS if default else ()), *args.source_build]]
     try:
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()

@@ -1,0 +1,86 @@
+/* B7 / variant comparison: one libllama (any build: ours, npm, llama-cpp-python's) driven from C.
+ * usage: b7_bench MODEL PROMPT N_PROMPT N_GEN THREADS REPS [BACKEND_DIR]
+ * The prompt is tokenized and cut to N_PROMPT tokens, so every build sees the same ids.
+ * BACKEND_DIR: for a GGML_BACKEND_DL build, the folder whose libggml-*.so plugins ggml
+ * should load (ggml_backend_load_all_from_path, found with dlsym in the already-loaded libggml).
+ * Per rep one JSON line: prompt seconds (decode of the prompt in one batch + first greedy
+ * sample), generation seconds of the remaining N_GEN-1 tokens, and the greedy ids. The first
+ * line on stderr is llama_print_system_info() (which CPU backend and features were used). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "llama.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void quiet(enum ggml_log_level level, const char *text, void *user) {
+    (void)level; (void)text; (void)user;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 7) {
+        fprintf(stderr, "usage: %s MODEL PROMPT N_PROMPT N_GEN THREADS REPS [BACKEND_DIR]\n", argv[0]);
+        return 2;
+    }
+    const char *path = argv[1], *prompt = argv[2];
+    int n_prompt = atoi(argv[3]), n_gen = atoi(argv[4]), threads = atoi(argv[5]), reps = atoi(argv[6]);
+    llama_log_set(quiet, NULL);
+    if (argc > 7 && argv[7][0]) {
+        void (*load_all)(const char *) = (void (*)(const char *))dlsym(RTLD_DEFAULT, "ggml_backend_load_all_from_path");
+        if (!load_all) { fprintf(stderr, "ggml_backend_load_all_from_path not found\n"); return 1; }
+        load_all(argv[7]);
+    }
+    llama_backend_init();
+    fprintf(stderr, "%s\n", llama_print_system_info());
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    struct llama_model *model = llama_model_load_from_file(path, mp);
+    if (!model) { fprintf(stderr, "load failed\n"); return 1; }
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 512; cp.n_batch = 512; cp.n_ubatch = 512;
+    cp.n_threads = threads; cp.n_threads_batch = threads;
+    struct llama_context *ctx = llama_init_from_model(model, cp);
+    if (!ctx) { fprintf(stderr, "context failed\n"); return 1; }
+    const struct llama_vocab *vocab = llama_model_get_vocab(model);
+    llama_token *toks = malloc(sizeof(llama_token) * 4096);
+    llama_token *out = malloc(sizeof(llama_token) * (n_gen + 1));
+    int n = llama_tokenize(vocab, prompt, (int)strlen(prompt), toks, 4096, true, false);
+    if (n < n_prompt) { fprintf(stderr, "prompt has only %d tokens\n", n); return 1; }
+    char piece[256];
+    for (int r = 0; r < reps; r++) {
+        llama_memory_clear(llama_get_memory(ctx), true);
+        struct llama_sampler *smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
+        llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
+        double t0 = now();
+        if (llama_decode(ctx, llama_batch_get_one(toks, n_prompt)) != 0) { fprintf(stderr, "prompt failed\n"); return 1; }
+        llama_token t = llama_sampler_sample(smpl, ctx, -1);
+        llama_token_to_piece(vocab, t, piece, sizeof piece, 0, false);
+        double t1 = now();
+        int got = 0;
+        out[got++] = t;
+        for (int i = 1; i < n_gen; i++) {
+            if (llama_vocab_is_eog(vocab, t)) break;
+            if (llama_decode(ctx, llama_batch_get_one(&t, 1)) != 0) { fprintf(stderr, "decode failed\n"); return 1; }
+            t = llama_sampler_sample(smpl, ctx, -1);
+            llama_token_to_piece(vocab, t, piece, sizeof piece, 0, false);
+            out[got++] = t;
+        }
+        double t2 = now();
+        printf("{\"n_prompt\": %d, \"prompt_s\": %.6f, \"n_gen\": %d, \"gen_s\": %.6f, \"ids\": [", n_prompt, t1 - t0, got, t2 - t1);
+        for (int i = 0; i < got; i++) printf(i ? ", %d" : "%d", out[i]);
+        printf("]}\n");
+        fflush(stdout);
+        llama_sampler_free(smpl);
+    }
+    llama_free(ctx);
+    llama_model_free(model);
+    llama_backend_free();
+    return 0;
+}
