@@ -37,10 +37,10 @@ def configure(*, library: str | os.PathLike[str] | None = None, backend: str | N
     return current_settings()
 
 
-def current_settings(environ: Any = None) -> Settings:
-    """The settings in force now: ``configure()`` arguments over the environment."""
+def current_settings(environ: Any = None, **arguments: Any) -> Settings:
+    """The settings in force now: ``arguments`` (CLI flags) over ``configure()`` over the environment."""
     with _guard:
-        given = dict(_overrides)
+        given = {**_overrides, **arguments}
     return resolve(arguments=given, environ=os.environ if environ is None else environ)
 
 

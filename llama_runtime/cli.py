@@ -58,20 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    """The settings in force, with this command's flags over everything else."""
     from .api import current_settings
-    from .config import with_overrides
 
-    settings = current_settings()
     given = {k: getattr(args, k, None) for k in ("cache_dir", "endpoint", "proxy", "timeout")}
     if getattr(args, "offline", False):
         given["offline"] = True
-    given = {k: v for k, v in given.items() if v not in (None, False)}
-    if not given:
-        return settings
-    from .config import resolve
-
-    parsed = resolve(arguments=given, environ={})
-    return with_overrides(settings, **{k: getattr(parsed, k) for k in given})
+    return current_settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

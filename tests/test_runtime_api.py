@@ -116,3 +116,25 @@ def test_hf_hub_offline_is_honoured_with_an_empty_cache(release: Release, tmp_pa
     assert proc.returncode != 0
     assert "network guard" not in proc.stderr  # refused by us, before any connect
     assert "offline" in proc.stderr.lower() and "llama-runtime fetch" in proc.stderr
+
+
+def test_corrupt_model_from_the_hub_is_refused_and_removed(release: Release, tmp_path: Path,
+                                                           tiny_model: Path) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=release.hub.url, token=False)
+    api.create_repo("tests/tiny-llama-corrupt", exist_ok=True)
+    api.upload_file(path_or_fileobj=str(tiny_model), path_in_repo="tiny.gguf", repo_id="tests/tiny-llama-corrupt")
+    env = release.env(tmp_path / "cache", HF_HOME=str(tmp_path / "hf"))
+    assert release.hub.httpd is not None
+    release.hub.httpd.add_faults([{"path_glob": "*tiny.gguf", "method": "GET", "kind": "corrupt", "times": 1}])
+    try:
+        proc = run_source_py(release, env, "import llama_runtime as l\n"
+                             "l.Llama.from_pretrained('tests/tiny-llama-corrupt', 'tiny.gguf')")
+    finally:
+        release.hub.httpd.clear_faults()
+    assert proc.returncode != 0 and "IntegrityError" in proc.stderr and "is corrupt" in proc.stderr
+    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and p.stat().st_size > 100_000]
+    out = _py(release, env, "llm = l.Llama.from_pretrained('tests/tiny-llama-corrupt', 'tiny.gguf', n_threads=1)\n"
+              "print(json.dumps({'ok': bool(llm.generate('Hi', max_tokens=4, temperature=0))}))")
+    assert out["ok"]  # the next try downloads good bytes
