@@ -135,7 +135,8 @@ def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, sel
          f" from {source.get('endpoint') or source.get('path') or folder} in {time.perf_counter() - start:.1f} s,"
          f" sha256 {v.sha256[:16]}... verified against the lock")
     report = _report(settings, profile, selection, selected=name, variant=v.to_dict(), cross=cross,
-                     files=record.get("files"), source=source, lock={"repo": lock.repo,
+                     files={n: {k: e[k] for k in ("sha256", "size")} for n, e in (record.get("files") or {}).items()},
+                     source=source, lock={"repo": lock.repo,
                      "revision": lock.revision, "commit": lock.commit})
     if settings.target == name:
         # LLAMA_RUNTIME_TARGET=<variant> names the variant the target machine is to run, as
