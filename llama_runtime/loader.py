@@ -96,6 +96,10 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     lock = lock or read_lock()
     report = read_build_report()
     backend, variant = effective_request(settings, report)
+    if profile is None:  # selection reads levels/features, never archspec's name: skip it (B6)
+        from .probe import probe
+
+        profile = probe(detail=False)
     selection = select(lock.manifest, profile, backend=backend, variant=variant)
     shipped = (report or {}).get("selected")
     notes = []

@@ -3,11 +3,14 @@
 ``parse_cpuinfo`` is pure (tests feed captured ``/proc/cpuinfo``); ``read_cpu`` does the I/O.
 archspec names the microarchitecture; the level and the features come from the flags the
 kernel reports, which only lists what the OS has enabled (e.g. AVX without XSAVE is hidden).
+Selection needs only the level and the features, so the run-time load path skips archspec
+(``read_cpu(detail=False)``: its import and host detection cost ~15-30 ms per process); doctor,
+install and the build reports keep the microarchitecture name.
 """
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -25,6 +28,15 @@ X86_64_LEVELS: dict[int, frozenset[str]] = {
     4: frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
 }
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def machine() -> str:
+    """``platform.machine()``, without importing ``platform`` on POSIX (the load path)."""
+    if hasattr(os, "uname"):
+        return os.uname().machine
+    import platform
+
+    return platform.machine()
 
 
 def normalize_arch(machine: str) -> str:
@@ -85,9 +97,12 @@ def _read_cpuinfo(path: str, out: dict[str, Any]) -> tuple[list[str], str | None
     return info["flags"], None
 
 
-def read_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
-    """Probe this machine's CPU. Never raises: a failure is recorded in ``error``."""
-    arch = normalize_arch(platform.machine())
+def read_cpu(cpuinfo_path: str = "/proc/cpuinfo", *, detail: bool = True) -> dict[str, Any]:
+    """Probe this machine's CPU. Never raises: a failure is recorded in ``error``.
+
+    ``detail=False`` leaves ``microarchitecture`` None (no archspec): selection never reads it.
+    """
+    arch = normalize_arch(machine())
     out: dict[str, Any] = {"arch": arch, "vendor": None, "microarchitecture": None,
                            "x86_64_level": None, "features": [], "error": None}
     if sys.platform == "win32":
@@ -98,11 +113,12 @@ def read_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
         out["error"] = win["error"]
     else:
         flags, out["error"] = _read_cpuinfo(cpuinfo_path, out)
-    try:
-        out["microarchitecture"], vendor = _archspec_host()
-        out["vendor"] = out["vendor"] or vendor
-    except Exception as exc:  # archspec must never break an install
-        out["error"] = f"archspec failed: {exc}"
+    if detail:
+        try:
+            out["microarchitecture"], vendor = _archspec_host()
+            out["vendor"] = out["vendor"] or vendor
+        except Exception as exc:  # archspec must never break an install
+            out["error"] = f"archspec failed: {exc}"
     if arch == "x86_64":
         out["x86_64_level"] = x86_64_level(flags) if flags else None
     out["features"] = ggml_features(arch, flags)

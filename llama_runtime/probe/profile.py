@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .cpu import normalize_arch, read_cpu
+from .cpu import machine, normalize_arch, read_cpu
 from .nvidia import read_nvidia
-from .apple import read_apple
 from .libc import read_libc
 from .rocm import read_rocm
 from .vulkan import read_vulkan
@@ -94,23 +93,53 @@ def _same_gpu(name: str | None, seen: list[str]) -> bool:
     return bool(name) and any(str(name) in s or s.split(" (")[0] in str(name) for s in seen)
 
 
-def probe(libcuda: str | None = None) -> MachineProfile:
+class _Background:
+    """``fn(*args)`` in a daemon thread; ``result()`` waits and re-raises (a lighter ThreadPoolExecutor)."""
+
+    def __init__(self, fn: Callable[..., dict[str, Any]], *args: Any) -> None:
+        self._value: dict[str, Any] = {}
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> dict[str, Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _read_apple() -> dict[str, Any]:
+    if sys.platform != "darwin":
+        return {}  # what read_apple() says, without importing it (and platform) elsewhere
+    from .apple import read_apple
+
+    return read_apple()
+
+
+def probe(libcuda: str | None = None, *, detail: bool = True) -> MachineProfile:
     """Probe this machine. Never raises: each failed probe says why in its ``error``.
 
     The probes that start processes (libcuda in a child, vulkaninfo, rocminfo) run side by side,
-    each under its own timeout, so the slowest one bounds the total.
+    each under its own timeout, so the slowest one bounds the total. ``detail=False`` (the
+    run-time load path) skips what selection never reads: archspec's microarchitecture name.
     """
     start = time.perf_counter()
     os_name = _os_name()
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        nvidia = pool.submit(read_nvidia, libcuda) if os_name != "macos" else None
-        vulkan = pool.submit(read_vulkan) if os_name != "macos" else None
-        rocm = pool.submit(read_rocm) if os_name == "linux" else None
-        cpu, libc, apple = read_cpu(), read_libc(), read_apple()
-        return MachineProfile(
-            os=os_name, arch=normalize_arch(platform.machine()), libc=libc, cpu=cpu,
-            nvidia=nvidia.result() if nvidia else {"driver": None, "cuda_driver": None, "gpus": [],
-                                                   "error": "no NVIDIA driver on macOS", "source": None},
-            rocm=rocm.result() if rocm else {}, vulkan=vulkan.result() if vulkan else {}, apple=apple,
-            probe_ms=round((time.perf_counter() - start) * 1000, 1),
-        )
+    nvidia = _Background(read_nvidia, libcuda) if os_name != "macos" else None
+    vulkan = _Background(read_vulkan) if os_name != "macos" else None
+    rocm = _Background(read_rocm) if os_name == "linux" else None
+    cpu, libc, apple = read_cpu(detail=detail), read_libc(), _read_apple()
+    return MachineProfile(
+        os=os_name, arch=normalize_arch(machine()), libc=libc, cpu=cpu,
+        nvidia=nvidia.result() if nvidia else {"driver": None, "cuda_driver": None, "gpus": [],
+                                               "error": "no NVIDIA driver on macOS", "source": None},
+        rocm=rocm.result() if rocm else {}, vulkan=vulkan.result() if vulkan else {}, apple=apple,
+        probe_ms=round((time.perf_counter() - start) * 1000, 1),
+    )
