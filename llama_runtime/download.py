@@ -281,6 +281,10 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str], timeout: float, prox
                 raise
             if type(exc).__name__ == "TooManyRedirects":  # a loop: retrying cannot help
                 raise DownloadError(f"{url} redirects in a loop (more than 20 redirects)") from exc
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # permanent too
+                raise DownloadError(
+                    f"the certificate of {url} is not trusted ({exc}). Behind a company proxy or CA,"
+                    " point SSL_CERT_FILE (or SSL_CERT_DIR) at its CA bundle.") from exc
             last, wait = f"{type(exc).__name__}: {exc}", None
         if attempt == ATTEMPTS - 1:
             break
