@@ -5,7 +5,10 @@
  * should load (ggml_backend_load_all_from_path, found with dlsym in the already-loaded libggml).
  * Per rep one JSON line: prompt seconds (decode of the prompt in one batch + first greedy
  * sample), generation seconds of the remaining N_GEN-1 tokens, and the greedy ids. The first
- * line on stderr is llama_print_system_info() (which CPU backend and features were used). */
+ * line on stderr is llama_print_system_info() (which CPU backend and features were used).
+ * B7_THREADPOOL=1 in the environment: attach one persistent ggml thread pool to the context
+ * (llama_attach_threadpool) instead of ggml's default for builds without OpenMP, a disposable
+ * pool created and joined on every llama_decode. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdio.h>
@@ -48,6 +51,18 @@ int main(int argc, char **argv) {
     cp.n_threads = threads; cp.n_threads_batch = threads;
     struct llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) { fprintf(stderr, "context failed\n"); return 1; }
+    const char *tp_env = getenv("B7_THREADPOOL");
+    if (tp_env && tp_env[0] == '1') {
+        ggml_backend_reg_t (*reg_by_name)(const char *) = (ggml_backend_reg_t (*)(const char *))dlsym(RTLD_DEFAULT, "ggml_backend_reg_by_name");
+        void *(*get_proc)(ggml_backend_reg_t, const char *) = (void *(*)(ggml_backend_reg_t, const char *))dlsym(RTLD_DEFAULT, "ggml_backend_reg_get_proc_address");
+        struct ggml_threadpool_params (*params_default)(int) = (struct ggml_threadpool_params (*)(int))dlsym(RTLD_DEFAULT, "ggml_threadpool_params_default");
+        if (!reg_by_name || !get_proc || !params_default) { fprintf(stderr, "ggml thread pool API not found\n"); return 1; }
+        ggml_threadpool_t (*tp_new)(struct ggml_threadpool_params *) = (ggml_threadpool_t (*)(struct ggml_threadpool_params *))get_proc(reg_by_name("CPU"), "ggml_threadpool_new");
+        if (!tp_new) { fprintf(stderr, "ggml_threadpool_new not found\n"); return 1; }
+        struct ggml_threadpool_params tpp = params_default(threads);
+        ggml_threadpool_t tp = tp_new(&tpp);
+        llama_attach_threadpool(ctx, tp, tp);
+    }
     const struct llama_vocab *vocab = llama_model_get_vocab(model);
     llama_token *toks = malloc(sizeof(llama_token) * 4096);
     llama_token *out = malloc(sizeof(llama_token) * (n_gen + 1));

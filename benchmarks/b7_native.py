@@ -79,6 +79,7 @@ class Lib:
     name: str
     libllama: Path
     backend_dir: Path | None = None
+    env: dict[str, str] | None = None  # e.g. B7_THREADPOOL=1 (see b7_bench.c)
 
     @classmethod
     def variant(cls, folder: Path) -> "Lib":
@@ -113,7 +114,7 @@ def measure(libs: list[Lib], work: Path, model: Path, rounds: int, reps: int,
         def go() -> float:
             cmd = [str(exes[lib.name]), str(model), PROMPT, str(N_PROMPT), str(N_GEN), str(threads),
                    str(reps + 1), str(lib.backend_dir or "")]
-            _, p = timed_run(cmd, env)
+            _, p = timed_run(cmd, {**(env or {}), **(lib.env or {})})
             if p.returncode != 0:
                 raise RuntimeError(f"{lib.name}: {p.stderr[-2000:]}")
             lines = [json.loads(x) for x in p.stdout.splitlines()]
@@ -168,6 +169,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=THREADS)
+    ap.add_argument("--threadpool", action="store_true",
+                    help="also run each library with a persistent ggml thread pool (NAME+tp)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/b7-work"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,9 @@ def main() -> int:
     libs = [Lib.variant(f) for f in folders]
     if not args.no_native:
         libs.append(Lib("llama-cpp-python-native", native_libdir(native_venv()) / "libllama.so"))
+    if args.threadpool:
+        libs += [Lib(f"{lib.name}+tp", lib.libllama, lib.backend_dir, {"B7_THREADPOOL": "1"})
+                 for lib in list(libs)]
     model, n_params = make_model(args.work)
     before = load()
     data = measure(libs, args.work, model, args.rounds, args.reps, args.threads)

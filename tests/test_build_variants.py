@@ -192,3 +192,44 @@ def test_source_variant_v3_builds_and_loads(bv: ModuleType, tmp_path: Path) -> N
     assert "AVX2 = 1" in bv.smoke_load(folder)
     again = bv.source_variant("v3", tmp_path / "again")  # from the build cache this time
     assert json.loads((again / "variant.json").read_text()) == meta
+
+
+def test_flavors_are_consistent(bv: ModuleType) -> None:
+    omp, lite = bv.FLAVORS["omp"], bv.FLAVORS["omp-lite"]
+    # the lite build is the same variant (name, flags), only fewer plugins
+    assert omp.name == lite.name == "linux-x86_64-cpu-omp" and omp.cmake == lite.cmake
+    assert {"-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_OPENMP=ON"} <= set(omp.cmake)
+    assert omp.build_targets() == () and omp.backend_dl and omp.x86_64_level == 1
+    assert lite.build_targets()[0] == "llama"
+    assert set(lite.cpu_variants) <= set(bv.ALL_X86_CPU_VARIANTS) and "x64" in lite.cpu_variants
+    portable = bv.FLAVORS["portable"]
+    assert portable.x86_64_level == 1 and portable.cpu_features == ()
+    assert not any(f.endswith("=ON") and "OPENMP" not in f for f in portable.cmake)
+    assert bv.FLAVORS["v3-noomp"].openmp is False and "-DGGML_OPENMP=OFF" in bv.FLAVORS["v3-noomp"].cmake
+    for name in bv.DEFAULT_FLAVORS:
+        assert name in bv.FLAVORS
+    # a different plugin set is a different build
+    flags = (*bv.BASE_CMAKE, *omp.cmake)
+    assert bv.build_key("0" * 64, flags) != bv.build_key("0" * 64, (*flags, *lite.build_targets()))
+
+
+@pytest.mark.slow
+def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType, tmp_path: Path) -> None:
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("a source build needs cmake and a C++ compiler")
+    folder = bv.source_variant("omp-lite", tmp_path)
+    meta = json.loads((folder / "variant.json").read_text())
+    assert folder.name == "linux-x86_64-cpu-omp" and meta["backend_dl"] is True
+    assert meta["plugins"] == sorted(f"libggml-cpu-{t}.so" for t in bv.LITE_X86_CPU_VARIANTS)
+    # only the plugins NEED libgomp: it is shipped and loaded first
+    assert meta["libraries"][0] == "libgomp.so.1" and meta["libraries"][-1] == "libllama.so"
+    assert meta["requires"]["x86_64_level"] == 1 and meta["requires"]["cpu_features"] == []
+    assert meta["external_libraries"] == [] and meta["priority"] == bv.FLAVORS["omp-lite"].priority
+    shipped = {p.name for p in folder.iterdir()}
+    assert shipped == {*meta["libraries"], *meta["plugins"], "variant.json"}
+    for name in [*meta["libraries"], *meta["plugins"]]:
+        assert bv.parse_dynamic(bv._readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
+    for plugin in meta["plugins"]:
+        assert "libgomp.so.1" in bv.elf_needed(folder / plugin)
+    info = bv.smoke_load(folder)
+    assert "OPENMP = 1" in info and "devices: 0" not in info
