@@ -85,11 +85,18 @@ class Flavor:
     priority: int | None = None
     summary: str = ""
 
-    def build_targets(self) -> tuple[str, ...]:
-        """``cmake --build --target`` arguments (empty: everything)."""
+    def build_steps(self) -> tuple[tuple[str, ...], ...]:
+        """``cmake --build --target`` lists, one build per list (``((),)``: build everything).
+
+        In a GGML_BACKEND_DL build ``ggml`` depends on every plugin (``add_dependencies``) only
+        to order the build; it does not link them. To build a subset, the plugins are built
+        first, then ``ggml`` and ``llama`` through the Makefile generator's ``<target>/fast``
+        rules, which skip those ordering dependencies.
+        """
         if self.cpu_variants is None:
-            return ()
-        return ("llama", *(f"ggml-cpu-{tag}" for tag in self.cpu_variants))
+            return ((),)
+        return (("ggml-base", *(f"ggml-cpu-{tag}" for tag in self.cpu_variants)),
+                ("ggml/fast",), ("llama/fast",))
 
 
 V3_FEATURES = ("avx", "avx2", "fma", "f16c", "bmi2")
@@ -101,8 +108,17 @@ DL_CMAKE = ("-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_NATIVE
 ALL_X86_CPU_VARIANTS = ("x64", "sse42", "sandybridge", "ivybridge", "piledriver", "haswell",
                         "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4",
                         "alderlake", "sapphirerapids")
-# The few that matter for speed (baseline, AVX2, AVX-512): a third of the cold build time.
-LITE_X86_CPU_VARIANTS = ("x64", "haswell", "skylakex")
+# What the least demanding of a build's plugins needs (x86_64_level, cpu_features): a backend_dl
+# variant runs wherever one of its plugins does (ggml scores them and takes the best that fits).
+X86_PLUGIN_NEEDS: Mapping[str, tuple[int, tuple[str, ...]]] = {
+    "x64": (1, ()), "sse42": (2, ()), "sandybridge": (2, ("avx",)),
+    "ivybridge": (2, ("avx", "f16c")), "piledriver": (2, ("avx", "f16c", "fma")),
+    "haswell": (3, V3_FEATURES),
+}
+# The two that matter for speed on machines that can run v3 (AVX2, AVX-512): the development
+# stand-in of the release build, about a fifth of its cold build time. Without x64 it needs
+# what haswell needs (x86-64-v3), so it does not hide the npm variant on older CPUs.
+LITE_X86_CPU_VARIANTS = ("haswell", "skylakex")
 
 FLAVORS: Mapping[str, Flavor] = {
     "v3": Flavor(
@@ -120,11 +136,11 @@ FLAVORS: Mapping[str, Flavor] = {
         openmp=True, backend_dl=True, priority=30,
         summary="GGML_BACKEND_DL with all 14 x86 CPU plugins (ggml picks one at run time), "
                 "OpenMP"),
-    # Same variant name and flags, only 3 plugins built: the development stand-in (tests, demo).
+    # Same variant name and flags, 2 plugins built: the development stand-in (tests, demo).
     "omp-lite": Flavor(
-        name="linux-x86_64-cpu-omp", cmake=DL_CMAKE, x86_64_level=1, cpu_features=(),
+        name="linux-x86_64-cpu-omp", cmake=DL_CMAKE, x86_64_level=3, cpu_features=V3_FEATURES,
         openmp=True, backend_dl=True, cpu_variants=LITE_X86_CPU_VARIANTS, priority=30,
-        summary="GGML_BACKEND_DL with the x64/haswell/skylakex CPU plugins (ggml picks one at "
+        summary="GGML_BACKEND_DL with the haswell/skylakex CPU plugins only (ggml picks one at "
                 "run time), OpenMP"),
     # The safety net: x86-64 baseline (SSE2), nothing the oldest 64-bit CPU lacks.
     "portable": Flavor(
@@ -505,15 +521,16 @@ def build_key(sdist_sha256: str, flags: Sequence[str]) -> str:
 
 
 def _cmake_build(source: Path, build: Path, flags: Sequence[str], jobs: int,
-                 targets: Sequence[str] = ()) -> Path:
+                 steps: Sequence[Sequence[str]] = ((),)) -> Path:
     """Configure and build; the log stays in ``build/`` and its tail is in any error."""
     _ensure_ccache()
     cmake = _tool("cmake", "install CMake >= 3.14 (apt-get install cmake)")
     build.mkdir(parents=True, exist_ok=True)
     with open(build / "build-variants.log", "w") as log:
-        for cmd in ([cmake, "-S", str(source), "-B", str(build), *flags],
-                    [cmake, "--build", str(build), "-j", str(jobs),
-                     *(["--target", *targets] if targets else [])]):
+        generator = ["-G", "Unix Makefiles"] if any(steps) else []  # <target>/fast rules
+        for cmd in ([cmake, "-S", str(source), "-B", str(build), *generator, *flags],
+                    *([cmake, "--build", str(build), "-j", str(jobs),
+                       *(["--target", *targets] if targets else [])] for targets in steps)):
             log.write(f"$ {' '.join(cmd)}\n")
             log.flush()
             # Paths under the cache become relative, so ccache hits across home folders too.
@@ -542,12 +559,24 @@ def _stage_built(bin_dir: Path, staged: Path, bundle: Sequence[str]) -> None:
             _run([patchelf, "--set-rpath", "$ORIGIN", str(lib)], "patchelf --set-rpath")
 
 
+def _check_plugin_needs(flavor: Flavor, plugins: Sequence[str]) -> None:
+    """The CPU requirement of a backend_dl flavor must be that of its least demanding plugin."""
+    tags = {p.removeprefix("libggml-cpu-").removesuffix(".so") for p in plugins}
+    lowest = next((t for t in ALL_X86_CPU_VARIANTS if t in tags), None)
+    if lowest is None:
+        raise BuildVariantError(f"{flavor.name}: the build produced no x86 CPU plugin: {plugins}")
+    needs = X86_PLUGIN_NEEDS.get(lowest)
+    if needs != (flavor.x86_64_level, flavor.cpu_features):
+        raise BuildVariantError(f"{flavor.name}: its least demanding plugin {lowest} needs {needs}, "
+                                f"the flavor declares {(flavor.x86_64_level, flavor.cpu_features)}")
+
+
 def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: int) -> Path:
     sha = _sha256(sdist)
     source = _extract_vendor(sdist, cache / "src" / sha[:16])
     flags = (*BASE_CMAKE, *flavor.cmake)
     started = time.monotonic()
-    bin_dir = _cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_targets())
+    bin_dir = _cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
     seconds = time.monotonic() - started
     final = cache / "builds" / key
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -555,8 +584,8 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
     bundled = ["libgomp.so.1"] if flavor.openmp else []
     _stage_built(bin_dir, staged, bundled)
     libs = _library_facts(staged, bundled)
-    if flavor.backend_dl and not libs["plugins"]:
-        raise BuildVariantError(f"{flavor.name}: GGML_BACKEND_DL build produced no plugins")
+    if flavor.backend_dl:
+        _check_plugin_needs(flavor, libs["plugins"])
     extra: dict[str, Any] = {} if flavor.priority is None else {"priority": flavor.priority}
     write_variant_json(
         staged, os="linux", arch="x86_64", backend="cpu",
@@ -568,7 +597,7 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
         llama_cpp=_llama_version(source),
         source=f"source build of {VENDOR_DIR} from the {SDIST_REQUIREMENT} sdist "
                f"(sha256 {sha}); cmake {' '.join(flags)}"
-               + (f"; targets {' '.join(flavor.build_targets())}" if flavor.cpu_variants else ""),
+               + (f"; CPU plugins {' '.join(flavor.cpu_variants)}" if flavor.cpu_variants else ""),
         description=f"llama.cpp CPU for x86-64-v{flavor.x86_64_level} Linux: {flavor.summary}"
                     + (" (libgomp bundled)" if flavor.openmp else ""),
         cache_key=key, **extra)
@@ -583,7 +612,8 @@ def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
         raise BuildVariantError(f"unknown flavor {flavor!r}; known: {sorted(FLAVORS)}")
     spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
     sdist = ensure_sdist(cache)
-    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake, *spec.build_targets()))
+    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake,
+                                     *(t for step in spec.build_steps() for t in step)))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(spec, sdist, key, cache, jobs)
@@ -619,6 +649,16 @@ def smoke_load(folder: Path, env: Mapping[str, str] | None = None) -> str:
     return _run([sys.executable, "-c", SMOKE, str(folder)], f"loading {folder}", env=clean)
 
 
+def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The source flavors built when none is named: ``LLAMA_RUNTIME_DEV_FLAVORS`` (comma list) or
+    ``DEFAULT_FLAVORS``."""
+    given = tuple(f.strip() for f in env.get("LLAMA_RUNTIME_DEV_FLAVORS", "").split(",") if f.strip())
+    unknown = [f for f in given if f not in FLAVORS]
+    if unknown:
+        raise BuildVariantError(f"LLAMA_RUNTIME_DEV_FLAVORS names {unknown}; known: {sorted(FLAVORS)}")
+    return given or DEFAULT_FLAVORS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
@@ -632,9 +672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     args = parser.parse_args(argv)
     default = args.all_default or not (args.npm or args.source_build)
-    jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
-    jobs += [("source", f) for f in [*(DEFAULT_FLAVORS if default else ()), *args.source_build]]
     try:
+        flavors = default_flavors(os.environ) if default else ()
+        jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
+        jobs += [("source", f) for f in [*flavors, *args.source_build]]
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
             folder = (npm_variant(what, args.out) if kind == "npm"

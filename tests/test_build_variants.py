@@ -199,9 +199,15 @@ def test_flavors_are_consistent(bv: ModuleType) -> None:
     # the lite build is the same variant (name, flags), only fewer plugins
     assert omp.name == lite.name == "linux-x86_64-cpu-omp" and omp.cmake == lite.cmake
     assert {"-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_OPENMP=ON"} <= set(omp.cmake)
-    assert omp.build_targets() == () and omp.backend_dl and omp.x86_64_level == 1
-    assert lite.build_targets()[0] == "llama"
-    assert set(lite.cpu_variants) <= set(bv.ALL_X86_CPU_VARIANTS) and "x64" in lite.cpu_variants
+    assert omp.build_steps() == ((),) and omp.backend_dl and omp.x86_64_level == 1
+    assert lite.build_steps()[0] == ("ggml-base", *(f"ggml-cpu-{t}" for t in lite.cpu_variants))
+    assert lite.build_steps()[-1] == ("llama/fast",)
+    assert set(lite.cpu_variants) <= set(bv.ALL_X86_CPU_VARIANTS)
+    # a backend_dl variant needs what its least demanding plugin needs
+    bv._check_plugin_needs(omp, [f"libggml-cpu-{t}.so" for t in bv.ALL_X86_CPU_VARIANTS])
+    bv._check_plugin_needs(lite, [f"libggml-cpu-{t}.so" for t in lite.cpu_variants])
+    with pytest.raises(bv.BuildVariantError, match="least demanding plugin x64"):
+        bv._check_plugin_needs(lite, ["libggml-cpu-x64.so", "libggml-cpu-haswell.so"])
     portable = bv.FLAVORS["portable"]
     assert portable.x86_64_level == 1 and portable.cpu_features == ()
     assert not any(f.endswith("=ON") and "OPENMP" not in f for f in portable.cmake)
@@ -210,7 +216,7 @@ def test_flavors_are_consistent(bv: ModuleType) -> None:
         assert name in bv.FLAVORS
     # a different plugin set is a different build
     flags = (*bv.BASE_CMAKE, *omp.cmake)
-    assert bv.build_key("0" * 64, flags) != bv.build_key("0" * 64, (*flags, *lite.build_targets()))
+    assert bv.build_key("0" * 64, flags) != bv.build_key("0" * 64, (*flags, *lite.build_steps()[0]))
 
 
 @pytest.mark.slow
@@ -223,7 +229,8 @@ def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType,
     assert meta["plugins"] == sorted(f"libggml-cpu-{t}.so" for t in bv.LITE_X86_CPU_VARIANTS)
     # only the plugins NEED libgomp: it is shipped and loaded first
     assert meta["libraries"][0] == "libgomp.so.1" and meta["libraries"][-1] == "libllama.so"
-    assert meta["requires"]["x86_64_level"] == 1 and meta["requires"]["cpu_features"] == []
+    assert meta["requires"]["x86_64_level"] == 3  # what its least demanding plugin (haswell) needs
+    assert meta["requires"]["cpu_features"] == ["avx", "avx2", "fma", "f16c", "bmi2"]
     assert meta["external_libraries"] == [] and meta["priority"] == bv.FLAVORS["omp-lite"].priority
     shipped = {p.name for p in folder.iterdir()}
     assert shipped == {*meta["libraries"], *meta["plugins"], "variant.json"}
@@ -232,4 +239,4 @@ def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType,
     for plugin in meta["plugins"]:
         assert "libgomp.so.1" in bv.elf_needed(folder / plugin)
     info = bv.smoke_load(folder)
-    assert "OPENMP = 1" in info and "devices: 0" not in info
+    assert "OPENMP = 1" in info and "AVX2 = 1" in info and "devices: 0" not in info
