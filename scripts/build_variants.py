@@ -9,11 +9,21 @@ floor from the ``GLIBC_x.y`` symbol versions they need, the CUDA architectures f
 Two sources:
 
 * ``--npm @node-llama-cpp/linux-x64@3.22.1``: node-llama-cpp's prebuilt packages (GGML_BACKEND_DL).
-* ``--source-build v3``: the llama.cpp vendored in the ``llama-cpp-python==0.3.36`` sdist, built
-  with CMake + ccache and cached under ``<user cache>/llama-runtime-dev/builds/<key>/``.
+* ``--source-build FLAVOR``: the llama.cpp vendored in the ``llama-cpp-python==0.3.36`` sdist,
+  built with CMake + ccache and cached under ``<user cache>/llama-runtime-dev/builds/<key>/``:
+
+  - ``omp``: the release build, ``linux-x86_64-cpu-omp``: GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS
+    (14 x86 plugins, ggml picks the best at run time), OpenMP with libgomp bundled (RUNPATH
+    $ORIGIN on every library and plugin), x86-64 baseline, ``priority`` 30 so selection prefers
+    it. Cold: ~600 CPU-s (about 5 min on 2 idle cores).
+  - ``omp-lite``: the same variant with only the haswell and skylakex plugins (so it needs
+    x86-64-v3): the development stand-in, ~200 CPU-s cold. ``v3``: AVX2, one CPU backend linked
+    in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread pool (measurements).
+    ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net.
 
 Usage: ``python scripts/build_variants.py OUT [--npm PKG@VER ...] [--source-build FLAVOR ...]``
-(no source flags: the default pair ``linux-x86_64-cpu`` and ``linux-x86_64-cpu-v3``).
+(no source flags: ``linux-x86_64-cpu`` (npm) plus the flavors of ``LLAMA_RUNTIME_DEV_FLAVORS``,
+default ``v3,omp-lite``). Timings and the speed comparison: benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
@@ -151,7 +161,9 @@ FLAVORS: Mapping[str, Flavor] = {
         x86_64_level=1, cpu_features=(), openmp=True,
         summary="x86-64 baseline (SSE2 only), one CPU backend linked in, OpenMP"),
 }
-DEFAULT_FLAVORS: tuple[str, ...] = ("v3",)
+# The development set (demo, tests, benchmarks): v3 as an extra real variant and the release
+# build's stand-in, which selection prefers (priority) where it fits. See benchmarks/NOTES.md.
+DEFAULT_FLAVORS: tuple[str, ...] = ("v3", "omp-lite")
 
 # Libraries every glibc Linux provides (the manylinux policy's core); never shipped.
 SYSTEM_LIBS = frozenset({

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 UV = str(Path(sys.executable).parent / "uv")
 CPU, CPU_V3 = "linux-x86_64-cpu", "linux-x86_64-cpu-v3"
+BEST = "linux-x86_64-cpu-omp"  # this (x86-64-v3+) machine's selection: priority over v3
 FIX = "pip install --no-cache-dir --force-reinstall llama-runtime"
 LOAD = "import llama_runtime; lib = llama_runtime.load(); print(lib.source, lib.variant, lib.path)"
 
@@ -255,7 +256,7 @@ def _old_cpu_profile(release: Release, tmp: Path) -> Path:
     env = {**_env(release, tmp), "PYTHONPATH": str(release.tree)}
     doctor = json.loads(_run([sys.executable, "-m", "llama_runtime", "doctor", "--json"], env,
                              release.tree).stdout)
-    assert doctor["selected"] == CPU_V3  # this machine; the target below is an older CPU
+    assert doctor["selected"] == BEST  # this machine; the target below is an older CPU
     doctor["profile"]["cpu"].update(x86_64_level=1, features=[], microarchitecture="x86_64")
     target = tmp / "target.json"
     target.write_text(json.dumps(doctor))
@@ -314,11 +315,11 @@ def test_wheel_reused_from_pip_cache_warns_fetches_late_and_strict_fails(
         reused: tuple[Path, dict[str, str], Path], release: Release) -> None:
     python, env, tmp = reused
     first = _run([python, "-c", LOAD], env, tmp)
-    assert first.stdout.startswith(f"download {CPU_V3} "), first.stdout + first.stderr
+    assert first.stdout.startswith(f"download {BEST} "), first.stdout + first.stderr
     assert f"({CPU}, built for: " in first.stderr and "no longer fits" in first.stderr
-    assert f"{CPU_V3} fits this machine better" in first.stderr and f"`{FIX}`" in first.stderr
+    assert f"{BEST} fits this machine better" in first.stderr and f"`{FIX}`" in first.stderr
     again = _run([python, "-c", LOAD], env, tmp)
-    assert again.stdout.startswith(f"cache {CPU_V3} ") and FIX in again.stderr
+    assert again.stdout.startswith(f"cache {BEST} ") and FIX in again.stderr
 
     strict = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp, ok=False)
     assert strict.returncode != 0
@@ -328,4 +329,4 @@ def test_wheel_reused_from_pip_cache_warns_fetches_late_and_strict_fails(
     _run([python, "-m", "pip", "install", "--no-cache-dir", "--force-reinstall", "--no-deps",
           release.sdist], env, tmp)
     fixed = _run([python, "-c", LOAD], {**env, "LLAMA_RUNTIME_STRICT": "1"}, tmp)
-    assert fixed.stdout.startswith(f"installed {CPU_V3} ") and FIX not in fixed.stderr
+    assert fixed.stdout.startswith(f"installed {BEST} ") and FIX not in fixed.stderr

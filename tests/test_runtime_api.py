@@ -34,8 +34,9 @@ def test_download_by_cpu_level_and_progress(release: Release, tmp_path: Path) ->
         base = l.download(cpu=1)
         print(json.dumps({"v3": v3.name, "base": base.name, "calls": len(seen), "last": seen[-1]}))
     """)
-    assert out["v3"] == "linux-x86_64-cpu-v3" and out["base"] == "linux-x86_64-cpu"
-    size = release.lock["manifest"]["variants"]["linux-x86_64-cpu-v3"]["size"]
+    # the best variant for an AVX2 CPU: the OpenMP backend_dl build (priority over v3)
+    assert out["v3"] == "linux-x86_64-cpu-omp" and out["base"] == "linux-x86_64-cpu"
+    size = release.lock["manifest"]["variants"]["linux-x86_64-cpu-omp"]["size"]
     assert out["calls"] >= 1 and out["last"] == [size, size]
 
 
@@ -74,10 +75,10 @@ def test_cache_verify_and_prune(release: Release, tmp_path: Path) -> None:
     env = release.env(cache)
     _py(release, env, "print(json.dumps(str(l.download_best())))")
     listed = run_source_cli(release, env, "cache", "list")
-    assert listed.returncode == 0 and "0.1.0/linux-x86_64-cpu-v3 (current)\tcomplete" in listed.stdout
+    assert listed.returncode == 0 and "0.1.0/linux-x86_64-cpu-omp (current)\tcomplete" in listed.stdout
     ok = run_source_cli(release, env, "cache", "verify")
-    assert ok.returncode == 0 and "linux-x86_64-cpu-v3: ok" in ok.stdout
-    lib = cache / "0.1.0" / "linux-x86_64-cpu-v3" / "libllama.so"
+    assert ok.returncode == 0 and "linux-x86_64-cpu-omp: ok" in ok.stdout
+    lib = cache / "0.1.0" / "linux-x86_64-cpu-omp" / "libllama.so"
     data = bytearray(lib.read_bytes())
     data[len(data) // 2] ^= 0xFF
     lib.write_bytes(bytes(data))
@@ -87,7 +88,7 @@ def test_cache_verify_and_prune(release: Release, tmp_path: Path) -> None:
     kept = run_source_cli(release, env, "cache", "prune", "--keep-current")
     assert kept.returncode == 0 and not (cache / "0.0.9").exists() and lib.exists()
     run_source_cli(release, env, "cache", "prune")
-    assert not (cache / "0.1.0" / "linux-x86_64-cpu-v3").exists()
+    assert not (cache / "0.1.0" / "linux-x86_64-cpu-omp").exists()
 
 
 def test_model_from_hub_then_offline_without_sockets(release: Release, tmp_path: Path, tiny_model: Path) -> None:
