@@ -158,7 +158,7 @@ FLAVORS: Mapping[str, Flavor] = {
         cmake=("-DGGML_NATIVE=OFF", "-DGGML_SSE42=OFF", "-DGGML_AVX=OFF", "-DGGML_AVX2=OFF",
                "-DGGML_FMA=OFF", "-DGGML_F16C=OFF", "-DGGML_BMI2=OFF", "-DGGML_AVX512=OFF",
                "-DGGML_AVX_VNNI=OFF", "-DGGML_OPENMP=ON"),
-        x86_64_level=1, cpu_features=(), openmp=True,
+        x86_64_level=1, cpu_features=(), openmp=True, priority=-10,  # 23x slower: last resort
         summary="x86-64 baseline (SSE2 only), one CPU backend linked in, OpenMP"),
 }
 # The development set (demo, tests, benchmarks): v3 as an extra real variant and the release
