@@ -16,8 +16,8 @@ Two sources:
     (14 x86 plugins, ggml picks the best at run time), OpenMP with libgomp bundled (RUNPATH
     $ORIGIN on every library and plugin), x86-64 baseline, ``priority`` 30 so selection prefers
     it. Cold: ~600 CPU-s (about 5 min on 2 idle cores).
-  - ``omp-lite``: the same variant with only the haswell and skylakex plugins (so it needs
-    x86-64-v3): the development stand-in, ~200 CPU-s cold. ``v3``: AVX2, one CPU backend linked
+  - ``omp-lite``: the same variant with only the haswell, skylakex and sapphirerapids plugins
+    (so it needs x86-64-v3): the development stand-in, ~250 CPU-s cold. ``v3``: AVX2, one CPU backend linked
     in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread pool (measurements).
     ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net.
 
@@ -125,10 +125,11 @@ X86_PLUGIN_NEEDS: Mapping[str, tuple[int, tuple[str, ...]]] = {
     "ivybridge": (2, ("avx", "f16c")), "piledriver": (2, ("avx", "f16c", "fma")),
     "haswell": (3, V3_FEATURES),
 }
-# The two that matter for speed on machines that can run v3 (AVX2, AVX-512): the development
-# stand-in of the release build, about a fifth of its cold build time. Without x64 it needs
-# what haswell needs (x86-64-v3), so it does not hide the npm variant on older CPUs.
-LITE_X86_CPU_VARIANTS = ("haswell", "skylakex")
+# The ones that matter for speed on machines that can run v3 (AVX2, AVX-512, and Sapphire
+# Rapids, whose plugin is 1.18x skylakex's on an f16 prompt here): the development stand-in of
+# the release build, about a third of its cold build time. Without x64 it needs what haswell
+# needs (x86-64-v3), so it does not hide the npm variant on older CPUs.
+LITE_X86_CPU_VARIANTS = ("haswell", "skylakex", "sapphirerapids")
 
 FLAVORS: Mapping[str, Flavor] = {
     "v3": Flavor(
@@ -150,8 +151,8 @@ FLAVORS: Mapping[str, Flavor] = {
     "omp-lite": Flavor(
         name="linux-x86_64-cpu-omp", cmake=DL_CMAKE, x86_64_level=3, cpu_features=V3_FEATURES,
         openmp=True, backend_dl=True, cpu_variants=LITE_X86_CPU_VARIANTS, priority=30,
-        summary="GGML_BACKEND_DL with the haswell/skylakex CPU plugins only (ggml picks one at "
-                "run time), OpenMP"),
+        summary="GGML_BACKEND_DL with the haswell/skylakex/sapphirerapids CPU plugins only "
+                "(ggml picks one at run time), OpenMP"),
     # The safety net: x86-64 baseline (SSE2), nothing the oldest 64-bit CPU lacks.
     "portable": Flavor(
         name="linux-x86_64-cpu-portable",
