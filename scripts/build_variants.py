@@ -17,7 +17,7 @@ Two sources:
     $ORIGIN on every library and plugin), x86-64 baseline, ``priority`` 30 so selection prefers
     it. Cold: ~600 CPU-s (about 5 min on 2 idle cores).
   - ``omp-lite``: the same variant with only the haswell, skylakex and sapphirerapids plugins
-    (so it needs x86-64-v3): the development stand-in, ~250 CPU-s cold. ``v3``: AVX2, one CPU backend linked
+    (so it needs x86-64-v3): the development stand-in, ~220 CPU-s cold. ``v3``: AVX2, one CPU backend linked
     in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread pool (measurements).
     ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net.
 
