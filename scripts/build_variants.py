@@ -17,8 +17,9 @@ Two sources:
     $ORIGIN on every library and plugin), x86-64 baseline, ``priority`` 30 so selection prefers
     it. Cold: ~600 CPU-s (about 5 min on 2 idle cores).
   - ``omp-lite``: the same variant with only the haswell, skylakex and sapphirerapids plugins
-    (so it needs x86-64-v3): the development stand-in, ~220 CPU-s cold. ``v3``: AVX2, one CPU backend linked
-    in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread pool (measurements).
+    (so it needs x86-64-v3): the development stand-in, ~220 CPU-s cold. ``v3``: AVX2, one CPU
+    backend linked in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread pool
+    (measurements).
     ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net.
 
 Usage: ``python scripts/build_variants.py OUT [--npm PKG@VER ...] [--source-build FLAVOR ...]``
@@ -579,9 +580,10 @@ def _check_plugin_needs(flavor: Flavor, plugins: Sequence[str]) -> None:
     if lowest is None:
         raise BuildVariantError(f"{flavor.name}: the build produced no x86 CPU plugin: {plugins}")
     needs = X86_PLUGIN_NEEDS.get(lowest)
-    if needs != (flavor.x86_64_level, flavor.cpu_features):
-        raise BuildVariantError(f"{flavor.name}: its least demanding plugin {lowest} needs {needs}, "
-                                f"the flavor declares {(flavor.x86_64_level, flavor.cpu_features)}")
+    declared = (flavor.x86_64_level, flavor.cpu_features)
+    if needs != declared:
+        raise BuildVariantError(f"{flavor.name}: its least demanding plugin {lowest} needs "
+                                f"{needs}, the flavor declares {declared}")
 
 
 def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: int) -> Path:
@@ -625,8 +627,8 @@ def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
         raise BuildVariantError(f"unknown flavor {flavor!r}; known: {sorted(FLAVORS)}")
     spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
     sdist = ensure_sdist(cache)
-    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake,
-                                     *(t for step in spec.build_steps() for t in step)))
+    steps = [t for step in spec.build_steps() for t in step]
+    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake, *steps))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(spec, sdist, key, cache, jobs)
@@ -665,10 +667,12 @@ def smoke_load(folder: Path, env: Mapping[str, str] | None = None) -> str:
 def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     """The source flavors built when none is named: ``LLAMA_RUNTIME_DEV_FLAVORS`` (comma list) or
     ``DEFAULT_FLAVORS``."""
-    given = tuple(f.strip() for f in env.get("LLAMA_RUNTIME_DEV_FLAVORS", "").split(",") if f.strip())
+    given = tuple(f.strip() for f in env.get("LLAMA_RUNTIME_DEV_FLAVORS", "").split(",")
+                  if f.strip())
     unknown = [f for f in given if f not in FLAVORS]
     if unknown:
-        raise BuildVariantError(f"LLAMA_RUNTIME_DEV_FLAVORS names {unknown}; known: {sorted(FLAVORS)}")
+        raise BuildVariantError(f"LLAMA_RUNTIME_DEV_FLAVORS names {unknown}; "
+                                f"known: {sorted(FLAVORS)}")
     return given or DEFAULT_FLAVORS
 
 

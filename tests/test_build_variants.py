@@ -198,7 +198,8 @@ def test_flavors_are_consistent(bv: ModuleType) -> None:
     omp, lite = bv.FLAVORS["omp"], bv.FLAVORS["omp-lite"]
     # the lite build is the same variant (name, flags), only fewer plugins
     assert omp.name == lite.name == "linux-x86_64-cpu-omp" and omp.cmake == lite.cmake
-    assert {"-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_OPENMP=ON"} <= set(omp.cmake)
+    assert {"-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON",
+            "-DGGML_OPENMP=ON"} <= set(omp.cmake)
     assert omp.build_steps() == ((),) and omp.backend_dl and omp.x86_64_level == 1
     assert lite.build_steps()[0] == ("ggml-base", *(f"ggml-cpu-{t}" for t in lite.cpu_variants))
     assert lite.build_steps()[-1] == ("llama/fast",)
@@ -211,16 +212,19 @@ def test_flavors_are_consistent(bv: ModuleType) -> None:
     portable = bv.FLAVORS["portable"]
     assert portable.x86_64_level == 1 and portable.cpu_features == ()
     assert not any(f.endswith("=ON") and "OPENMP" not in f for f in portable.cmake)
-    assert bv.FLAVORS["v3-noomp"].openmp is False and "-DGGML_OPENMP=OFF" in bv.FLAVORS["v3-noomp"].cmake
+    noomp = bv.FLAVORS["v3-noomp"]
+    assert noomp.openmp is False and "-DGGML_OPENMP=OFF" in noomp.cmake
     for name in bv.DEFAULT_FLAVORS:
         assert name in bv.FLAVORS
     # a different plugin set is a different build
     flags = (*bv.BASE_CMAKE, *omp.cmake)
-    assert bv.build_key("0" * 64, flags) != bv.build_key("0" * 64, (*flags, *lite.build_steps()[0]))
+    lite_flags = (*flags, *lite.build_steps()[0])
+    assert bv.build_key("0" * 64, flags) != bv.build_key("0" * 64, lite_flags)
 
 
 @pytest.mark.slow
-def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType, tmp_path: Path) -> None:
+def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType,
+                                                                  tmp_path: Path) -> None:
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("a source build needs cmake and a C++ compiler")
     folder = bv.source_variant("omp-lite", tmp_path)
