@@ -38,6 +38,17 @@ def network_guard(folder: Path) -> Path:
     return folder
 
 
+# load once; print what came back, or the error's class names and message, as one JSON line
+LOAD_JSON = """
+import json, llama_runtime
+try:
+    out = {"ok": True, **llama_runtime.load().to_dict()}
+except Exception as exc:
+    out = {"ok": False, "types": [c.__name__ for c in type(exc).__mro__], "message": str(exc)}
+print(json.dumps(out))
+"""
+
+
 @dataclass
 class Release:
     hub: HubServer

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import devrelease
-from release_fixtures import Release, run_source_py
+from release_fixtures import LOAD_JSON, Release, run_source_py
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
 
 from llama_runtime.cache import RECORD, verify_entry
@@ -42,14 +42,7 @@ try:
 except Exception as exc:
     print(json.dumps({"ok": False, "types": [c.__name__ for c in type(exc).__mro__], "message": str(exc)}))
 """
-LOAD = """
-import json, llama_runtime
-try:
-    out = {"ok": True, **llama_runtime.load().to_dict()}
-except Exception as exc:
-    out = {"ok": False, "types": [c.__name__ for c in type(exc).__mro__], "message": str(exc)}
-print(json.dumps(out))
-"""
+LOAD = LOAD_JSON
 
 
 def _popen(release: Release, env: dict[str, str], code: str, *args: str) -> subprocess.Popen[str]:

@@ -17,22 +17,14 @@ from typing import Any
 
 import pytest
 
-from release_fixtures import Release
+from release_fixtures import LOAD_JSON, Release
 
 pytestmark = pytest.mark.slow
 
 VERSION = "0.1.0"
 DEAD = "http://127.0.0.1:9"  # discard port: nothing listens
 
-# load once; print what came back, or the error's class names and message, as one JSON line
-LOAD = """
-import json, llama_runtime
-try:
-    out = {"ok": True, **llama_runtime.load().to_dict()}
-except Exception as exc:
-    out = {"ok": False, "types": [c.__name__ for c in type(exc).__mro__], "message": str(exc)}
-print(json.dumps(out))
-"""
+LOAD = LOAD_JSON
 
 
 def _run(release: Release, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
