@@ -35,7 +35,8 @@ class LlamaRuntimeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             # hatchling and the frontend's hook runner (which all print stderr as is)
             sys.stderr.write(f"\nllama-runtime: error: {exc}\n\n")
             raise SystemExit(1) from None
-        build_data["force_include"].update(plan.force_include)
+        key = "force_include_editable" if version == "editable" else "force_include"
+        build_data[key].update(plan.force_include)
         build_data["dependencies"].extend(plan.dependencies)
         build_data["pure_python"] = plan.tag is None
         if plan.tag is not None:

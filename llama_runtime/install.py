@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from .config import Settings, resolve
 from .errors import ConfigError, NoCompatibleVariantError
 
 LIBS = "llama_runtime/_libs"
+EDITABLE_LIBS = "llama_runtime_libs"  # an editable install's libraries, in site-packages
 
 
 @dataclass
@@ -99,7 +98,7 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
     if settings.skip_download:
         echo("llama-runtime: skip-download is set: the wheel ships no library; it is fetched on first use")
         report = _report(settings, None, None, selected=None, reason="skip-download was set at install")
-        return _finish(WheelPlan(report=report), staging, root, editable, None)
+        return _finish(WheelPlan(report=report), staging, editable)
     profile, variant = _target(settings, lock.manifest)
     target_profile = profile
     profile = profile or (None if variant and settings.target else probe())
@@ -116,12 +115,12 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
     else:
         selection, name = None, variant
         echo(f"llama-runtime: target variant {name} (LLAMA_RUNTIME_TARGET); no probe of this machine")
-    return _fetch_into_plan(settings, lock, name, profile, selection, staging, root, editable, echo,
+    return _fetch_into_plan(settings, lock, name, profile, selection, staging, editable, echo,
                             target_profile is not None or settings.target is not None)
 
 
 def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, selection: Any,
-                     staging: Path, root: Path, editable: bool, echo: Callable[[str], Any],
+                     staging: Path, editable: bool, echo: Callable[[str], Any],
                      cross: bool) -> WheelPlan:
     from .cache import read_record
     from .fetch import ensure_variant
@@ -145,40 +144,20 @@ def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, sel
     plan = WheelPlan(tag=f"py3-none-{platform_tag(v.os, v.arch, v.requires)}",
                      dependencies=list(v.python_requires), report=report)
     plan.force_include = {str(folder / f): f"{LIBS}/{f}" for f in v.files}
-    return _finish(plan, staging, root, editable, folder if editable else None)
+    return _finish(plan, staging, editable)
 
 
-def _finish(plan: WheelPlan, staging: Path, root: Path, editable: bool, folder: Path | None) -> WheelPlan:
-    """Write the report; an editable install gets the files in the source tree instead."""
-    report_path = _write_report(staging, plan.report)
-    if not editable:
-        plan.force_include[str(report_path)] = f"{LIBS}/selection.json"
-        return plan
-    libs = _replace_libs(root / LIBS, [Path(src) for src in plan.force_include] + [report_path])
-    plan.force_include = {}
-    print(f"llama-runtime: editable install: libraries placed in {libs} (git-ignored; pip cannot"
-          f" remove them on uninstall: delete the folder, or re-install to replace it)", file=sys.stderr)
-    return plan
+def _finish(plan: WheelPlan, staging: Path, editable: bool) -> WheelPlan:
+    """Write the report; an editable wheel carries the files in a package of their own.
 
-
-def _replace_libs(libs: Path, files: list[Path]) -> Path:
-    """Put ``files`` in ``libs`` for an editable install, replacing the folder as a whole.
-
-    The editable import reads the source tree, so the libraries must live there, not in the
-    editable wheel. A re-install fills a new folder beside the old one and swaps it in by two
-    renames, so a process never sees a mix of two variants' files (between the renames there is
-    briefly no folder: the loader then uses its cache); leftovers of a killed build are removed.
+    The editable import reads ``llama_runtime`` from the source tree, so a library shipped as
+    ``llama_runtime/_libs`` in the editable wheel would be shadowed. As ``llama_runtime_libs/``
+    it lands in site-packages, is listed in the wheel's RECORD, is found by the loader, and is
+    removed by ``pip uninstall`` like any installed file (nothing is written into the tree).
     """
-    fresh = libs.with_name(f"{libs.name}.new-{os.getpid()}")
-    old = libs.with_name(f"{libs.name}.old-{os.getpid()}")
-    for leftover in [*libs.parent.glob(f"{libs.name}.new-*"), *libs.parent.glob(f"{libs.name}.old-*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
-    fresh.mkdir(parents=True)
-    for src in files:
-        shutil.copy2(src, fresh / src.name)
-    if libs.exists():
-        # a directory cannot be renamed over a non-empty one: move the old aside first
-        os.replace(libs, old)
-    os.replace(fresh, libs)
-    shutil.rmtree(old, ignore_errors=True)
-    return libs
+    report_path = _write_report(staging, plan.report)
+    plan.force_include[str(report_path)] = f"{LIBS}/selection.json"
+    if editable:
+        plan.force_include = {src: dest.replace(LIBS, EDITABLE_LIBS, 1)
+                              for src, dest in plan.force_include.items()}
+    return plan

@@ -64,7 +64,18 @@ class Step:
 
 
 def installed_dir() -> Path:
-    return Path(__file__).resolve().parent / "_libs"
+    """The library shipped in the wheel: ``_libs`` beside this file, or, for an editable
+    install (which imports this file from the source tree), ``llama_runtime_libs`` in site-packages."""
+    here = Path(__file__).resolve().parent / "_libs"
+    if (here / REPORT).is_file():
+        return here
+    import sys
+
+    for entry in sys.path:
+        candidate = Path(entry or ".") / "llama_runtime_libs"
+        if (candidate / REPORT).is_file():
+            return candidate
+    return here
 
 
 def read_build_report(folder: Path | None = None) -> dict[str, Any] | None:

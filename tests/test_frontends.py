@@ -119,14 +119,20 @@ def test_uv_build_wheel_from_tree(release: Release, tmp_path: Path) -> None:
 
 # -- 2. editable installs -------------------------------------------------------------------
 
+def _editable_libs(python: Path) -> Path:
+    return next((python.parent.parent / "lib").glob("python*/site-packages/llama_runtime_libs"))
+
+
 def _check_editable(tree: Path, python: Path, env: dict[str, str], cwd: Path) -> str:
-    libs = tree / "llama_runtime" / "_libs"
+    libs = _editable_libs(python)
     report = json.loads((libs / "selection.json").read_text())
     assert report["selected"] and all((libs / f).is_file() for f in report["variant"]["libraries"])
-    out = _run([python, "-c", LOAD], env, cwd)
-    source, variant, path = out.stdout.split()
+    out = _run([python, "-c", LOAD + "; import llama_runtime; print(llama_runtime.__file__)"], env, cwd)
+    source, variant, path, module = out.stdout.split()
     assert (source, variant) == ("installed", report["selected"])
-    assert Path(path).resolve().parent == libs.resolve()  # the editable import reads the tree
+    assert Path(path).resolve().parent == libs.resolve()
+    assert Path(module).resolve().is_relative_to(tree.resolve())  # the editable import reads the tree
+    assert not (tree / "llama_runtime" / "_libs").exists()  # nothing written into the tree
     return report["built_at"]
 
 
@@ -136,16 +142,15 @@ def test_pip_editable(release: Release, tmp_path: Path) -> None:
     python = devrelease.make_venv(tmp_path / "venv")
     _run([python, "-m", "pip", "install", "--no-cache-dir", "-e", tree], env, tmp_path)
     _check_editable(tree, python, env, tmp_path / "elsewhere")
+    libs = _editable_libs(python)
     _run([python, "-m", "pip", "uninstall", "-y", "llama-runtime"], env, tmp_path)
     gone = _run([python, "-c", "import llama_runtime"], env, tmp_path / "elsewhere", ok=False)
     assert gone.returncode != 0
-    # pip runs no code on uninstall, so the git-ignored _libs/ stays in the tree; it must never
-    # leak into what is built from that tree afterwards
-    assert (tree / "llama_runtime" / "_libs" / "selection.json").is_file()
+    assert not libs.exists()  # the libraries are in the wheel's RECORD: removed on uninstall
     _run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", tmp_path / "d", tree],
          env, tmp_path)
     with tarfile.open(next((tmp_path / "d").glob("*.tar.gz"))) as tf:
-        assert not [n for n in tf.getnames() if "_libs" in n]
+        assert not [n for n in tf.getnames() if "_libs" in n or n.endswith(".so")]
 
 
 def test_uv_pip_editable_reinstall_replaces_libs(release: Release, tmp_path: Path) -> None:
@@ -156,15 +161,15 @@ def test_uv_pip_editable_reinstall_replaces_libs(release: Release, tmp_path: Pat
     first = _check_editable(tree, python, env, tmp_path / "elsewhere")
     _run([UV, "pip", "install", "--python", python, "--reinstall-package", "llama-runtime",
           "-e", tree, "-C", f"variant={CPU}"], env, tmp_path)
-    libs = tree / "llama_runtime" / "_libs"
+    libs = _editable_libs(python)
     report = json.loads((libs / "selection.json").read_text())
     assert report["selected"] == CPU and report["built_at"] >= first
-    # the previous variant's files are gone: the folder was replaced, not merged into
-    assert sorted(p.name for p in libs.iterdir()) == sorted(
+    # the previous variant's files are gone: the installer replaced the wheel's files
+    assert sorted(p.name for p in libs.iterdir() if p.name != "__pycache__") == sorted(
         report["variant"]["libraries"] + report["variant"].get("plugins", []) + ["selection.json"])
     assert _check_editable(tree, python, env, tmp_path / "elsewhere")
-    assert not [p for p in (tree / "llama_runtime").iterdir() if p.name.startswith(("_libs.", ".libs"))
-                and p.name != "_libs"]
+    _run([UV, "pip", "uninstall", "--python", python, "llama-runtime"], env, tmp_path)
+    assert not libs.exists()
 
 
 # -- 3. config settings, and 4. what `pip install -v` shows ----------------------------------
