@@ -12,7 +12,6 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import ROOT, Row, load  # noqa: E402
+from common import Row, load  # noqa: E402
 
 ALL = ("B2", "B3", "B4", "B5", "B6", "B7")  # B1-ours is measured by B2's install
 

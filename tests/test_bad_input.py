@@ -23,8 +23,7 @@ from release_fixtures import Release
 
 from llama_runtime.archive import safe_extract
 from llama_runtime.config import resolve
-from llama_runtime.errors import (CacheError, ConfigError, LibraryLoadError, ManifestError, ModelError,
-                                  UnsafeArchiveError)
+from llama_runtime.errors import (CacheError, ConfigError, ManifestError, UnsafeArchiveError)
 from llama_runtime.variants import select
 from llama_runtime.variants.manifest import Lock, Manifest, read_lock
 

@@ -26,7 +26,7 @@ from reliability_table import record, reliability_table  # noqa: F401  (session 
 
 from llama_runtime.cache import verify_entry, version_dir
 from llama_runtime.config import Settings, resolve
-from llama_runtime.errors import DownloadError, IntegrityError
+from llama_runtime.errors import DownloadError
 from llama_runtime.fetch import ensure_variant
 from llama_runtime.variants.manifest import Lock, Variant, read_lock
 

@@ -9,7 +9,6 @@ temporary working directory and without PYTHONPATH, so the checkout's own ``llam
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
