@@ -85,27 +85,27 @@ class Selection:
         )
 
 
+def _check_libc(name: str, floor: Any, libc: dict[str, Any]) -> list[str]:
+    if libc.get("name") != name:
+        return [f"needs {name} {floor}, this machine uses {libc.get('name') or 'an unknown libc'}"]
+    have = libc.get("version")
+    # an unknown glibc version cannot prove the floor; musl rarely reports one, so it passes
+    if (have or name == "glibc") and _version(have or 0) < _version(floor):
+        return [f"needs {name} >= {floor}, this machine has {have}"]
+    return []
+
+
 def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
     problems = []
     if v.os != p.os:
         problems.append(f"built for {v.os}, this machine runs {p.os}")
     if v.arch != p.arch:
         problems.append(f"built for {v.arch}, this CPU is {p.arch}")
-    floor = v.requires.get("glibc")
-    if floor and p.os == "linux":
-        libc = p.libc or {}
-        if libc.get("name") != "glibc":
-            problems.append(f"needs glibc {floor}, this machine uses {libc.get('name') or 'an unknown libc'}")
-        elif _version(libc.get("version") or 0) < _version(floor):
-            problems.append(f"needs glibc >= {floor}, this machine has {libc.get('version')}")
-    musl = v.requires.get("musl")
-    if musl and p.os == "linux":
-        # a musl build needs ld-musl; a glibc build needs ld-linux: neither loads on the other
-        libc = p.libc or {}
-        if libc.get("name") != "musl":
-            problems.append(f"needs musl {musl}, this machine uses {libc.get('name') or 'an unknown libc'}")
-        elif libc.get("version") and _version(libc["version"]) < _version(musl):
-            problems.append(f"needs musl >= {musl}, this machine has {libc['version']}")
+    # a glibc build needs ld-linux, a musl build ld-musl: neither loads on the other
+    for libc_name in ("glibc", "musl"):
+        floor = v.requires.get(libc_name)
+        if floor and p.os == "linux":
+            problems += _check_libc(libc_name, floor, p.libc or {})
     return problems
 
 
