@@ -72,4 +72,4 @@ def hub(tmp_path: Path) -> Iterator[HubServer]:
 
 
 # a real release on loopback (variants -> hub -> lock -> sdist), shared by the end-to-end tests
-from release_fixtures import gpu_release, release, tiny_model, variants_dir  # noqa: E402,F401
+from release_fixtures import gpu_release, hub_faults, release, tiny_model, variants_dir  # noqa: E402,F401

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,15 @@ def release(tmp_path_factory: pytest.TempPathFactory, variants_dir: Path) -> Ite
         lock_path = devrelease.publish_release(tree, variants_dir, hub.url)
         sdist = devrelease.build_sdist(tree, work / "dist")
         yield Release(hub, tree, json.loads(lock_path.read_text()), sdist, variants_dir)
+
+
+@pytest.fixture
+def hub_faults(release: Release) -> Iterator[Any]:
+    """The release hub's server with no fault rules, cleared again after the test."""
+    assert release.hub.httpd is not None
+    release.hub.httpd.clear_faults()
+    yield release.hub.httpd
+    release.hub.httpd.clear_faults()
 
 
 @pytest.fixture(scope="session")

@@ -80,24 +80,16 @@ def _final_ok(folder: Path) -> bool:
     return not folder.exists() or verify_entry(folder) == []
 
 
-@pytest.fixture
-def faults(release: Release) -> Iterator[Any]:
-    assert release.hub.httpd is not None
-    release.hub.httpd.clear_faults()
-    yield release.hub.httpd
-    release.hub.httpd.clear_faults()
-
-
 # 1. kill -9 at random moments -----------------------------------------------------------------
 
 
-def test_kill_9_mid_download_never_exposes_a_partial_variant(release: Release, faults, tmp_path: Path) -> None:
+def test_kill_9_mid_download_never_exposes_a_partial_variant(release: Release, hub_faults, tmp_path: Path) -> None:
     rng = random.Random(20261125)
     cache = tmp_path / "cache"
     env = release.env(cache)
     final = cache / VERSION / SMALL
     # ~40 chunks of 64 KiB every 30 ms: a download of about 1.3 s to land a kill in
-    faults.add_faults([{"path_glob": "*" + release.archive(SMALL), "kind": "drip", "chunk": 65536,
+    hub_faults.add_faults([{"path_glob": "*" + release.archive(SMALL), "kind": "drip", "chunk": 65536,
                         "interval": 0.03, "times": None}])
     seen_temps, completed, start = 0, 0, time.monotonic()
     for trial in range(10):
@@ -115,7 +107,7 @@ def test_kill_9_mid_download_never_exposes_a_partial_variant(release: Release, f
         assert not (cache / VERSION / f"{SMALL}.tar.gz").exists()
         seen_temps = max(seen_temps, len(_temps(cache)))
     assert seen_temps >= 1  # some kills did land mid-download and left temporaries behind
-    faults.clear_faults()
+    hub_faults.clear_faults()
     if final.exists():
         shutil.rmtree(final)
     gets = _gets(release, SMALL)

@@ -50,11 +50,8 @@ def small(lock: Lock) -> Variant:
 
 
 @pytest.fixture
-def hub(release: Release) -> Iterator[Any]:
-    assert release.hub.httpd is not None
-    release.hub.httpd.clear_faults()
-    yield release.hub.httpd
-    release.hub.httpd.clear_faults()
+def hub(hub_faults: Any) -> Any:
+    return hub_faults
 
 
 def settings_for(release: Release, cache: Path, **extra: str) -> Settings:
