@@ -194,7 +194,7 @@ def prune(cache_dir: Path, *, keep_current: bool) -> list[Path]:
     for vdir in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
         keep = keep_current and vdir.name == __version__
         for item in sorted(vdir.iterdir()):
-            stale_tmp = item.name.startswith((".tmp-", ".dl-", ".old-")) and _older_than(item, 3600)
+            stale_tmp = item.name.startswith(TEMP_PREFIXES) and _older_than(item, 3600)
             if (not keep and not item.name.endswith(".lock")) or stale_tmp:
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
                 removed.append(item)

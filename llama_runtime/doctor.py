@@ -72,7 +72,7 @@ def _native_dependencies(settings: Settings) -> dict[str, Any]:
 
 def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> None:
     """Load the first library available without a download; else say it would be downloaded."""
-    from .loader import _open
+    from .loader import open_step
 
     for step in steps:
         where = step.variant.name if step.variant else str(step.folder)
@@ -80,7 +80,7 @@ def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> 
             out["library"] = {"path": None, "sha256": None, "source": "download", "variant": where}
             return
         try:
-            library = _open(step, settings)
+            library = open_step(step, settings)
         except LlamaRuntimeError as exc:
             out["notes"].append(f"{step.source} {where} does not load: {exc}")
             continue

@@ -156,7 +156,7 @@ def check_generation(found: str | None, what: str, settings: Settings) -> None:
             " library llama-runtime selects, or set LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
 
 
-def _open(step: Step, settings: Settings) -> Library:
+def open_step(step: Step, settings: Settings) -> Library:
     import re
 
     from .native.binding import Native
@@ -275,7 +275,7 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
             continue
         try:
             real = _realize(step, settings, lock) if lock is not None else step
-            library = _open(real, settings)
+            library = open_step(real, settings)
         except LlamaRuntimeError as exc:
             if step.source == "explicit":
                 raise
