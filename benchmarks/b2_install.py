@@ -2,8 +2,8 @@
 
 B2: bytes the hub served during that install vs the selected archive and all archives.
 B1: wall time of the install (phases from pip's timestamped --log), then the first generation.
-The baseline of B1 (building llama-cpp-python==0.3.36 from source) is the wall time B7 recorded
-when it built that venv (cached: the build takes many minutes on 2 cores).
+The baseline of B1 (building llama-cpp-python==0.3.36 from source, ccache off) comes from
+b1_baseline.py: cached between runs because it takes minutes; the row says when it was measured.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _phases(log: Path) -> tuple[dict[str, float], list[str]]:
     return out, hook
 
 
-def run(rel: Release, model: Path) -> list[Row]:
+def run(rel: Release, model: Path, baseline: dict | None) -> list[Row]:
     httpd = rel.hub.httpd
     assert httpd is not None
     python = devrelease.make_venv(rel.work / "venv-b2")
@@ -98,15 +98,16 @@ def run(rel: Release, model: Path) -> list[Row]:
     served = int(stats["bytes_served"])
     phases, hook = _phases(log)
     breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
-    base = _native_build_seconds()
+    base = float(baseline["seconds"]) if baseline else None
+    when = (f"measured {baseline['date']} at load {baseline['load_before'][0]:.1f}, {baseline['cpu_seconds']:.0f} s CPU,"
+            " cached between runs" if baseline else "not measured: run `scripts/dev bench --only B1`")
     rows = [
         Row("B2", f"bytes served during install (selected {sel})", served / 1e6, "MB",
             archive / 1e6, "selected archive", served / archive, "<= 1.01x", served / archive <= 1.01,
             f"sum of all {len(variants)} archives: {total / 1e6:.2f} MB ({served / total:.2f}x of it); "
             f"requests: {stats['requests']}"),
         Row("B1-ours", "pip install --no-cache-dir sdist (fresh venv)", t_install, "s",
-            base, "llama-cpp-python 0.3.36 from source (timed once when B7 built it; cached)" if base
-            else "llama-cpp-python 0.3.36 from source (not built yet: run B7 once)",
+            base, f"llama-cpp-python 0.3.36 from source, ccache off; {when}",
             t_install / base if base else None, "<= 1/20 of baseline",
             t_install / base <= 1 / 20 if base else None,
             "breakdown (pip --log; the hook's probe/fetch run inside "
@@ -115,10 +116,3 @@ def run(rel: Release, model: Path) -> list[Row]:
     ]
     return rows
 
-
-def _native_build_seconds() -> float | None:
-    """How long `pip install llama-cpp-python==0.3.36` from source took when B7 built it."""
-    try:
-        return float((devrelease.dev_cache() / "llama-cpp-python-0.3.36-native" / ".installed").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None

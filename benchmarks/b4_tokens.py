@@ -1,4 +1,6 @@
-"""B4: prompt and generation tokens/s, llama_runtime.Llama vs a C program on the same libllama."""
+"""B4: prompt and generation tokens/s of llama_runtime.Llama on one libllama, against
+a C program (the limit) and llama-cpp-python's own high-level API pointed at the same files
+(``LLAMA_CPP_LIB_PATH``; the venv B7 builds, so it is the same llama.cpp generation)."""
 
 from __future__ import annotations
 
@@ -32,10 +34,20 @@ def build_c(libdir: Path, out: Path) -> Path:
     return out
 
 
-def run(work: Path, libdir: Path, n_gen: int = 48, threads: int = 2, rounds: int = 5,
+def llama_cpp_python() -> tuple[str | None, str]:
+    """The python of a venv with llama-cpp-python 0.3.36 (built once by B7), or why there is none."""
+    try:
+        from b7_native import native_venv
+        return str(native_venv() / "bin" / "python"), ""
+    except Exception as exc:  # the row says why instead of failing B4
+        return None, f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def run(work: Path, libdir: Path, n_gen: int = 128, threads: int = 2, rounds: int = 12,
         reps: int = 3) -> list[Row]:
     model, n_params = make_model(work / "b4-model.gguf")
     exe = build_c(libdir, work / "bench_llama")
+    lcp_python, lcp_missing = llama_cpp_python()
     samples: dict[str, list[dict]] = {"c": [], "py": []}
 
     def c() -> float:
@@ -56,7 +68,18 @@ def run(work: Path, libdir: Path, n_gen: int = 48, threads: int = 2, rounds: int
         samples["py"] += py()[1:]
         return 0.0
 
-    interleave({"c": c, "py": pyt}, rounds, warmup=0)
+    def lcp(*flags: str) -> list[dict]:
+        _, p = timed_run([lcp_python, str(HERE / "b4_llamacpp_worker.py"), str(model), PROMPT, str(n_gen),
+                          str(threads), str(reps), *flags], {"LLAMA_CPP_LIB_PATH": str(libdir)})
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        return [json.loads(x) for x in p.stdout.splitlines()]
+
+    def lcpt() -> float:
+        samples.setdefault("lcp", []).extend(lcp()[1:])
+        return 0.0
+
+    interleave({"c": c, "py": pyt, **({"lcp": lcpt} if lcp_python else {})}, rounds, warmup=0)
     ids_py = py("--ids")[0]["ids"][:n_gen]
     _, p = timed_run([str(exe), str(model), PROMPT, str(n_gen), str(threads), "1"])
     ids_c = json.loads(p.stdout.splitlines()[0])["ids"]
@@ -78,6 +101,31 @@ def run(work: Path, libdir: Path, n_gen: int = 48, threads: int = 2, rounds: int
             ng["py"] / ng["c"], ">= 0.97", ng["py"] / ng["c"] >= 0.97 and same,
             f"Python overhead per generated token: {over_us:.0f} µs (median difference); best-of-samples "
             f"gen {best_ng['py']:.0f} vs {best_ng['c']:.0f} tok/s = {best_ng['py'] / best_ng['c']:.2f}x" + ("" if same else f"; ids differ: py {ids_py[:10]} c {ids_c[:10]}")),
-        Row("B4", "vs llama-cpp-python", None, "", None, "llama-cpp-python on the same lib", None, ">= 1.0", None,
-            "not measured: llama-cpp-python is not installed and building it from source takes many minutes on 2 cores"),
+        *_versus_llama_cpp_python(samples, pp, ng, n_prompt, n_gen, ids_py, lcp, lcp_python, lcp_missing, libdir),
+    ]
+
+
+def _versus_llama_cpp_python(samples, pp, ng, n_prompt, n_gen, ids_py, lcp, lcp_python, lcp_missing,
+                             libdir) -> list[Row]:
+    what = "llama-cpp-python 0.3.36, same libllama"
+    if not lcp_python:
+        return [Row("B4", "vs llama-cpp-python", None, "", None, what, None, ">= 1.0", None,
+                    f"not measured: no llama-cpp-python venv ({lcp_missing})")]
+    got = lcp("--ids")[0]
+    same = got["ids"] == ids_py
+    others = [p for p in got["libraries"] if not p.startswith(str(libdir))]
+    assert all(s["n_prompt"] == n_prompt for s in samples["lcp"]), "llama-cpp-python tokenized differently"
+    assert all(s["n_generated"] == n_gen for s in samples["lcp"]), "llama-cpp-python stopped early"
+    note = (f"llama-cpp-python's `Llama.create_completion(stream=True, temperature=0)` with "
+            f"LLAMA_CPP_LIB_PATH={libdir.name}/ vs our `Llama.stream`; {len(samples['lcp'])} samples each, "
+            f"interleaved with the C program; libraries mapped in its process: "
+            f"{', '.join(Path(p).name for p in got['libraries'])} (all from that folder: {not others}); "
+            f"greedy ids identical: {same}")
+    return [
+        Row("B4", "prompt tok/s vs llama-cpp-python", pp["py"], "tok/s", pp["lcp"], what,
+            pp["py"] / pp["lcp"], ">= 1.0", pp["py"] / pp["lcp"] >= 1.0 and not others, note),
+        Row("B4", "generation tok/s vs llama-cpp-python", ng["py"], "tok/s", ng["lcp"], what,
+            ng["py"] / ng["lcp"], ">= 1.0", ng["py"] / ng["lcp"] >= 1.0 and same and not others,
+            f"per generated token: ours {1e6 / ng['py']:.0f} µs, llama-cpp-python {1e6 / ng['lcp']:.0f} µs, "
+            f"C {1e6 / ng['c']:.0f} µs" + ("" if same else f"; ids differ: ours {ids_py[:10]} theirs {got['ids'][:10]}")),
     ]

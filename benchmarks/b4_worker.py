@@ -24,13 +24,13 @@ n_prompt = len(llm.tokenize(prompt))
 for _ in range(reps):
     ids: list[int] = []
     if want_ids:  # untimed: record the greedy ids by wrapping the sampler call
-        real = native._functions["llama_sampler_sample"]
+        real = native.llama_sampler_sample
 
         def spy(*a, _real=real):
             t = _real(*a)
             ids.append(int(t))
             return t
-        native._functions["llama_sampler_sample"] = spy
+        native.llama_sampler_sample = spy
     # the same work as the C program each rep: an empty KV cache (newer Llama reuses a prefix)
     if hasattr(llm, "reset"):
         llm.reset()
@@ -45,6 +45,6 @@ for _ in range(reps):
         pieces += 1
     t2 = time.perf_counter()
     if want_ids:
-        native._functions["llama_sampler_sample"] = real
+        native.llama_sampler_sample = real
     print(json.dumps({"n_prompt": n_prompt, "prompt_s": t1 - t0, "gen_s": t2 - t1, "pieces": pieces,
                       "ids": ids}), flush=True)

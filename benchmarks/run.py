@@ -1,9 +1,11 @@
 """Run the llama-runtime benchmarks side by side with their baselines (`scripts/dev bench`).
 
-    .venv/bin/python benchmarks/run.py [--only B2,B3,B4,B5,B6,B7] [--work DIR] [--quick]
+    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7] [--work DIR] [--quick]
 
 Prints one table (median, baseline median, ratio, target, met?) and writes benchmarks/RESULTS.md.
-Every baseline is measured in the same run, interleaved with the candidate.
+Every baseline is measured in the same run, interleaved with the candidate, except B1's: building
+llama-cpp-python from source takes minutes, so it is cached (b1_baseline.py) and measured again only
+when missing or with `--only B1` (which then also runs B2, where our side of B1 is measured).
 """
 
 from __future__ import annotations
@@ -56,12 +58,15 @@ def table(rows: list[Row]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL)
+                    + " (B1: measure the cached llama-cpp-python build baseline again, then B2)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = ap.parse_args()
     only = [x.strip().upper() for x in args.only.split(",") if x.strip()]
+    if "B1" in only and "B2" not in only:
+        only.append("B2")  # our side of B1 is B2's install
     work = (args.work or Path(tempfile.mkdtemp(prefix="llama-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     q = args.quick
@@ -96,13 +101,13 @@ def main() -> int:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:400]}")
             print(f"    ({time.perf_counter() - t:.0f} s)", flush=True)
 
-        import b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native  # noqa: E401
+        import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native  # noqa: E401
         step("B3", lambda: b3_startup.run(rel, rounds=7 if q else 15))
         step("B6", lambda: b6_first_token.run(rel, model_small, rounds=3 if q else 7))
-        step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 5, reps=2 if q else 4))
+        step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 12, reps=2 if q else 3))
         step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5))
         step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
-        step("B2", lambda: b2_install.run(rel, model_small))
+        step("B2", lambda: b2_install.run(rel, model_small, b1_baseline.baseline(remeasure="B1" in only)))
 
     load_after = load()
     text = table(rows)

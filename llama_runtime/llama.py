@@ -84,6 +84,7 @@ class Llama:
         self._native = native
         self._model = self._load_model(n_gpu_layers)
         self._vocab = native.llama_model_get_vocab(self._model)
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes (special=False): one C call per id
         self._context = Context(native, self._model, n_ctx=n_ctx, n_batch=n_batch,
                                 n_threads=n_threads or _default_threads(),
                                 embeddings=embeddings, pooling=pooling)
@@ -162,12 +163,18 @@ class Llama:
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes one token stands for; may be part of a UTF-8 character."""
+        vocab = self._live_vocab()
+        if not special and token in self._pieces:
+            return self._pieces[token]
         buf = ctypes.create_string_buffer(64)
-        n = self._native.llama_token_to_piece(self._live_vocab(), token, buf, 64, 0, special)
+        n = self._native.llama_token_to_piece(vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self._native.llama_token_to_piece(self._live_vocab(), token, buf, -n, 0, special)
-        return buf.raw[: max(n, 0)]
+            n = self._native.llama_token_to_piece(vocab, token, buf, -n, 0, special)
+        piece = buf.raw[: max(n, 0)]
+        if not special and n >= 0:
+            self._pieces[token] = piece
+        return piece
 
     # --- generation ---------------------------------------------------------------------------
 
@@ -216,9 +223,13 @@ class Llama:
     def _texts(self, tokens: Iterator[int], stop: Iterable[str]) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher([stop] if isinstance(stop, str) else stop)
+        pieces = self._pieces
         with contextlib.closing(tokens):  # stopping early frees the sampler now, not at GC
             for token in tokens:
-                text = matcher.feed(decoder.decode(self.token_to_piece(token)))
+                piece = pieces.get(token)
+                if piece is None:
+                    piece = self.token_to_piece(token)
+                text = matcher.feed(decoder.decode(piece))
                 if text:
                     yield text
                 if matcher.stopped:

@@ -94,9 +94,23 @@ def test_decode_failure_raises_generation_error(llm: Llama) -> None:
         llm._context.decode([10**6])  # llama_decode refuses a token id outside the vocabulary
 
 
+def test_pieces_are_cached_per_mode(llm: Llama) -> None:
+    # generation caches each token's bytes; a special token's text must not leak between modes
+    bos = llm._native.llama_vocab_bos(llm._vocab)
+    assert llm.token_to_piece(bos) == b""
+    assert llm.token_to_piece(bos, special=True) == b"<s>"
+    assert llm.token_to_piece(bos) == b""
+    text = llm.generate("hello world", 12, temperature=0)
+    assert llm._pieces, "generation did not use the piece cache"
+    assert text == b"".join(llm._pieces[t] for t in llm.generate_tokens("hello world", 12, temperature=0)).decode()
+
+
 def test_close_is_idempotent_and_final(native_lib: Native, tiny_gguf: Path) -> None:
     model = Llama(tiny_gguf, n_ctx=256, n_threads=1, native=native_lib)
+    model.token_to_piece(5)
     model.close()
+    with pytest.raises(GenerationError, match="closed"):
+        model.token_to_piece(5)  # a cached piece is no way around close
     model.close()
     with pytest.raises(GenerationError, match="closed"):
         model.generate("hello", temperature=0)

@@ -11,8 +11,7 @@ import contextlib
 import ctypes
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +78,21 @@ def _resolve(libs: Sequence[ctypes.CDLL], fn: Fn) -> Any | None:
     return None
 
 
+class _Capture:
+    """``with Native.capture_errors() as lines:`` (a class: it runs once per generated token)."""
+
+    __slots__ = ("lines", "previous")
+
+    def __enter__(self) -> list[str]:
+        self.previous = getattr(_capture, "lines", None)
+        self.lines: list[str] = []
+        _capture.lines = self.lines
+        return self.lines
+
+    def __exit__(self, *exc_info: object) -> None:
+        _capture.lines = self.previous
+
+
 class Native:
     """A loaded llama.cpp: the bound functions of ``functions.FUNCTIONS`` as attributes.
 
@@ -91,6 +105,9 @@ class Native:
         self.paths = tuple(paths)
         self.libraries = tuple(libs)
         self._functions = functions
+        # Plain instance attributes: a bound C function costs one dict lookup per call, which
+        # matters on the per-token path (``__getattr__`` below only explains unknown names).
+        self.__dict__.update(functions)
 
     @classmethod
     def open(cls, libraries: Sequence[Path], *, backend_dir: Path | None = None) -> Native:
@@ -151,27 +168,17 @@ class Native:
         self.llama_backend_init()
 
     def __getattr__(self, name: str) -> Any:
-        # Only called for names that are not regular attributes: the bound C functions.
-        functions = self.__dict__.get("_functions", {})
-        if name in functions:
-            return functions[name]
+        # Only called for names that are neither regular attributes nor bound C functions.
         raise AttributeError(f"{type(self).__name__} has no attribute or bound function {name!r}")
 
     @staticmethod
-    @contextmanager
-    def capture_errors() -> Iterator[list[str]]:
+    def capture_errors() -> _Capture:
         """Collect the warnings and errors llama.cpp logs on this thread inside the block.
 
         llama.cpp reports why a call failed only in its log (a NULL or -1 says nothing): the
         caller puts these lines into the exception it raises.
         """
-        previous = getattr(_capture, "lines", None)
-        lines: list[str] = []
-        _capture.lines = lines
-        try:
-            yield lines
-        finally:
-            _capture.lines = previous
+        return _Capture()
 
     def devices(self) -> list[dict[str, str]]:
         """ggml's devices after backend loading: name, description and type (cpu/gpu/igpu/accel)."""

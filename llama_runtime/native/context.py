@@ -79,9 +79,9 @@ class Context:
 
     def _decode_one(self, token: int) -> None:
         self._one[0] = token
-        self._run(self._one_batch, [token])
+        self._run(self._one_batch, (token,))
 
-    def _run(self, batch: llama_batch, chunk: list[int]) -> None:
+    def _run(self, batch: llama_batch, chunk: Sequence[int]) -> None:
         if len(self.tokens) + len(chunk) > self.n_ctx:
             raise GenerationError(f"the context of {self.n_ctx} tokens is full")
         with self._native.capture_errors() as errors:
@@ -137,9 +137,10 @@ class Context:
                 for t in tokens[-sampling.repeat_last_n:]:
                     n.llama_sampler_accept(chain, t)
             limit = min(max_tokens, self.n_ctx - len(tokens))
+            sample, is_eog, ctx = n.llama_sampler_sample, n.llama_vocab_is_eog, self.ctx
             for i in range(limit):
-                token = int(n.llama_sampler_sample(chain, self.ctx, -1))
-                if n.llama_vocab_is_eog(vocab, token):
+                token = sample(chain, ctx, -1)
+                if is_eog(vocab, token):
                     return
                 yield token
                 if self._generation != generation:  # checked after resuming: ctx may be gone
