@@ -45,87 +45,82 @@ def llama_cpp_python() -> tuple[str | None, str]:
 
 def run(work: Path, libdir: Path, n_gen: int = 128, threads: int = 2, rounds: int = 12,
         reps: int = 3) -> list[Row]:
+    """Each round runs the C program, our worker and llama-cpp-python's once (order alternating),
+    each for ``reps`` reps in one process (the first is a warm-up). Ratios are the median over
+    rounds of the ratio within a round: neighbours in time share the machine's load."""
     model, n_params = make_model(work / "b4-model.gguf")
     exe = build_c(libdir, work / "bench_llama")
     lcp_python, lcp_missing = llama_cpp_python()
-    samples: dict[str, list[dict]] = {"c": [], "py": []}
+    args = [str(model), PROMPT, str(n_gen), str(threads)]
+    commands = {
+        "c": ([str(exe), *args], None),
+        "py": ([PY, str(HERE / "b4_worker.py"), str(libdir), *args], {"PYTHONPATH": str(ROOT)}),
+    }
+    if lcp_python:
+        commands["lcp"] = ([lcp_python, str(HERE / "b4_llamacpp_worker.py"), *args],
+                           {"LLAMA_CPP_LIB_PATH": str(libdir)})
 
-    def c() -> float:
-        _, p = timed_run([str(exe), str(model), PROMPT, str(n_gen), str(threads), str(reps)])
+    def call(side: str, n: int, *flags: str) -> list[dict]:
+        cmd, env = commands[side]
+        _, p = timed_run([*cmd, str(n), *flags], env)
         if p.returncode != 0:
-            raise RuntimeError(p.stderr[-2000:])
-        samples["c"] += [json.loads(x) for x in p.stdout.splitlines()[1:]]  # first rep = warm-up
-        return 0.0
-
-    def py(*flags: str) -> list[dict]:
-        _, p = timed_run([PY, str(HERE / "b4_worker.py"), str(libdir), str(model), PROMPT, str(n_gen),
-                          str(threads), str(reps), *flags], {"PYTHONPATH": str(ROOT)})
-        if p.returncode != 0:
-            raise RuntimeError(p.stderr[-2000:])
+            raise RuntimeError(f"B4 {side} failed:\n{p.stderr[-2000:]}")
         return [json.loads(x) for x in p.stdout.splitlines()]
 
-    def pyt() -> float:
-        samples["py"] += py()[1:]
-        return 0.0
+    per_round: dict[str, list[list[dict]]] = {side: [] for side in commands}
 
-    def lcp(*flags: str) -> list[dict]:
-        _, p = timed_run([lcp_python, str(HERE / "b4_llamacpp_worker.py"), str(model), PROMPT, str(n_gen),
-                          str(threads), str(reps), *flags], {"LLAMA_CPP_LIB_PATH": str(libdir)})
-        if p.returncode != 0:
-            raise RuntimeError(p.stderr[-2000:])
-        return [json.loads(x) for x in p.stdout.splitlines()]
+    def sampler(side: str):
+        return lambda: per_round[side].append(call(side, reps)[1:]) or 0.0  # first rep = warm-up
 
-    def lcpt() -> float:
-        samples.setdefault("lcp", []).extend(lcp()[1:])
-        return 0.0
+    interleave({side: sampler(side) for side in commands}, rounds, warmup=0)
+    ids = {"c": call("c", 1)[0]["ids"], "py": call("py", 1, "--ids")[0]["ids"][:n_gen]}
+    n_prompt = per_round["c"][0][0]["n_prompt"]
+    flat = {k: [s for rnd in v for s in rnd] for k, v in per_round.items()}
+    for side, got in flat.items():
+        assert all(s["n_prompt"] == n_prompt for s in got), f"{side} tokenized the prompt differently"
 
-    interleave({"c": c, "py": pyt, **({"lcp": lcpt} if lcp_python else {})}, rounds, warmup=0)
-    ids_py = py("--ids")[0]["ids"][:n_gen]
-    _, p = timed_run([str(exe), str(model), PROMPT, str(n_gen), str(threads), "1"])
-    ids_c = json.loads(p.stdout.splitlines()[0])["ids"]
-    n_prompt = samples["c"][0]["n_prompt"]
-    assert samples["py"][0]["n_prompt"] == n_prompt, "prompt token counts differ"
-    pp = {k: median([n_prompt / s["prompt_s"] for s in v]) for k, v in samples.items()}
-    ng = {k: median([(n_gen - 1) / s["gen_s"] for s in v]) for k, v in samples.items()}
-    over_us = (median([s["gen_s"] for s in samples["py"]]) - median([s["gen_s"] for s in samples["c"]])) / (n_gen - 1) * 1e6
-    same = ids_py == ids_c
-    best_pp = {k: max(n_prompt / s["prompt_s"] for s in v) for k, v in samples.items()}
-    best_ng = {k: max((n_gen - 1) / s["gen_s"] for s in v) for k, v in samples.items()}
+    def rates(side: str, key: str, n: int, samples: list[dict] | None = None) -> float:
+        return median([n / s[key] for s in (flat[side] if samples is None else samples)])
+
+    def paired(side: str, base: str, key: str, n: int) -> float:
+        return median([rates(side, key, n, a) / rates(base, key, n, b)
+                       for a, b in zip(per_round[side], per_round[base])])
+
+    pp = {k: rates(k, "prompt_s", n_prompt) for k in flat}
+    ng = {k: rates(k, "gen_s", n_gen - 1) for k in flat}
+    same = ids["py"] == ids["c"]
+    over_us = (1 / ng["py"] - 1 / ng["c"]) * 1e6
+    best = {k: max((n_gen - 1) / s["gen_s"] for s in v) for k, v in flat.items()}
     note = (f"{n_params / 1e6:.1f} M params F16, {n_prompt}-token prompt, {n_gen} generated, {threads} threads, "
-            f"{len(samples['c'])} samples each; greedy ids identical: {same}; best-of-samples (least disturbed) "
-            f"prompt {best_pp['py']:.0f} vs {best_pp['c']:.0f} tok/s = {best_pp['py'] / best_pp['c']:.2f}x")
-    return [
+            f"{rounds} rounds x {reps - 1} timed reps per side, one process per side and round; ratio = median of "
+            f"the per-round ratios; greedy ids identical: {same}")
+    rows = [
         Row("B4", "prompt tok/s (Llama)", pp["py"], "tok/s", pp["c"], "C program, same libllama",
-            pp["py"] / pp["c"], ">= 0.97", pp["py"] / pp["c"] >= 0.97, note),
+            paired("py", "c", "prompt_s", n_prompt), ">= 0.97", paired("py", "c", "prompt_s", n_prompt) >= 0.97, note),
         Row("B4", "generation tok/s (Llama)", ng["py"], "tok/s", ng["c"], "C program, same libllama",
-            ng["py"] / ng["c"], ">= 0.97", ng["py"] / ng["c"] >= 0.97 and same,
-            f"Python overhead per generated token: {over_us:.0f} µs (median difference); best-of-samples "
-            f"gen {best_ng['py']:.0f} vs {best_ng['c']:.0f} tok/s = {best_ng['py'] / best_ng['c']:.2f}x" + ("" if same else f"; ids differ: py {ids_py[:10]} c {ids_c[:10]}")),
-        *_versus_llama_cpp_python(samples, pp, ng, n_prompt, n_gen, ids_py, lcp, lcp_python, lcp_missing, libdir),
+            paired("py", "c", "gen_s", n_gen - 1), ">= 0.97", paired("py", "c", "gen_s", n_gen - 1) >= 0.97 and same,
+            f"per token: ours {1e6 / ng['py']:.0f} µs, C {1e6 / ng['c']:.0f} µs (difference of medians "
+            f"{over_us:.0f} µs); best samples {best['py']:.0f} vs {best['c']:.0f} tok/s"
+            + ("" if same else f"; ids differ: py {ids['py'][:10]} c {ids['c'][:10]}")),
     ]
-
-
-def _versus_llama_cpp_python(samples, pp, ng, n_prompt, n_gen, ids_py, lcp, lcp_python, lcp_missing,
-                             libdir) -> list[Row]:
     what = "llama-cpp-python 0.3.36, same libllama"
     if not lcp_python:
-        return [Row("B4", "vs llama-cpp-python", None, "", None, what, None, ">= 1.0", None,
-                    f"not measured: no llama-cpp-python venv ({lcp_missing})")]
-    got = lcp("--ids")[0]
-    same = got["ids"] == ids_py
+        return rows + [Row("B4", "vs llama-cpp-python", None, "", None, what, None, ">= 1.0", None,
+                           f"not measured: no llama-cpp-python venv ({lcp_missing})")]
+    got = call("lcp", 1, "--ids")[0]
+    same_lcp = got["ids"] == ids["py"]
     others = [p for p in got["libraries"] if not p.startswith(str(libdir))]
-    assert all(s["n_prompt"] == n_prompt for s in samples["lcp"]), "llama-cpp-python tokenized differently"
-    assert all(s["n_generated"] == n_gen for s in samples["lcp"]), "llama-cpp-python stopped early"
+    assert all(s["n_generated"] == n_gen for s in flat["lcp"]), "llama-cpp-python stopped early"
+    r_pp, r_ng = paired("py", "lcp", "prompt_s", n_prompt), paired("py", "lcp", "gen_s", n_gen - 1)
     note = (f"llama-cpp-python's `Llama.create_completion(stream=True, temperature=0)` with "
-            f"LLAMA_CPP_LIB_PATH={libdir.name}/ vs our `Llama.stream`; {len(samples['lcp'])} samples each, "
-            f"interleaved with the C program; libraries mapped in its process: "
-            f"{', '.join(Path(p).name for p in got['libraries'])} (all from that folder: {not others}); "
-            f"greedy ids identical: {same}")
-    return [
+            f"LLAMA_CPP_LIB_PATH={libdir.name}/ vs our `Llama.stream`, in the same rounds; libraries mapped in "
+            f"its process: {', '.join(Path(p).name for p in got['libraries'])} (all from that folder: "
+            f"{not others}); greedy ids identical: {same_lcp}")
+    return rows + [
         Row("B4", "prompt tok/s vs llama-cpp-python", pp["py"], "tok/s", pp["lcp"], what,
-            pp["py"] / pp["lcp"], ">= 1.0", pp["py"] / pp["lcp"] >= 1.0 and not others, note),
+            r_pp, ">= 1.0", r_pp >= 1.0 and not others, note),
         Row("B4", "generation tok/s vs llama-cpp-python", ng["py"], "tok/s", ng["lcp"], what,
-            ng["py"] / ng["lcp"], ">= 1.0", ng["py"] / ng["lcp"] >= 1.0 and same and not others,
-            f"per generated token: ours {1e6 / ng['py']:.0f} µs, llama-cpp-python {1e6 / ng['lcp']:.0f} µs, "
-            f"C {1e6 / ng['c']:.0f} µs" + ("" if same else f"; ids differ: ours {ids_py[:10]} theirs {got['ids'][:10]}")),
+            r_ng, ">= 1.0", r_ng >= 1.0 and same_lcp and not others,
+            f"per generated token: ours {1e6 / ng['py']:.0f} µs, llama-cpp-python {1e6 / ng['lcp']:.0f} µs"
+            + ("" if same_lcp else f"; ids differ: ours {ids['py'][:10]} theirs {got['ids'][:10]}")),
     ]
