@@ -5,8 +5,6 @@ a C program (the limit) and llama-cpp-python's own high-level API pointed at the
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 from common import PY, ROOT, Row, interleave, median, timed_run
@@ -24,16 +22,6 @@ def make_model(path: Path) -> tuple[Path, int]:
     return path, n_params
 
 
-def build_c(libdir: Path, out: Path) -> Path:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc) found")
-    inc = ROOT / "llama_runtime" / "native" / "include"
-    subprocess.run([cc, "-O2", "-o", str(out), str(HERE / "bench_llama.c"), f"-I{inc}",
-                    str(libdir / "libllama.so"), f"-Wl,-rpath,{libdir}"], check=True)
-    return out
-
-
 def llama_cpp_python() -> tuple[str | None, str]:
     """The python of a venv with llama-cpp-python 0.3.36 (built once by B7), or why there is none."""
     try:
@@ -49,11 +37,12 @@ def run(work: Path, libdir: Path, n_gen: int = 128, threads: int = 2, rounds: in
     each for ``reps`` reps in one process (the first is a warm-up). Ratios are the median over
     rounds of the ratio within a round: neighbours in time share the machine's load."""
     model, n_params = make_model(work / "b4-model.gguf")
-    exe = build_c(libdir, work / "bench_llama")
+    from b7_native import Lib, build_c
+    exe = build_c(Lib(f"b4-{libdir.name}", libdir / "libllama.so"), work)
     lcp_python, lcp_missing = llama_cpp_python()
     args = [str(model), PROMPT, str(n_gen), str(threads)]
     commands = {
-        "c": ([str(exe), *args], None),
+        "c": ([str(exe), str(model), PROMPT, "0", *args[2:]], None),  # 0: whole prompt, tokenized in the timing
         "py": ([PY, str(HERE / "b4_worker.py"), str(libdir), *args], {"PYTHONPATH": str(ROOT)}),
     }
     if lcp_python:

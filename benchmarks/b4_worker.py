@@ -1,4 +1,4 @@
-"""B4, our side: the same measurement as bench_llama.c through llama_runtime.Llama.
+"""B4, our side: the same measurement as bench_llama.c (N_PROMPT 0) through llama_runtime.Llama.
 
 usage: b4_worker.py LIBDIR MODEL PROMPT N_GEN THREADS REPS [--ids]
 The library is opened from LIBDIR (the same files the C program links) with Native.open.

@@ -1,6 +1,6 @@
 """B7: the variant `pip install` of our sdist selects vs llama-cpp-python 0.3.36 compiled here.
 
-Both libraries are driven by the same C program (b7_bench.c: same model, threads, prompt ids
+Both libraries are driven by the same C program (bench_llama.c: same model, threads, prompt ids
 and token count, greedy), so the comparison is of the binaries alone; the greedy ids must match.
 llama-cpp-python is built from source once (`pip install --no-binary llama-cpp-python`, ccache,
 -j2) into a virtual environment kept in the dev cache (<dev cache>/llama-cpp-python-0.3.36-native);
@@ -79,7 +79,7 @@ class Lib:
     name: str
     libllama: Path
     backend_dir: Path | None = None
-    env: dict[str, str] | None = None  # e.g. B7_THREADPOOL=1 (see b7_bench.c)
+    env: dict[str, str] | None = None  # e.g. B7_THREADPOOL=1 (see bench_llama.c)
 
     @classmethod
     def variant(cls, folder: Path) -> "Lib":
@@ -92,9 +92,9 @@ def build_c(lib: Lib, work: Path) -> Path:
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler (gcc) found")
-    out = work / f"b7_bench-{lib.name}"
+    out = work / f"bench_llama-{lib.name}"
     inc = ROOT / "llama_runtime" / "native" / "include"
-    subprocess.run([cc, "-O2", "-o", str(out), str(HERE / "b7_bench.c"), f"-I{inc}",
+    subprocess.run([cc, "-O2", "-o", str(out), str(HERE / "bench_llama.c"), f"-I{inc}",
                     str(lib.libllama), f"-Wl,-rpath,{lib.libllama.parent}", "-ldl"], check=True)
     return out
 
@@ -147,7 +147,7 @@ def run(rel, work: Path, rounds: int = 5, reps: int = 5) -> list[Row]:
     same = o["ids"] == n["ids"]
     note = (f"ours = `{name}` (what doctor/pip select here; {o['system_info'][:90]}...); native = "
             f"{NATIVE_REQ} built here with its defaults (GGML_NATIVE=ON, OpenMP); both driven by "
-            f"b7_bench.c: {n_params / 1e6:.1f} M params f16, {N_PROMPT}-token prompt, {N_GEN} "
+            f"bench_llama.c: {n_params / 1e6:.1f} M params f16, {N_PROMPT}-token prompt, {N_GEN} "
             f"generated, {THREADS} threads, {len(o['samples'])} samples each, interleaved; load "
             f"{before[0]:.1f} -> {after[0]:.1f}; greedy ids identical: {same}; best-of-samples prompt "
             f"{o['prompt_best']:.0f} vs {n['prompt_best']:.0f}, gen {o['gen_best']:.0f} vs {n['gen_best']:.0f}")
