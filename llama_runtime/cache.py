@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +94,9 @@ def _write_record(folder: Path, variant: Variant, source: dict[str, Any]) -> Non
 
 def install(cache_dir: Path, variant: Variant, archive: Path, source: dict[str, Any]) -> Path:
     """Unpack a verified ``archive`` into the cache atomically; return the final folder."""
+    import shutil
+    import tempfile
+
     from .archive import safe_extract
 
     base = version_dir(cache_dir)
@@ -141,6 +142,8 @@ def remove_stale_temps(cache_dir: Path, name: str) -> list[Path]:
     Call it only while holding that variant's lock: every live writer of those folders holds
     it, so whatever exists then belongs to a process that died (``kill -9``, power loss).
     """
+    import shutil
+
     base, removed = version_dir(cache_dir), []
     try:
         items = [p for p in base.iterdir() if _temp_of(p, name)]
@@ -188,6 +191,8 @@ def verify_entry(folder: Path) -> list[str]:
 
 def prune(cache_dir: Path, *, keep_current: bool) -> list[Path]:
     """Remove cached variants (all, or all but this version's) and stale temporary folders."""
+    import shutil
+
     removed = []
     if not cache_dir.is_dir():
         return removed

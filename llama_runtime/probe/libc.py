@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from typing import Any
 
@@ -52,6 +51,8 @@ def read_libc() -> dict[str, Any]:
     loader = _musl_loader()
     if loader is None:
         return {"name": None, "version": None, "error": "unknown, because neither glibc nor musl was found"}
+    import subprocess  # lazily: glibc answers through confstr
+
     try:
         proc = subprocess.run([loader], capture_output=True, text=True, timeout=2)
         return {"name": "musl", "version": parse_musl_version(proc.stderr), "error": None}

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ._run import run_tool
 from .gpu import cuda_version_from_int, parse_nvidia_proc_version
 
 PROC_VERSION = "/proc/driver/nvidia/version"
@@ -143,6 +142,8 @@ def run_libcuda(path: str | None = None, timeout: float = LIBCUDA_TIMEOUT_S) -> 
     path = path or libcuda_name()
     if not sys.executable:  # embedded interpreters: no python to start the child with
         return {"cuda_driver": None, "gpus": [], "error": "unknown, because there is no Python executable to run the libcuda probe"}
+    import subprocess  # lazily: only machines with an NVIDIA driver get here
+
     try:
         proc = subprocess.run([sys.executable, "-I", "-c", _LIBCUDA_SCRIPT, path],
                               capture_output=True, text=True, timeout=timeout)
@@ -167,13 +168,7 @@ def _read(path: str) -> str | None:
 
 
 def _run_smi(args: list[str], timeout: float) -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return run_tool(["nvidia-smi", *args], timeout)[0]
 
 
 def _driver_present(libcuda: str | None) -> bool:
