@@ -7,12 +7,13 @@ TOOL_TIMEOUT_S = 5.0
 
 def run_tool(args: list[str], timeout: float = TOOL_TIMEOUT_S) -> tuple[str | None, str | None]:
     """``(stdout, None)`` or ``(None, why)``: a missing tool, a timeout or a crash is a reason."""
-    import shutil  # lazily, like subprocess: most probes find no tool to run
-    import subprocess
+    import shutil
 
     exe = shutil.which(args[0])
     if exe is None:
         return None, f"{args[0]} is not installed"
+    import subprocess  # lazily: most machines have none of the tools the probes look for
+
     try:
         proc = subprocess.run([exe, *args[1:]], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
