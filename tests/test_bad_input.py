@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from _tarballs import tarball
 from release_fixtures import Release
 
 from llama_runtime.archive import safe_extract
@@ -144,20 +145,6 @@ def test_unreadable_lock_file(tmp_path: Path, text: str | None, fragment: str) -
 # 3. archives ----------------------------------------------------------------------------------
 
 
-def _tar(path: Path, *members: tuple[str, bytes, str]) -> Path:
-    """A .tar.gz of (name, type, linkname) members, each regular file holding b'x'."""
-    with tarfile.open(path, "w:gz") as tar:
-        for name, kind, link in members:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = kind, link
-            if kind == tarfile.REGTYPE:
-                info.size = 1
-                tar.addfile(info, io.BytesIO(b"x"))
-            else:
-                tar.addfile(info)
-    return path
-
-
 REG, OK = tarfile.REGTYPE, ("libllama.so", tarfile.REGTYPE, "")
 ARCHIVE_CASES = [
     ("dotdot", [OK, ("../evil.so", REG, "")], "'../evil.so' climbs out of the folder"),
@@ -179,7 +166,8 @@ ARCHIVE_CASES = [
 
 @pytest.mark.parametrize("members, fragment", [c[1:] for c in ARCHIVE_CASES], ids=[c[0] for c in ARCHIVE_CASES])
 def test_hostile_archive_is_refused_before_writing(tmp_path: Path, members: list[Any], fragment: str) -> None:
-    archive = _tar(tmp_path / "v.tar.gz", *members)
+    archive = tmp_path / "v.tar.gz"
+    archive.write_bytes(tarball(*members, content=b"x"))
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(UnsafeArchiveError) as info:
@@ -215,7 +203,8 @@ def test_extra_unlisted_files_are_kept_recorded_and_policed(tmp_path: Path) -> N
     from llama_runtime.cache import install, lookup, verify_entry
     from llama_runtime.hashing import sha256_file
 
-    archive = _tar(tmp_path / "v.tar.gz", OK, ("NOTICE.txt", REG, ""))
+    archive = tmp_path / "v.tar.gz"
+    archive.write_bytes(tarball(OK, ("NOTICE.txt", REG, ""), content=b"x"))
     variant = Manifest.parse({**MANIFEST, "variants": {"v": {**VARIANT, "sha256": sha256_file(archive),
                                                               "size": archive.stat().st_size}}}).get("v")
     folder = install(tmp_path / "cache", variant, archive, {"kind": "test"})

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import devrelease
+from _tarballs import tarball
 from hubserver import HubServer
 from release_fixtures import Release
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
@@ -76,20 +77,6 @@ def test_token_is_never_shown() -> None:
 # 2. hostile archives through the real fetch ---------------------------------------------------
 
 
-def _hostile(members: list[tuple[str, bytes, str]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, kind, link in members:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = kind, link
-            if kind == tarfile.REGTYPE:
-                info.size = 4
-                tar.addfile(info, io.BytesIO(b"\x7fELF"))
-            else:
-                tar.addfile(info)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("members, fragment", [
     ([("libllama.so", tarfile.REGTYPE, ""), ("../../escaped.so", tarfile.REGTYPE, "")], "climbs out"),
     ([("libllama.so", tarfile.REGTYPE, ""), ("/tmp/llama-runtime-escaped.so", tarfile.REGTYPE, "")],
@@ -100,7 +87,7 @@ def _hostile(members: list[tuple[str, bytes, str]]) -> bytes:
 def test_hostile_archive_with_a_matching_lock_is_not_unpacked(tmp_path: Path, members: list[Any],
                                                              fragment: str) -> None:
     """The sha256 matches a hand-written lock (a compromised release): the unpacker still refuses."""
-    data = _hostile(members)
+    data = tarball(*members)
     with HubServer(tmp_path / "evil-hub") as hub:
         commit = publish_file(hub, "evil/bins", "v.tar.gz", data)
         lock = Lock.parse({"repo": "evil/bins", "revision": "main", "commit": commit, "manifest": {
