@@ -27,7 +27,8 @@ def version_dir(cache_dir: Path, version: str = __version__) -> Path:
 
 def read_record(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        record: dict[str, Any] = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        return record
     except (OSError, ValueError):
         return None
 
@@ -144,7 +145,7 @@ def remove_stale_temps(cache_dir: Path, name: str) -> list[Path]:
     """
     import shutil
 
-    base, removed = version_dir(cache_dir), []
+    base, removed = version_dir(cache_dir), list[Path]()
     try:
         items = [p for p in base.iterdir() if _temp_of(p, name)]
     except OSError:
@@ -162,7 +163,7 @@ def lock_path(cache_dir: Path, name: str) -> Path:
 
 def entries(cache_dir: Path) -> list[dict[str, Any]]:
     """Every variant folder under every version, with its record (None when incomplete)."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not cache_dir.is_dir():
         return out
     for vdir in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
@@ -193,7 +194,7 @@ def prune(cache_dir: Path, *, keep_current: bool) -> list[Path]:
     """Remove cached variants (all, or all but this version's) and stale temporary folders."""
     import shutil
 
-    removed = []
+    removed: list[Path] = []
     if not cache_dir.is_dir():
         return removed
     for vdir in sorted(p for p in cache_dir.iterdir() if p.is_dir()):

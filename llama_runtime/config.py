@@ -136,12 +136,12 @@ def _parse(name: str, raw: Any, label: str) -> Any:
             raise ConfigError(f"{label}={raw!r} must be a positive number of seconds.")
         return value
     if name == "backend":
-        value = str(raw).strip().lower()
-        if value not in BACKENDS:
+        backend = str(raw).strip().lower()
+        if backend not in BACKENDS:
             raise ConfigError(
                 f"{label}={raw!r} is not a known backend; valid values: {', '.join(BACKENDS)}."
             )
-        return value
+        return backend
     if "Path" in str(kind):
         return Path(os.path.expanduser(str(raw))) if str(raw) else None
     text = str(raw).strip()

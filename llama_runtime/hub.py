@@ -24,7 +24,7 @@ def download_file(repo: str, filename: str, revision: str, settings: Settings, d
     """Download ``filename`` of ``repo`` at ``revision`` into folder ``dest``; return its path."""
     from huggingface_hub import __version__ as hub_version
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined,unused-ignore]
 
     from ._version import __version__
 

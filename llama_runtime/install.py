@@ -46,7 +46,7 @@ def _pyproject_settings(root: Path) -> dict[str, Any]:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11: hatchling depends on tomli there
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
     data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     return dict(data.get("tool", {}).get("llama-runtime", {}))
 
@@ -112,7 +112,8 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
         for w in selection.warnings:
             echo(f"llama-runtime: warning: {w}")
         echo(f"llama-runtime: selected {selection.why()}")
-    else:
+    else:  # LLAMA_RUNTIME_TARGET named a variant: nothing to probe
+        assert variant is not None
         selection, name = None, variant
         echo(f"llama-runtime: target variant {name} (LLAMA_RUNTIME_TARGET); no probe of this machine")
     return _fetch_into_plan(settings, lock, name, profile, selection, staging, editable, echo,

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .chat import ChatTemplateError, StopMatcher, encode_text, format_chat
-from .errors import GenerationError, ModelError
+from .chat import StopMatcher, encode_text, format_chat
+from .errors import ChatTemplateError, GenerationError, ModelError
 from .native.context import Context, why
 from .native.sampling import LLAMA_DEFAULT_SEED, Sampling
 
@@ -259,10 +259,14 @@ class Llama:
 
     @overload
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = ..., *,
-             stream: Literal[False] = ..., **options: Any) -> str: ...
+             stream: Literal[False] = ..., template: str | None = ..., stop: Iterable[str] = ...,
+             temperature: float = ..., top_k: int = ..., top_p: float = ..., min_p: float = ...,
+             repeat_penalty: float = ..., seed: int | None = ...) -> str: ...
     @overload
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = ..., *,
-             stream: Literal[True], **options: Any) -> Iterator[str]: ...
+             stream: Literal[True], template: str | None = ..., stop: Iterable[str] = ...,
+             temperature: float = ..., top_k: int = ..., top_p: float = ..., min_p: float = ...,
+             repeat_penalty: float = ..., seed: int | None = ...) -> Iterator[str]: ...
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_tokens: int = 256, *,
              stream: bool = False, template: str | None = None, stop: Iterable[str] = (),

@@ -80,7 +80,8 @@ def installed_dir() -> Path:
 
 def read_build_report(folder: Path | None = None) -> dict[str, Any] | None:
     try:
-        return json.loads(((folder or installed_dir()) / REPORT).read_text(encoding="utf-8"))
+        report: dict[str, Any] = json.loads(((folder or installed_dir()) / REPORT).read_text(encoding="utf-8"))
+        return report
     except (OSError, ValueError):
         return None
 

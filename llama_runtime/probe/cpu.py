@@ -81,7 +81,7 @@ def ggml_features(arch: str, flags: Iterable[str]) -> list[str]:
 
 
 def _archspec_host() -> tuple[str | None, str | None]:
-    import archspec.cpu
+    import archspec.cpu  # type: ignore[import-untyped]
 
     host = archspec.cpu.host()
     return host.name, host.vendor

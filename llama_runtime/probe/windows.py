@@ -47,7 +47,7 @@ def read_windows_flags() -> dict[str, Any]:
     try:
         import ctypes
 
-        check = ctypes.windll.kernel32.IsProcessorFeaturePresent  # type: ignore[attr-defined]
+        check = ctypes.windll.kernel32.IsProcessorFeaturePresent  # type: ignore[attr-defined,unused-ignore]
         return {"flags": features_from_pf(c for c in PF_FEATURES if check(c)), "error": None}
     except Exception as exc:  # an API failure must not break an install
         return {"flags": [], "error": f"unknown, because IsProcessorFeaturePresent failed ({exc})"}

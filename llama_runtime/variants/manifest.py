@@ -30,7 +30,7 @@ def _plain_name(value: Any, what: str) -> str:
     plain = isinstance(value, str) and _NAME.fullmatch(value) and PurePosixPath(value).name == value
     if not plain:
         raise ManifestError(f"{what} {value!r} is not a plain file name.")
-    return value
+    return str(value)
 
 
 @dataclass(frozen=True)

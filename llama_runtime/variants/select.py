@@ -21,7 +21,8 @@ from .manifest import Manifest, Variant
 @lru_cache(maxsize=1)
 def hardware() -> dict[str, Any]:
     """The hardware knowledge (backends, ranks, request names) shipped as data."""
-    return json.loads((Path(__file__).parent / "hardware.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads((Path(__file__).parent / "hardware.json").read_text(encoding="utf-8"))
+    return data
 
 
 def _version(text: Any) -> tuple[int, ...]:
@@ -221,17 +222,18 @@ def _check_macos(v: Variant, p: MachineProfile) -> list[str]:
 
 
 def _score(v: Variant, p: MachineProfile | None = None) -> float:
-    rank = hardware()["backends"].get(v.backend, {}).get("rank", 0)
+    rank = float(hardware()["backends"].get(v.backend, {}).get("rank", 0))
     if v.backend == "vulkan" and p is not None:
         # an integrated GPU ranks below the CPU build, a discrete one where the data puts it
         best = _vulkan_best(p, allow_software=True)
-        rank = hardware()["vulkan_device_rank"].get(best.get("type"), 0) if best else rank
+        rank = float(hardware()["vulkan_device_rank"].get(best.get("type"), 0)) if best else rank
     level = v.requires.get("x86_64_level") or 0
     if v.backend == "cuda" and v.requires.get("cuda_driver"):
         # the newest CUDA a known driver allows; with no driver seen (a build stage), the oldest
         major = _version(v.requires["cuda_driver"])[0] / 100
         rank += major if p is not None and (p.nvidia or {}).get("cuda_driver") else -major
-    return rank * 100 + level * 10 + len(v.requires.get("cpu_features") or ()) + float(v.extra.get("priority", 0))
+    return float(rank * 100 + level * 10 + len(v.requires.get("cpu_features") or ())
+                 + float(v.extra.get("priority", 0)))
 
 
 def _judge(v: Variant, p: MachineProfile, backend: str) -> Candidate:
