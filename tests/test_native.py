@@ -19,7 +19,7 @@ except ImportError:
 
 from llama_runtime.errors import LibraryLoadError
 from llama_runtime.native import LLAMA_CPP_GENERATION, Native, structs
-from llama_runtime.native.functions import FUNCTIONS
+from llama_runtime.native.functions import CPU_PROCS, FUNCTIONS
 
 __all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
 
@@ -87,6 +87,19 @@ def test_every_table_entry_is_copied_from_the_pinned_headers() -> None:
     for fn in FUNCTIONS:
         assert fn.name in fn.prototype
         assert _squeeze(fn.prototype) in headers, fn.prototype
+
+
+def test_every_cpu_proc_is_copied_from_the_pinned_headers() -> None:
+    # functions of the CPU backend reached through ggml_backend_reg_get_proc_address
+    headers = _squeeze("".join(p.read_text() for p in INCLUDE.glob("*.h")))
+    for name, fn in CPU_PROCS.items():
+        assert name == fn.name and fn.name in fn.prototype
+        assert _squeeze(fn.prototype) in headers, fn.prototype
+
+
+def test_cpu_procs_resolve_in_the_real_library(native_lib: Native) -> None:
+    for name in CPU_PROCS:
+        assert callable(native_lib.cpu_proc(name)), name
 
 
 def test_open_binds_every_function(native_lib: Native) -> None:

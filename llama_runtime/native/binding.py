@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LibraryLoadError
-from .functions import FUNCTIONS, Fn
+from .functions import CPU_PROCS, FUNCTIONS, Fn
 from .structs import ggml_log_callback
 
 LLAMA_CPP_GENERATION = "0.5.0"  # the llama.h whose struct layouts structs.py copies
@@ -105,6 +105,7 @@ class Native:
         self.paths = tuple(paths)
         self.libraries = tuple(libs)
         self._functions = functions
+        self._cpu_procs: dict[str, Any] = {}  # name -> CFUNCTYPE or None (looked up once)
         # Plain instance attributes: a bound C function costs one dict lookup per call, which
         # matters on the per-token path (``__getattr__`` below only explains unknown names).
         self.__dict__.update(functions)
@@ -139,7 +140,9 @@ class Native:
         missing = []
         for fn in FUNCTIONS:
             cfunc = _resolve(libs, fn)
-            if cfunc is None:
+            if cfunc is None and fn.optional:
+                logger.debug("%s lacks the optional %s", paths[-1], fn.name)
+            elif cfunc is None:
                 missing.append(fn.name)
             functions[fn.name] = cfunc
         if missing:
@@ -196,6 +199,55 @@ class Native:
         """``llama_print_system_info()``: the CPU features and backends llama.cpp sees."""
         raw = self.llama_print_system_info()
         return raw.decode("utf-8", "replace") if raw else ""
+
+    # --- the CPU backend's own functions (a plugin in GGML_BACKEND_DL builds) ----------------
+
+    def _cpu_reg(self) -> int | None:
+        by_name = self.ggml_backend_reg_by_name
+        reg = by_name(b"CPU") if by_name is not None else None
+        return int(reg) if reg else None
+
+    def cpu_proc(self, name: str) -> Any | None:
+        """``CPU_PROCS[name]`` from the CPU registry's proc-address table, or None if absent."""
+        if name not in self._cpu_procs:
+            fn, reg, get = CPU_PROCS[name], self._cpu_reg(), self.ggml_backend_reg_get_proc_address
+            address = get(reg, name.encode()) if reg is not None and get is not None else None
+            self._cpu_procs[name] = (ctypes.CFUNCTYPE(fn.restype, *fn.argtypes)(address)
+                                     if address else None)
+            if not address:
+                logger.debug("the CPU backend of %s has no %s", self.paths[-1], name)
+        return self._cpu_procs[name]
+
+    def cpu_features(self) -> dict[str, str] | None:
+        """The CPU backend's feature flags (``{"AVX2": "1", "OPENMP": "1", ...}``), or None.
+
+        The same list ``llama_print_system_info`` prints after ``CPU :``; None when this
+        library cannot say.
+        """
+        get_features = self.cpu_proc("ggml_backend_get_features")
+        reg = self._cpu_reg()
+        if get_features is None or reg is None:
+            return None
+        array, i = get_features(reg), 0
+        out: dict[str, str] = {}
+        while array and array[i].name is not None:  # a NULL-terminated array
+            out[array[i].name.decode(errors="replace")] = (array[i].value or b"").decode(errors="replace")
+            i += 1
+        return out
+
+    def threadpool_new(self, n_threads: int) -> int:
+        """A new ggml thread pool of ``n_threads`` (default parameters), or 0 if none can be made."""
+        new, params_default = self.cpu_proc("ggml_threadpool_new"), self.ggml_threadpool_params_default
+        if new is None or params_default is None or self.cpu_proc("ggml_threadpool_free") is None:
+            return 0
+        params = params_default(n_threads)
+        return int(new(ctypes.byref(params)) or 0)
+
+    def threadpool_free(self, pool: int) -> None:
+        """Free a pool of :meth:`threadpool_new`, after every context using it is freed."""
+        free = self.cpu_proc("ggml_threadpool_free")
+        if free is not None:  # always: threadpool_new makes no pool it could not free
+            free(pool)
 
     def __repr__(self) -> str:
         return f"Native({self.paths[-1]})"

@@ -3,20 +3,42 @@
 The context remembers which tokens its KV cache holds (sequence 0). A new prompt that starts
 with those tokens only decodes what is new; the divergent tail is removed with
 ``llama_memory_seq_rm``. That is what makes a chat's second turn cost its new tokens only.
+
+A llama.cpp built without OpenMP (the npm builds, every macOS build) creates and joins a
+disposable ggml thread pool on every ``llama_decode`` unless the context has one attached:
+each context then gets one persistent pool (``benchmarks/NOTES.md``: +11 % generation tok/s).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
+import os
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import GenerationError, ModelError
 from .sampling import Sampling, build_chain
-from .structs import llama_batch
+from .structs import GGML_MAX_N_THREADS, llama_batch
 
 if TYPE_CHECKING:
     from .binding import Native
+
+logger = logging.getLogger("llama_runtime.native")
+
+# Contexts with a pool attached, for the fork hook below (registered with the first pool).
+_POOLED: weakref.WeakSet[Context] = weakref.WeakSet()
+_fork_hook: list[bool] = []
+
+
+def _drop_pools_in_child() -> None:
+    # A pool's workers are threads of the parent: a forked child has none of them, and a decode
+    # on the pool would wait for them forever. The child decodes with ggml's default instead;
+    # the pools' memory is left alone (ggml_threadpool_free would join the missing threads).
+    for context in list(_POOLED):
+        context._drop_threadpool()
+
 
 POOLING = {None: -1, "none": 0, "mean": 1, "cls": 2, "last": 3}  # enum llama_pooling_type
 _POOLING_NONE = 0
@@ -25,6 +47,15 @@ _POOLING_NONE = 0
 def why(log_lines: list[str]) -> str:
     """llama.cpp's own explanation: the warnings/errors it logged during the failed call."""
     return "; ".join(log_lines[-3:]) if log_lines else "llama.cpp logged no reason"
+
+
+def needs_threadpool(features: dict[str, str] | None) -> bool:
+    """Whether a CPU backend with these feature flags gains from a persistent thread pool.
+
+    With OpenMP ggml keeps its workers between graphs by itself; without it, each decode
+    starts and joins its threads. Unknown features (None): no pool, nothing to risk.
+    """
+    return features is not None and features.get("OPENMP", "0") in ("0", "")
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -36,10 +67,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Context:
-    """A ``llama_context`` of a loaded model; freed by :meth:`free`. Not thread-safe."""
+    """A ``llama_context`` of a loaded model; freed by :meth:`free`. Not thread-safe.
+
+    ``threadpool=False`` leaves ggml's default threading (for comparisons and tests).
+    """
 
     def __init__(self, native: Native, model: int, *, n_ctx: int, n_batch: int, n_threads: int,
-                 embeddings: bool = False, pooling: str | None = None) -> None:
+                 embeddings: bool = False, pooling: str | None = None,
+                 threadpool: bool = True) -> None:
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {', '.join(map(str, POOLING))}; got {pooling!r}")
         self._native = native
@@ -67,6 +102,39 @@ class Context:
         # One reusable single-token batch: the per-token path allocates nothing.
         self._one = (ctypes.c_int32 * 1)()
         self._one_batch = native.llama_batch_get_one(self._one, 1)
+        # ggml_threadpool_t attached to the context (0: none, ggml's per-decode default)
+        self.threadpool = self._attach_threadpool(n_threads) if threadpool else 0
+
+    def _attach_threadpool(self, n_threads: int) -> int:
+        """One pool for both decode kinds: ``n_threads_batch == n_threads`` (two pools otherwise).
+
+        An optimisation only: whatever is missing, the context works without it.
+        """
+        n = self._native
+        features = n.cpu_features()
+        if not needs_threadpool(features):
+            logger.debug("no persistent thread pool: the CPU backend reports %s",
+                         "no features" if features is None else f"OPENMP = {features.get('OPENMP')}")
+            return 0
+        if n.llama_attach_threadpool is None or not 0 < n_threads <= GGML_MAX_N_THREADS:
+            logger.debug("no persistent thread pool: llama_attach_threadpool missing or "
+                         "n_threads %d out of range", n_threads)
+            return 0
+        pool = n.threadpool_new(n_threads)
+        if not pool:
+            logger.debug("no persistent thread pool: ggml_threadpool_new unavailable or failed")
+            return 0
+        n.llama_attach_threadpool(self.ctx, pool, pool)
+        if not _fork_hook and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_drop_pools_in_child)
+            _fork_hook.append(True)
+        _POOLED.add(self)
+        return pool
+
+    def _drop_threadpool(self) -> None:
+        if self.threadpool and not self.closed:
+            self._native.llama_attach_threadpool(self.ctx, None, None)  # = llama_detach_threadpool
+        self.threadpool = 0
 
     # --- decoding -----------------------------------------------------------------------------
 
@@ -188,3 +256,7 @@ class Context:
         self._generation += 1  # a suspended generation must not touch the freed context
         self.closed = True
         self._native.llama_free(self.ctx)
+        if self.threadpool:  # only now: the context's CPU backend points at it until freed
+            _POOLED.discard(self)
+            self._native.threadpool_free(self.threadpool)
+            self.threadpool = 0

@@ -8,6 +8,12 @@ Python never looks inside them. Structs passed or returned by value use the clas
 
 Every symbol here must exist in the loaded library or ``Native.open`` fails with the list of
 missing names: a library of another generation is refused up front instead of crashing later.
+Entries marked ``optional`` serve an optimisation only (the persistent thread pool): a library
+without them still loads, and the attribute is ``None``.
+
+``CPU_PROCS`` are functions of the CPU backend that are not exported where ggml loads that
+backend as a plugin (``GGML_BACKEND_DL``): they are reached through
+``ggml_backend_reg_get_proc_address`` and called through a ``CFUNCTYPE`` of the same signature.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from ctypes import (
     c_bool,
     c_char_p,
     c_float,
+    c_int,
     c_int32,
     c_int64,
     c_size_t,
@@ -26,7 +33,9 @@ from ctypes import (
 from typing import Any, NamedTuple
 
 from .structs import (
+    ggml_backend_feature,
     ggml_log_callback,
+    ggml_threadpool_params,
     llama_batch,
     llama_chat_message,
     llama_context_params,
@@ -42,6 +51,8 @@ context_p = c_void_p  # struct llama_context *
 vocab_p = c_void_p  # const struct llama_vocab *
 sampler_p = c_void_p  # struct llama_sampler *
 memory_t = c_void_p  # llama_memory_t
+reg_t = c_void_p  # ggml_backend_reg_t
+threadpool_t = c_void_p  # ggml_threadpool_t (struct ggml_threadpool *)
 token_p = POINTER(llama_token)
 
 
@@ -50,6 +61,7 @@ class Fn(NamedTuple):
     argtypes: list[Any]
     restype: Any  # None for void
     prototype: str
+    optional: bool = False  # a library without it still loads; the attribute is then None
 
 
 # fmt: off
@@ -69,6 +81,19 @@ FUNCTIONS: list[Fn] = [
        "const char * ggml_backend_dev_description(ggml_backend_dev_t device);"),
     Fn("ggml_backend_dev_type", [c_void_p], c_int32,
        "enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);"),
+
+    # --- the persistent thread pool (builds without OpenMP): optional, see context.py
+    Fn("ggml_backend_reg_by_name", [c_char_p], reg_t,
+       "ggml_backend_reg_t ggml_backend_reg_by_name(const char * name);", optional=True),
+    Fn("ggml_backend_reg_get_proc_address", [reg_t, c_char_p], c_void_p,
+       "void * ggml_backend_reg_get_proc_address(ggml_backend_reg_t reg, const char * name);",
+       optional=True),
+    Fn("ggml_threadpool_params_default", [c_int], ggml_threadpool_params,
+       "struct ggml_threadpool_params ggml_threadpool_params_default(int n_threads);",
+       optional=True),
+    Fn("llama_attach_threadpool", [context_p, threadpool_t, threadpool_t], None,
+       "void llama_attach_threadpool(struct llama_context * ctx, ggml_threadpool_t threadpool, "
+       "ggml_threadpool_t threadpool_batch);", optional=True),
 
     # --- process-wide
     Fn("llama_backend_init", [], None, "void llama_backend_init(void);"),
@@ -213,4 +238,17 @@ FUNCTIONS: list[Fn] = [
     Fn("llama_sampler_free", [sampler_p], None,
        "void llama_sampler_free(struct llama_sampler * smpl);"),
 ]
+# fmt: on
+
+# Reached through ggml_backend_reg_get_proc_address of the "CPU" registry (ggml-cpu.h and the
+# function-pointer typedefs of ggml-backend.h); a missing one means: no thread pool.
+# fmt: off
+CPU_PROCS: dict[str, Fn] = {fn.name: fn for fn in [
+    Fn("ggml_backend_get_features", [reg_t], POINTER(ggml_backend_feature),
+       "typedef struct ggml_backend_feature * (*ggml_backend_get_features_t)(ggml_backend_reg_t reg);"),
+    Fn("ggml_threadpool_new", [POINTER(ggml_threadpool_params)], threadpool_t,
+       "struct ggml_threadpool * ggml_threadpool_new(struct ggml_threadpool_params * params);"),
+    Fn("ggml_threadpool_free", [threadpool_t], None,
+       "void ggml_threadpool_free(struct ggml_threadpool * threadpool);"),
+]}
 # fmt: on

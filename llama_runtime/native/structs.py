@@ -1,4 +1,5 @@
-"""ctypes mirrors of the structs of the pinned ``include/llama.h`` (libllama 0.5.0).
+"""ctypes mirrors of the structs of the pinned ``include/llama.h`` (libllama 0.5.0) and of the
+two ggml structs the thread pool needs (``ggml.h``, ``ggml-backend.h``, included by llama.h).
 
 Each class carries the C declaration it copies. The layouts are checked field by field
 against the header by ``tests/test_native.py`` (gcc prints ``sizeof``/``offsetof``); when the
@@ -249,6 +250,31 @@ class llama_perf_sampler_data(Structure):
     _fields_ = [("t_sample_ms", c_double), ("n_sample", c_int32)]
 
 
+GGML_MAX_N_THREADS = 512  # ggml.h: the size of ggml_threadpool_params.cpumask
+
+
+class ggml_threadpool_params(Structure):
+    """struct ggml_threadpool_params {
+        bool cpumask[GGML_MAX_N_THREADS]; int n_threads; enum ggml_sched_priority prio;
+        uint32_t poll; bool strict_cpu; bool paused;
+    };"""
+
+    _fields_ = [
+        ("cpumask", c_bool * GGML_MAX_N_THREADS),
+        ("n_threads", c_int),
+        ("prio", c_enum),
+        ("poll", c_uint32),
+        ("strict_cpu", c_bool),
+        ("paused", c_bool),
+    ]
+
+
+class ggml_backend_feature(Structure):
+    """struct ggml_backend_feature { const char * name; const char * value; };"""
+
+    _fields_ = [("name", c_char_p), ("value", c_char_p)]
+
+
 # C spelling of every struct above, for the layout test and the ABI guard.
 C_NAMES: dict[type[ctypes.Structure], str] = {
     llama_token_data: "llama_token_data",
@@ -264,6 +290,8 @@ C_NAMES: dict[type[ctypes.Structure], str] = {
     llama_chat_message: "llama_chat_message",
     llama_perf_context_data: "struct llama_perf_context_data",
     llama_perf_sampler_data: "struct llama_perf_sampler_data",
+    ggml_threadpool_params: "struct ggml_threadpool_params",
+    ggml_backend_feature: "struct ggml_backend_feature",
 }
 
 
