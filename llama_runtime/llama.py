@@ -15,7 +15,7 @@ import contextlib
 import ctypes
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -220,7 +220,7 @@ class Llama:
         return Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                         repeat_penalty=repeat_penalty, seed=self.seed if seed is None else seed)
 
-    def _texts(self, tokens: Iterator[int], stop: Iterable[str]) -> Iterator[str]:
+    def _texts(self, tokens: Generator[int, None, None], stop: Iterable[str]) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher([stop] if isinstance(stop, str) else stop)
         pieces = self._pieces

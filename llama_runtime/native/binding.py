@@ -32,6 +32,12 @@ _GGML_LOG_CONT = 5
 
 _lock = threading.Lock()
 _opened: dict[str, Native] = {}
+
+
+def opened() -> list[Native]:
+    """The llama.cpp libraries loaded into this process."""
+    with _lock:
+        return list(_opened.values())
 _last_level = [logging.DEBUG]
 _capture = threading.local()  # .lines: list of warnings/errors logged by this thread, or unset
 
@@ -106,6 +112,10 @@ class Native:
         self.libraries = tuple(libs)
         self._functions = functions
         self._cpu_procs: dict[str, Any] = {}  # name -> CFUNCTYPE or None (looked up once)
+        # Set by the contexts: a decode ran (with OpenMP, libgomp then holds threads that a
+        # forked child does not have), and, in such a child, that only one thread is safe.
+        self.decoded = False
+        self.single_thread_after_fork = False
         # Plain instance attributes: a bound C function costs one dict lookup per call, which
         # matters on the per-token path (``__getattr__`` below only explains unknown names).
         self.__dict__.update(functions)
@@ -217,6 +227,9 @@ class Native:
             if not address:
                 logger.debug("the CPU backend of %s has no %s", self.paths[-1], name)
         return self._cpu_procs[name]
+
+    def has_openmp(self) -> bool:
+        return (self.cpu_features() or {}).get("OPENMP") == "1"
 
     def cpu_features(self) -> dict[str, str] | None:
         """The CPU backend's feature flags (``{"AVX2": "1", "OPENMP": "1", ...}``), or None.

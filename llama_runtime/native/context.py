@@ -15,7 +15,7 @@ import ctypes
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import GenerationError, ModelError
@@ -27,17 +27,36 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("llama_runtime.native")
 
-# Contexts with a pool attached, for the fork hook below (registered with the first pool).
-_POOLED: weakref.WeakSet[Context] = weakref.WeakSet()
+# Open contexts, for the fork hook below (registered with the first context).
+_LIVE: weakref.WeakSet[Context] = weakref.WeakSet()
 _fork_hook: list[bool] = []
 
+FORK_WARNING = (
+    "this process was forked from one where llama.cpp had run OpenMP threads: libgomp cannot "
+    "start them again in a child (a decode would hang), so llama.cpp uses 1 thread here. For "
+    "full speed start worker processes with multiprocessing's 'spawn' or 'forkserver' method, "
+    "or fork before the first generation.")
 
-def _drop_pools_in_child() -> None:
-    # A pool's workers are threads of the parent: a forked child has none of them, and a decode
-    # on the pool would wait for them forever. The child decodes with ggml's default instead;
-    # the pools' memory is left alone (ggml_threadpool_free would join the missing threads).
-    for context in list(_POOLED):
-        context._drop_threadpool()
+
+def _after_fork_in_child() -> None:
+    # Threads do not survive fork. A persistent pool's workers are the parent's: a decode on it
+    # would wait for them forever, so the child falls back to ggml's default (the pools' memory
+    # is left alone: ggml_threadpool_free would join the missing threads). libgomp is worse: once
+    # a parallel region ran in the parent, any region with more than one thread in the child
+    # hangs, in old and new contexts alike; one thread runs no region.
+    from .binding import opened
+
+    for native in opened():
+        native.single_thread_after_fork = native.decoded and native.has_openmp()
+    for context in list(_LIVE):
+        context._after_fork()
+
+
+def _watch_forks(context: Context) -> None:
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook.append(True)
+    _LIVE.add(context)
 
 
 POOLING = {None: -1, "none": 0, "mean": 1, "cls": 2, "last": 3}  # enum llama_pooling_type
@@ -82,6 +101,9 @@ class Context:
         params.n_ctx, params.n_batch = n_ctx, n_batch
         # A pooled embedding needs the whole text in one micro-batch.
         params.n_ubatch = n_batch if embeddings else min(n_batch, params.n_ubatch)
+        if native.single_thread_after_fork:
+            logger.warning(FORK_WARNING)
+            n_threads = 1
         params.n_threads = params.n_threads_batch = n_threads
         params.embeddings = embeddings
         params.pooling_type = POOLING[pooling]
@@ -102,8 +124,10 @@ class Context:
         # One reusable single-token batch: the per-token path allocates nothing.
         self._one = (ctypes.c_int32 * 1)()
         self._one_batch = native.llama_batch_get_one(self._one, 1)
+        self.n_threads = n_threads
         # ggml_threadpool_t attached to the context (0: none, ggml's per-decode default)
         self.threadpool = self._attach_threadpool(n_threads) if threadpool else 0
+        _watch_forks(self)
 
     def _attach_threadpool(self, n_threads: int) -> int:
         """One pool for both decode kinds: ``n_threads_batch == n_threads`` (two pools otherwise).
@@ -125,16 +149,18 @@ class Context:
             logger.debug("no persistent thread pool: ggml_threadpool_new unavailable or failed")
             return 0
         n.llama_attach_threadpool(self.ctx, pool, pool)
-        if not _fork_hook and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_drop_pools_in_child)
-            _fork_hook.append(True)
-        _POOLED.add(self)
         return pool
 
-    def _drop_threadpool(self) -> None:
-        if self.threadpool and not self.closed:
+    def _after_fork(self) -> None:
+        if self.closed:
+            return
+        if self.threadpool:
             self._native.llama_attach_threadpool(self.ctx, None, None)  # = llama_detach_threadpool
-        self.threadpool = 0
+            self.threadpool = 0
+        if self._native.single_thread_after_fork and self.n_threads > 1:
+            logger.warning(FORK_WARNING)
+            self._native.llama_set_n_threads(self.ctx, 1, 1)
+            self.n_threads = 1
 
     # --- decoding -----------------------------------------------------------------------------
 
@@ -162,6 +188,7 @@ class Context:
             )
         self.tokens.extend(chunk)
         self.n_decoded += len(chunk)
+        self._native.decoded = True
 
     def reset(self) -> None:
         self._native.llama_memory_clear(self.memory, True)
@@ -182,7 +209,7 @@ class Context:
     # --- sampling -----------------------------------------------------------------------------
 
     def sample(self, tokens: Sequence[int], max_tokens: int, sampling: Sampling,
-               vocab: int, n_vocab: int) -> Iterator[int]:
+               vocab: int, n_vocab: int) -> Generator[int, None, None]:
         """Decode the prompt ``tokens``, then yield up to ``max_tokens`` sampled tokens.
 
         Stops before an end-of-generation token and when the context is full. Only one
@@ -256,7 +283,7 @@ class Context:
         self._generation += 1  # a suspended generation must not touch the freed context
         self.closed = True
         self._native.llama_free(self.ctx)
+        _LIVE.discard(self)
         if self.threadpool:  # only now: the context's CPU backend points at it until freed
-            _POOLED.discard(self)
             self._native.threadpool_free(self.threadpool)
             self.threadpool = 0
