@@ -177,7 +177,8 @@ class _Direct:
                 conn.close()
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (the HTTP-date form is rare on hubs: ignored)."""
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -191,7 +192,7 @@ def _one_attempt(client: Any, url: str, part: Path, headers: dict[str, str], dea
     timeout = max(1.0, min(deadline - time.monotonic(), 30.0))
     with client.stream("GET", url, headers=request_headers, timeout=timeout) as r:
         if r.status_code in TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {r.status_code}", _retry_after(r.headers.get("Retry-After")))
+            raise _Transient(f"HTTP {r.status_code}", parse_retry_after(r.headers.get("Retry-After")))
         if r.status_code >= 400:
             raise DownloadError(f"HTTP {r.status_code} for {url}" + _hint(r))
         if have and r.status_code != 206:  # server ignored Range (some mirrors do): start over
@@ -254,6 +255,26 @@ def _hint(response: Any) -> str:
     return "."
 
 
+def retry_wait(attempt: int, retry_after: float | None, deadline: float) -> float | None:
+    """Seconds to sleep after failed attempt ``attempt`` (0-based): the server's ``Retry-After``,
+    else 0.5, 1, 2 ... s, never past ``deadline``; ``None`` when the server asks for a longer wait
+    than the deadline leaves (retrying sooner would only be refused again)."""
+    left = max(0.0, deadline - time.monotonic())
+    if retry_after is not None and retry_after > left:
+        return None
+    return min(retry_after if retry_after is not None else 0.5 * 2**attempt, left)
+
+
+def permanent_transport_error(exc: BaseException, url: str) -> DownloadError | None:
+    """The transport errors that retrying cannot cure, explained; ``None`` for the others."""
+    if type(exc).__name__ == "TooManyRedirects":  # a loop
+        return DownloadError(f"{url} redirects in a loop (more than 20 redirects)")
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return DownloadError(f"the certificate of {url} is not trusted ({exc}). Behind a company proxy or"
+                             " CA, point SSL_CERT_FILE (or SSL_CERT_DIR) at its CA bundle.")
+    return None
+
+
 def fetch(url: str, dest: Path, *, headers: dict[str, str], timeout: float, proxy: str | None = None,
           progress: Progress | None = None, size: int | None = None) -> Path:
     """Download ``url`` to ``dest`` (via ``dest.part``) before ``timeout`` seconds have passed.
@@ -279,20 +300,16 @@ def fetch(url: str, dest: Path, *, headers: dict[str, str], timeout: float, prox
         except Exception as exc:  # transport errors (httpx flavour of the hub client, or http.client)
             if isinstance(exc, (DownloadError, CacheError)):
                 raise
-            if type(exc).__name__ == "TooManyRedirects":  # a loop: retrying cannot help
-                raise DownloadError(f"{url} redirects in a loop (more than 20 redirects)") from exc
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # permanent too
-                raise DownloadError(
-                    f"the certificate of {url} is not trusted ({exc}). Behind a company proxy or CA,"
-                    " point SSL_CERT_FILE (or SSL_CERT_DIR) at its CA bundle.") from exc
+            permanent = permanent_transport_error(exc, url)
+            if permanent is not None:
+                raise permanent from exc
             last, wait = f"{type(exc).__name__}: {exc}", None
         if attempt == ATTEMPTS - 1:
             break
-        left = max(0.0, deadline - time.monotonic())
-        if wait is not None and wait > left:
-            last += f"; the server asks to retry after {wait:g} s, past the deadline"
+        asked, wait = wait, retry_wait(attempt, wait, deadline)
+        if wait is None:
+            last += f"; the server asks to retry after {asked:g} s, past the deadline"
             break
-        wait = min(wait if wait is not None else 0.5 * 2**attempt, left)
         log.info("download of %s failed (%s); retry %d in %.1f s", url, last, attempt + 1, wait)
         time.sleep(wait)
     raise DownloadError(f"gave up on {url} after {attempt + 1} attempt(s) within {timeout:g} s"
