@@ -32,14 +32,17 @@ _GGML_LOG_CONT = 5
 
 _lock = threading.Lock()
 _opened: dict[str, Native] = {}
+_last_level = [logging.DEBUG]
+_capture = threading.local()  # .lines: list of warnings/errors logged by this thread, or unset
 
 
 def opened() -> list[Native]:
-    """The llama.cpp libraries loaded into this process."""
-    with _lock:
-        return list(_opened.values())
-_last_level = [logging.DEBUG]
-_capture = threading.local()  # .lines: list of warnings/errors logged by this thread, or unset
+    """The llama.cpp libraries loaded into this process.
+
+    No lock: the fork hook calls this in a child, where a lock another thread held at fork
+    time would never be released. Copying the dict is atomic under the GIL.
+    """
+    return list(_opened.values())
 
 
 def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
