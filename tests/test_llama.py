@@ -156,15 +156,20 @@ else:
 """
 
 
-def _load_in_subprocess(native_libs: NativeLibs, model: Path) -> dict[str, str]:
+def _in_subprocess(script: str, native_libs: NativeLibs, model: Path, *extra: str) -> dict[str, str]:
+    """Run ``script`` in a fresh Python with the libraries, model and ``extra``; its last JSON line."""
     arg = json.dumps([[str(p) for p in native_libs.libraries],
-                      str(native_libs.folder) if native_libs.backend_dl else None, str(model)])
+                      str(native_libs.folder) if native_libs.backend_dl else None, str(model), *extra])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _ERROR_SCRIPT, arg], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", script, arg], cwd=REPO, env=env,
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"crashed with {proc.returncode}: {proc.stderr[-2000:]}"
     result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+def _load_in_subprocess(native_libs: NativeLibs, model: Path) -> dict[str, str]:
+    return _in_subprocess(_ERROR_SCRIPT, native_libs, model)
 
 
 def test_missing_model_file(native_libs: NativeLibs, tmp_path: Path) -> None:
@@ -239,14 +244,7 @@ else:
 
 
 def _call_in_subprocess(native_libs: NativeLibs, model: Path, code: str) -> dict[str, str]:
-    arg = json.dumps([[str(p) for p in native_libs.libraries],
-                      str(native_libs.folder) if native_libs.backend_dl else None, str(model), code])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", _CALL_SCRIPT, arg], cwd=REPO, env=env,
-                          check=False, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"crashed with {proc.returncode}: {proc.stderr[-2000:]}"
-    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return _in_subprocess(_CALL_SCRIPT, native_libs, model, code)
 
 
 @pytest.mark.parametrize(("code", "error", "message"), [
