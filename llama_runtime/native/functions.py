@@ -91,8 +91,6 @@ FUNCTIONS: list[Fn] = [
     Fn("ggml_threadpool_params_default", [c_int], ggml_threadpool_params,
        "struct ggml_threadpool_params ggml_threadpool_params_default(int n_threads);",
        optional=True),
-    Fn("llama_set_n_threads", [context_p, c_int32, c_int32], None,
-       "void llama_set_n_threads(struct llama_context * ctx, int32_t n_threads, int32_t n_threads_batch);"),
     Fn("llama_attach_threadpool", [context_p, threadpool_t, threadpool_t], None,
        "void llama_attach_threadpool(struct llama_context * ctx, ggml_threadpool_t threadpool, "
        "ggml_threadpool_t threadpool_batch);", optional=True),
@@ -128,6 +126,8 @@ FUNCTIONS: list[Fn] = [
        "struct llama_context_params params);"),
     Fn("llama_free", [context_p], None, "void llama_free(struct llama_context * ctx);"),
     Fn("llama_n_ctx", [context_p], c_uint32, "uint32_t llama_n_ctx(const struct llama_context * ctx);"),
+    Fn("llama_set_n_threads", [context_p, c_int32, c_int32], None,
+       "void llama_set_n_threads(struct llama_context * ctx, int32_t n_threads, int32_t n_threads_batch);"),
     Fn("llama_n_batch", [context_p], c_uint32,
        "uint32_t llama_n_batch(const struct llama_context * ctx);"),
     Fn("llama_get_memory", [context_p], memory_t,
