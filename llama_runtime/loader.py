@@ -166,6 +166,10 @@ def open_step(step: Step, settings: Settings) -> Library:
         path = Path(step.folder or "")
         if not path.is_file():
             raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} does not exist.")
+        other_os = foreign_binary(path)
+        if other_os:
+            raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} is {other_os}; point it at a"
+                                   " libllama built for this machine, or unset it.")
         tagged = re.search(r"\.v(\d+\.\d+\.\d+)\.", path.name)
         check_generation(tagged.group(1) if tagged else None, str(path), settings)
         folder = path.parent
@@ -189,6 +193,13 @@ def open_step(step: Step, settings: Settings) -> Library:
     return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
 
 
+def foreign_binary(path: Path) -> str | None:
+    from .binformat import foreign
+    from .probe.profile import _os_name
+
+    return foreign(path, _os_name())
+
+
 def allow_dll_folder(folder: Path) -> None:
     """On Windows, let the loader find a library's sibling DLLs (never by changing PATH)."""
     import os
@@ -198,8 +209,9 @@ def allow_dll_folder(folder: Path) -> None:
         _DLL_DIRECTORIES.append(os.add_dll_directory(str(folder)))
 
 
-# ggml's backend plugin of each GPU backend (GGML_BACKEND_DL builds)
-GPU_PLUGINS = {"cuda": "libggml-cuda", "vulkan": "libggml-vulkan", "rocm": "libggml-hip", "metal": "libggml-metal"}
+# ggml's backend plugin of each GPU backend (GGML_BACKEND_DL builds): libggml-vulkan.so on
+# Linux, ggml-vulkan.dll on Windows
+GPU_PLUGINS = {"cuda": "ggml-cuda", "vulkan": "ggml-vulkan", "rocm": "ggml-hip", "metal": "ggml-metal"}
 
 
 def preflight(v: Variant, folder: Path) -> None:
@@ -219,7 +231,7 @@ def preflight(v: Variant, folder: Path) -> None:
         return
     deps = resolve_all(list(v.extra.get("external_libraries") or ()))
     for name in v.files:
-        if name.startswith(prefix):
+        if name.removeprefix("lib").startswith(prefix):
             try:
                 ctypes.CDLL(str(folder / name))
             except OSError as exc:

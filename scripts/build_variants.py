@@ -184,7 +184,8 @@ BACKEND_EXTERNAL: Mapping[str, str | None] = {
 # Minimum Linux driver of each CUDA major (NVIDIA's CUDA toolkit release notes, table 3).
 CUDA_MIN_DRIVER: Mapping[int, str] = {12: "525.60.13", 13: "580.65.06"}
 NPM_ARCH: Mapping[str, str] = {"x64": "x86_64", "arm64": "aarch64"}
-LIBLLAMA = re.compile(r"^libllama(\.[\w.]+)?\.so$")  # libllama.so, libllama.cuda.v0.5.0.so
+# libllama.so, libllama.cuda.v0.5.0.so; llama.dll on Windows (scripts/windows_build.py)
+LIBLLAMA = re.compile(r"^(libllama(\.[\w.]+)?\.so|llama(\.[\w.]+)?\.dll)$")
 
 
 class BuildVariantError(RuntimeError):
@@ -575,7 +576,7 @@ def _stage_built(bin_dir: Path, staged: Path, bundle: Sequence[str]) -> None:
 
 def _check_plugin_needs(flavor: Flavor, plugins: Sequence[str]) -> None:
     """The CPU requirement of a backend_dl flavor must be that of its least demanding plugin."""
-    tags = {p.removeprefix("libggml-cpu-").removesuffix(".so") for p in plugins}
+    tags = {m[1] for p in plugins if (m := re.match(r"^(?:lib)?ggml-cpu-(\w+)\.(?:so|dll)$", p))}
     lowest = next((t for t in ALL_X86_CPU_VARIANTS if t in tags), None)
     if lowest is None:
         raise BuildVariantError(f"{flavor.name}: the build produced no x86 CPU plugin: {plugins}")
@@ -676,6 +677,16 @@ def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     return given or DEFAULT_FLAVORS
 
 
+def _produce(kind: str, what: str, out: Path, jobs: int) -> Path:
+    if kind == "npm":
+        return npm_variant(what, out)
+    if kind == "windows":
+        from windows_build import windows_variant  # imports this module: see __main__ below
+
+        return windows_variant(what, out, jobs=jobs)
+    return source_variant(what, out, jobs=jobs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
@@ -685,20 +696,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-default", action="store_true",
                         help=f"also produce the defaults ({DEFAULT_NPM}, "
                              f"{', '.join(DEFAULT_FLAVORS)})")
+    parser.add_argument("--windows", action="append", default=[], metavar="FLAVOR",
+                        help="a Windows x86_64 flavor cross-built with MinGW-w64 "
+                             "(scripts/windows_build.py: windows-cpu[-lite], windows-vulkan[-lite])")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     args = parser.parse_args(argv)
-    default = args.all_default or not (args.npm or args.source_build)
+    default = args.all_default or not (args.npm or args.source_build or args.windows)
     try:
         flavors = default_flavors(os.environ) if default else ()
         jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
+        jobs += [("windows", f) for f in args.windows]
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
-            folder = (npm_variant(what, args.out) if kind == "npm"
-                      else source_variant(what, args.out, jobs=args.jobs))
-            arch = json.loads((folder / "variant.json").read_text())["arch"]
-            if not args.no_check and arch == os.uname().machine:
+            folder = _produce(kind, what, args.out, args.jobs)
+            meta = json.loads((folder / "variant.json").read_text())
+            if not args.no_check and (meta["os"], meta["arch"]) == ("linux", os.uname().machine):
                 smoke_load(folder)
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
@@ -709,4 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # windows_build does `import build_variants`: give it this module, not a second copy (whose
+    # BuildVariantError main() would not catch)
+    sys.modules.setdefault("build_variants", sys.modules[__name__])
     sys.exit(main())
