@@ -51,8 +51,7 @@ TOOLCHAIN_FILES = ("mingw-w64-x86_64.cmake", "mingw-w64-compat.h", "mingw-w64-na
 CROSS_CXX = "x86_64-w64-mingw32-g++-posix"
 DLLTOOL = "x86_64-w64-mingw32-dlltool"
 APT_HINT = "apt-get install g++-mingw-w64-x86-64"
-VULKAN_APT_HINT = "apt-get install glslc libvulkan-dev spirv-headers"
-SPIRV_HEADERS_CMAKE = Path("/usr/share/cmake/SPIRV-Headers")
+VULKAN_APT_HINT = "apt-get install glslc"
 # RPATH and soname flags mean nothing for PE files
 _ELF_ONLY = ("-DCMAKE_INSTALL_RPATH", "-DCMAKE_BUILD_WITH_INSTALL_RPATH",
              "-DCMAKE_PLATFORM_NO_VERSIONED_SONAME")
@@ -71,6 +70,7 @@ class WindowsFlavor:
     cpu_features: tuple[str, ...]
     cpu_variants: tuple[str, ...] | None = None  # None: all of GGML_CPU_ALL_VARIANTS
     summary: str = ""
+    openmp: bool = False  # True only to measure it: libgomp linked statically into each plugin
 
     def build_steps(self) -> tuple[tuple[str, ...], ...]:
         """As ``build_variants.Flavor.build_steps``, with ``ggml-vulkan`` beside the plugins."""
@@ -90,6 +90,9 @@ WINDOWS_FLAVORS: Mapping[str, WindowsFlavor] = {
     "windows-vulkan": WindowsFlavor("windows-x86_64-vulkan", "vulkan", 1, (), summary=_ALL),
     "windows-vulkan-lite": WindowsFlavor("windows-x86_64-vulkan", "vulkan", 3, bv.V3_FEATURES,
                                          bv.LITE_X86_CPU_VARIANTS, summary=_LITE),
+    # benchmarks/NOTES.md: OpenMP against ggml's thread pool under Wine (not released)
+    "windows-cpu-omp-lite": WindowsFlavor("windows-x86_64-cpu-omp", "cpu", 3, bv.V3_FEATURES,
+                                          bv.LITE_X86_CPU_VARIANTS, summary=_LITE, openmp=True),
 }
 
 
@@ -139,26 +142,24 @@ def vulkan_def(vulkan_core_h: str) -> str:
 
 
 def stage_vulkan_sdk(cache: Path) -> Path:
-    """``include/`` (Vulkan headers) and ``lib/libvulkan-1.dll.a`` for the cross build.
+    """Vulkan and SPIR-V headers, SPIRV-Headers' CMake config, and ``lib/libvulkan-1.dll.a``
+    for the cross build, in one prefix under the cache.
 
-    Only the Vulkan headers are copied: pointing the MinGW build at ``/usr/include`` would put
+    Only those headers are copied: pointing the MinGW build at ``/usr/include`` would put
     glibc's headers before MinGW's.
     """
     import vulkan_headers
 
-    if not SPIRV_HEADERS_CMAKE.is_dir():
-        raise bv.BuildVariantError(f"the Vulkan build needs {SPIRV_HEADERS_CMAKE}: "
-                                   f"{VULKAN_APT_HINT}")
-    headers = vulkan_headers.include_dir(cache)
-    text = (headers / "vulkan" / "vulkan_core.h").read_text()
-    final = cache / "vulkan-sdk" / _digest([text.encode(), str(WINDOWS_RECIPE).encode()])
+    source = vulkan_headers.prefix(cache)
+    text = (source / "include" / "vulkan" / "vulkan_core.h").read_text()
+    spirv = (source / "include" / "spirv" / "unified1" / "spirv.hpp").read_bytes()
+    final = cache / "vulkan-sdk" / _digest([text.encode(), spirv, str(WINDOWS_RECIPE).encode()])
     if (final / "lib" / "libvulkan-1.dll.a").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".vk-"))
-    for sub in ("vulkan", "vk_video"):
-        if (headers / sub).is_dir():
-            shutil.copytree(headers / sub, staging / "include" / sub)
+    for part in vulkan_headers.PARTS:
+        shutil.copytree(source / part, staging / part)
     (staging / "lib").mkdir()
     (staging / "vulkan-1.def").write_text(vulkan_def(text))
     bv._run([bv._tool(DLLTOOL, APT_HINT), "-d", str(staging / "vulkan-1.def"),
@@ -174,12 +175,14 @@ def _version_line(tool: str, hint: str) -> str:
 def cmake_flags(flavor: WindowsFlavor, cache: Path) -> tuple[str, ...]:
     flags = (*WINDOWS_CMAKE,
              f"-DCMAKE_TOOLCHAIN_FILE={stage_toolchain(cache) / TOOLCHAIN_FILES[0]}")
+    if flavor.openmp:
+        flags = tuple(f.replace("-DGGML_OPENMP=OFF", "-DGGML_OPENMP=ON") for f in flags)
     if flavor.backend == "vulkan":
         sdk = stage_vulkan_sdk(cache)
         flags += ("-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={sdk / 'include'}",
                   f"-DVulkan_LIBRARY={sdk / 'lib' / 'libvulkan-1.dll.a'}",
                   f"-DVulkan_GLSLC_EXECUTABLE={bv._tool('glslc', VULKAN_APT_HINT)}",
-                  f"-DSPIRV-Headers_DIR={SPIRV_HEADERS_CMAKE}")
+                  f"-DSPIRV-Headers_DIR={sdk / 'share' / 'cmake' / 'SPIRV-Headers'}")
     return flags
 
 
@@ -240,8 +243,9 @@ def _write_variant(flavor: WindowsFlavor, staged: Path, source: Path, sdist_sha:
         source=f"MinGW-w64 cross build of {bv.VENDOR_DIR} from the {bv.SDIST_REQUIREMENT} sdist "
                f"(sha256 {sdist_sha}); cmake {' '.join(flags)}; CPU plugins {plugins}",
         description=f"llama.cpp {flavor.backend} for x86-64-v{flavor.x86_64_level} Windows: "
-                    f"GGML_BACKEND_DL with {flavor.summary}, ggml thread pool (no OpenMP), "
-                    "GCC runtime linked statically",
+                    f"GGML_BACKEND_DL with {flavor.summary}, "
+                    + ("OpenMP (libgomp linked in), " if flavor.openmp else
+                       "ggml thread pool (no OpenMP), ") + "GCC runtime linked statically",
         machine=facts["machine"], imports=facts["imports"],
         system_libraries=facts["system_libraries"], runtime_loads=runtime,
         toolchain=_version_line(CROSS_CXX, APT_HINT), cache_key=key)

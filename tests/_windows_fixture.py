@@ -120,6 +120,7 @@ def linux_build(work: Path) -> Linux:
 
 def models(work: Path, linux: Linux) -> dict[str, Path]:
     """f16 and quantized tiny llamas; quantized by libllama's own llama_model_quantize."""
+    work.mkdir(parents=True, exist_ok=True)
     out = {"f16": write_tiny_llama(work / "tiny-f16.gguf", seed=3, f16=True, **SHAPE)}
     base = write_tiny_llama(work / "tiny-f32.gguf", seed=3, **SHAPE)
     libraries = [linux.folder / n for n in ("libgomp.so.1", "libggml-base.so", "libggml.so",

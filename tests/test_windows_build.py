@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -161,6 +162,59 @@ def test_a_linux_library_in_a_windows_variant_is_refused(win_cpu: wf.Installed,
     shutil.copy2(linux.folder / "libggml-base.so", folder / "ggml-cpu-haswell.dll")
     with pytest.raises(pe_facts.PeFactsError, match="ggml-cpu-haswell.dll is not a Windows PE"):
         pe_facts.folder_facts(folder)
+
+
+@pytest.fixture(scope="module")
+def win_release(win_cpu: wf.Installed, work: Path) -> Iterator[tuple[Path, str]]:
+    """The Windows CPU variant published to a loopback hub; a source tree locked to it."""
+    import devrelease
+    from hubserver import HubServer
+
+    src = work / "publish-src"
+    shutil.copytree(wf.windows_folder(wf.CPU_FLAVOR, work / "variants"), src / "windows-x86_64-cpu")
+    with HubServer(work / "hub") as hub:
+        tree = devrelease.stage_source(work / "tree")
+        devrelease.publish_release(tree, src, hub.url)
+        yield tree, hub.url
+
+
+def _windows_profile(path: Path) -> Path:
+    from llama_runtime.probe.capture import profile_from_captures
+
+    data = json.loads((Path(__file__).parent / "data" / "machines" /
+                       "windows-avx2-desktop.json").read_text())
+    path.write_text(json.dumps({"profile": profile_from_captures(data).to_dict()}))
+    return path
+
+
+def test_a_wheel_for_windows_is_made_on_linux(win_release: tuple[Path, str], tmp_path: Path) -> None:
+    """LLAMA_RUNTIME_TARGET=<a Windows machine's profile>: selection, download, sha256 check and
+    cache run on the real Windows archive; the wheel is tagged win_amd64 and ships its DLLs."""
+    from llama_runtime.install import prepare_wheel
+
+    tree, endpoint = win_release
+    env = {"LLAMA_RUNTIME_ENDPOINT": endpoint, "LLAMA_RUNTIME_CACHE": str(tmp_path / "cache"),
+           "LLAMA_RUNTIME_TARGET": str(_windows_profile(tmp_path / "win.json"))}
+    plan = prepare_wheel(root=tree, config_settings=None, staging=tmp_path / "stage", environ=env,
+                         echo=lambda _: None)
+    assert plan.tag == "py3-none-win_amd64"
+    shipped = sorted(Path(dest).name for dest in plan.force_include.values())
+    entry = json.loads((tree / "llama_runtime" / "binaries.lock.json").read_text())
+    v = entry["manifest"]["variants"]["windows-x86_64-cpu"]
+    assert shipped == sorted([*v["libraries"], *v["plugins"], "selection.json"])
+
+
+def test_the_windows_release_on_this_linux_machine_says_why(win_release: tuple[Path, str],
+                                                           tmp_path: Path) -> None:
+    from llama_runtime.errors import NoCompatibleVariantError
+    from llama_runtime.install import prepare_wheel
+
+    tree, endpoint = win_release
+    env = {"LLAMA_RUNTIME_ENDPOINT": endpoint, "LLAMA_RUNTIME_CACHE": str(tmp_path / "cache")}
+    with pytest.raises(NoCompatibleVariantError,
+                       match="windows-x86_64-cpu: built for windows, this machine runs linux"):
+        prepare_wheel(root=tree, config_settings=None, staging=tmp_path / "s", environ=env,
+                      echo=lambda _: None)
 
 
 def devrelease_cache() -> Path:
