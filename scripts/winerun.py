@@ -7,11 +7,12 @@ with ``WINEDEBUG=-all`` (Wine's own diagnostics would drown the program's output
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 
 WINE_HINT = "install Wine (apt-get install wine64)"
@@ -70,6 +71,33 @@ def prefix(cache: Path) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def virtual_display() -> Iterator[str]:
+    """An X display (Xvfb) for as long as the block runs; its ``DISPLAY`` value.
+
+    Wine's Vulkan (winevulkan) reaches the host's Vulkan only through its X11 graphics driver:
+    without a display, vkEnumerateInstanceVersion answers 1.0 ("Failed to load Wine graphics
+    driver supporting Vulkan") and ggml refuses the device ("Vulkan 1.2 required").
+    """
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        raise WineError("Xvfb not found: apt-get install xvfb (Wine's Vulkan needs a display)")
+    read, write = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "640x480x24",
+                             "-nolisten", "tcp"], pass_fds=(write,), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    os.close(write)
+    try:
+        with os.fdopen(read) as f:
+            number = f.readline().strip()  # Xvfb writes the display number when it is ready
+        if not number:
+            raise WineError(f"Xvfb exited (status {proc.poll()}) before it was ready")
+        yield f":{number}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def windows_path(path: Path | str) -> str:

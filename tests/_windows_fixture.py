@@ -7,9 +7,11 @@ the first build on a fresh machine is the slow part (see benchmarks/NOTES.md).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +25,10 @@ from tiny_model import write_tiny_llama
 
 try:
     from ._ctypes_quantize import quantize
-    from ._native_fixture import NativeLibs, build_oracle, run_oracle
+    from ._native_fixture import NativeLibs, build_oracle
 except ImportError:
     from _ctypes_quantize import quantize
-    from _native_fixture import NativeLibs, build_oracle, run_oracle
+    from _native_fixture import NativeLibs, build_oracle
 
 from llama_runtime.archive import pack_variant
 from llama_runtime.cache import install, lookup
@@ -36,6 +38,7 @@ from llama_runtime.variants import Variant
 # The development flavors; LLAMA_RUNTIME_TEST_WINDOWS_CPU=windows-cpu runs the release build.
 CPU_FLAVOR = os.environ.get("LLAMA_RUNTIME_TEST_WINDOWS_CPU", "windows-cpu-lite")
 VULKAN_FLAVOR = os.environ.get("LLAMA_RUNTIME_TEST_WINDOWS_VULKAN", "windows-vulkan-lite")
+VULKAN_NPM = "@node-llama-cpp/linux-x64-vulkan@3.22.1"
 LINUX_FLAVOR = "omp-lite"  # linux-x86_64-cpu-omp: the same source, the same three plugins
 PROMPT = "the llama runtime is a small model of the world"
 N_GEN = 48
@@ -100,16 +103,33 @@ def only_plugin(folder: Path, tag: str, dest: Path) -> Path:
 class Linux:
     folder: Path
     oracle: Path
+    native: NativeLibs | None = None  # default: libggml-base, libggml, libllama of the folder
 
     def libs(self, folder: Path | None = None) -> NativeLibs:
+        if self.native is not None and folder is None:
+            return self.native
         folder = folder or self.folder
         return NativeLibs(folder, tuple(folder / n for n in ("libggml-base.so", "libggml.so",
                                                               "libllama.so")), True)
 
-    def ids(self, model: Path, folder: Path | None = None) -> list[int]:
-        (ids,), _ = run_oracle(self.oracle, self.libs(folder), model, PROMPT, N_GEN,
-                               threads=THREADS)
-        return ids
+    def ids(self, model: Path, folder: Path | None = None, gpu_layers: int = 0) -> list[int]:
+        env = os.environ.copy()
+        if gpu_layers:  # greedy.c reads these (GGML_VK_...: ggml uses the software device)
+            env.update(GREEDY_GPU_LAYERS=str(gpu_layers), GGML_VK_VISIBLE_DEVICES="0")
+        cmd = [str(self.oracle), str(model), PROMPT, str(N_GEN), str(THREADS), "256", "1",
+               str(folder or self.folder)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300,
+                             env=env).stdout
+        return [int(t) for t in next(ln for ln in out.splitlines() if ln.startswith("ids"))
+                .split()[1:]]
+
+
+def linux_vulkan(work: Path) -> Linux:
+    """node-llama-cpp's Linux Vulkan build (the same llama.cpp v0.5.0) and greedy.c against it."""
+    folder = bv.npm_variant(VULKAN_NPM, work / "variants")
+    names = [json.loads((folder / "variant.json").read_text())["libraries"][i] for i in (1, 2)]
+    libs = NativeLibs(folder, (folder / "libggml-base.so", *(folder / n for n in names)), True)
+    return Linux(folder, build_oracle(libs, work), libs)
 
 
 def linux_build(work: Path) -> Linux:

@@ -245,12 +245,31 @@ def test_the_vulkan_dll_is_a_ggml_backend_needing_only_the_vulkan_loader(
         assert entry["runtime_loads"] == {"ggml-vulkan.dll": ["vulkan-1.dll"]}
 
 
-def test_the_vulkan_variant_registers_under_wine(win_vulkan: wf.Installed, models: dict[str, Path],
-                                                 driver: Path) -> None:
-    """ggml loads ggml-vulkan.dll and registers its backend; with Wine's winevulkan over the
-    host's Vulkan (Mesa's lavapipe), GGML_VK_VISIBLE_DEVICES=0 makes ggml use that software
-    device."""
-    win = wf.run_windows(driver, win_vulkan.folder, win_vulkan.variant.libraries, models["f16"],
-                         env={"GGML_VK_VISIBLE_DEVICES": "0"})
+@pytest.fixture(scope="module")
+def linux_vulkan(work: Path) -> wf.Linux:
+    return wf.linux_vulkan(work / "linux-vulkan")
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[str]:
+    with winerun.virtual_display() as name:
+        yield name
+
+
+@pytest.mark.parametrize("model", ["f16", "Q4_0", "Q8_0"])
+def test_vulkan_under_wine_gives_the_linux_vulkan_ids(win_vulkan: wf.Installed,
+                                                      linux_vulkan: wf.Linux, display: str,
+                                                      models: dict[str, Path], driver: Path,
+                                                      model: str) -> None:
+    """Wine's winevulkan over the host's Vulkan (Mesa's lavapipe, a software device that
+    GGML_VK_VISIBLE_DEVICES=0 lets ggml use): every layer offloaded, the greedy ids of
+    node-llama-cpp's Linux Vulkan build of the same llama.cpp on the same device."""
+    env = {"GGML_VK_VISIBLE_DEVICES": "0", "GREEDY_GPU_LAYERS": "99", "DISPLAY": display}
+    win = wf.run_windows(driver, win_vulkan.folder, win_vulkan.variant.libraries, models[model],
+                         env=env)
     assert win.returncode == 0, win.stderr[-3000:]
-    assert "Vulkan" in win.lines("backend") and "CPU" in win.lines("backend")
+    assert win.lines("backend") == ["Vulkan", "CPU"]
+    assert any(d.startswith("Vulkan0 | llvmpipe") for d in win.lines("device")), win.stdout
+    assert any("offloaded 3/3 layers to GPU" in ln for ln in win.lines("log")), win.stdout
+    expected = linux_vulkan.ids(models[model], gpu_layers=99)
+    assert len(expected) > 8 and win.ids == expected
