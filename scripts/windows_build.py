@@ -175,8 +175,11 @@ def _version_line(tool: str, hint: str) -> str:
 def cmake_flags(flavor: WindowsFlavor, cache: Path) -> tuple[str, ...]:
     flags = (*WINDOWS_CMAKE,
              f"-DCMAKE_TOOLCHAIN_FILE={stage_toolchain(cache) / TOOLCHAIN_FILES[0]}")
-    if flavor.openmp:
-        flags = tuple(f.replace("-DGGML_OPENMP=OFF", "-DGGML_OPENMP=ON") for f in flags)
+    if flavor.openmp:  # FindOpenMP picks libgomp.dll.a (libgomp-1.dll); -static cannot undo it
+        gomp = bv._run([bv._tool(CROSS_CXX, APT_HINT), "-print-file-name=libgomp.a"],
+                       "locating libgomp.a").strip()
+        flags = (*(f.replace("-DGGML_OPENMP=OFF", "-DGGML_OPENMP=ON") for f in flags),
+                 f"-DOpenMP_gomp_LIBRARY={gomp}")
     if flavor.backend == "vulkan":
         sdk = stage_vulkan_sdk(cache)
         flags += ("-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={sdk / 'include'}",

@@ -101,16 +101,16 @@ def only_plugin(folder: Path, tag: str, dest: Path) -> Path:
 
 @dataclass(frozen=True)
 class Linux:
+    """A Linux variant folder of the same llama.cpp and tests/data/oracle/greedy.c linked to it."""
+
     folder: Path
     oracle: Path
-    native: NativeLibs | None = None  # default: libggml-base, libggml, libllama of the folder
 
-    def libs(self, folder: Path | None = None) -> NativeLibs:
-        if self.native is not None and folder is None:
-            return self.native
-        folder = folder or self.folder
-        return NativeLibs(folder, tuple(folder / n for n in ("libggml-base.so", "libggml.so",
-                                                              "libllama.so")), True)
+    @property
+    def libraries(self) -> list[Path]:
+        """The folder's libraries in load order (variant.json), libllama last."""
+        names = json.loads((self.folder / "variant.json").read_text())["libraries"]
+        return [self.folder / n for n in names]
 
     def ids(self, model: Path, folder: Path | None = None, gpu_layers: int = 0) -> list[int]:
         env = os.environ.copy()
@@ -124,18 +124,25 @@ class Linux:
                 .split()[1:]]
 
 
-def linux_vulkan(work: Path) -> Linux:
-    """node-llama-cpp's Linux Vulkan build (the same llama.cpp v0.5.0) and greedy.c against it."""
-    folder = bv.npm_variant(VULKAN_NPM, work / "variants")
-    names = [json.loads((folder / "variant.json").read_text())["libraries"][i] for i in (1, 2)]
-    libs = NativeLibs(folder, (folder / "libggml-base.so", *(folder / n for n in names)), True)
-    return Linux(folder, build_oracle(libs, work), libs)
+def _linux(folder: Path, work: Path) -> Linux:
+    names = [p.name for p in Linux(folder, Path()).libraries]
+    pick = [next(n for n in names if re.match(rf"^libggml{part}(\.[\w.]+)?\.so$", n))
+            for part in ("-base", "")]
+    libs = NativeLibs(folder, (folder / pick[0], folder / pick[1], folder / names[-1]), True)
+    return Linux(folder, build_oracle(libs, work))
 
 
 def linux_build(work: Path) -> Linux:
-    folder = bv.source_variant(LINUX_FLAVOR, work / "variants")
-    libs = Linux(folder, Path()).libs()
-    return Linux(folder, build_oracle(libs, work))
+    """The Linux build with the plugins of the Windows one: our omp-lite for the -lite flavor
+    (haswell/skylakex/sapphirerapids), node-llama-cpp's 14-plugin build for the release one."""
+    if CPU_FLAVOR.endswith("-lite"):
+        return _linux(bv.source_variant(LINUX_FLAVOR, work / "variants"), work)
+    return _linux(bv.npm_variant(bv.DEFAULT_NPM, work / "variants"), work)
+
+
+def linux_vulkan(work: Path) -> Linux:
+    """node-llama-cpp's Linux Vulkan build (the same llama.cpp v0.5.0) and greedy.c against it."""
+    return _linux(bv.npm_variant(VULKAN_NPM, work / "variants"), work)
 
 
 def models(work: Path, linux: Linux) -> dict[str, Path]:
@@ -143,10 +150,8 @@ def models(work: Path, linux: Linux) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     out = {"f16": write_tiny_llama(work / "tiny-f16.gguf", seed=3, f16=True, **SHAPE)}
     base = write_tiny_llama(work / "tiny-f32.gguf", seed=3, **SHAPE)
-    libraries = [linux.folder / n for n in ("libgomp.so.1", "libggml-base.so", "libggml.so",
-                                            "libllama.so")]
     for kind in QUANTS:
-        out[kind] = quantize(libraries, base, work / f"tiny-{kind}.gguf", kind)
+        out[kind] = quantize(linux.libraries, base, work / f"tiny-{kind}.gguf", kind)
     return out
 
 

@@ -86,6 +86,25 @@ def test_variant_json_is_what_the_pe_files_say(win_cpu: wf.Installed) -> None:
     assert all({"ggml_backend_init", "ggml_backend_score"} <= set(files[p].exports) for p in plugins)
 
 
+STRUCTURE = ("os", "arch", "backend", "requires", "libraries", "plugins", "backend_dl",
+             "external_libraries", "machine", "imports", "system_libraries", "runtime_loads")
+
+
+@pytest.mark.parametrize("which", ["cpu", "vulkan"])
+def test_the_captured_entries_match_a_fresh_build(request: pytest.FixtureRequest,
+                                                  which: str) -> None:
+    """tests/data/windows/*.variant.json feed test_windows_paths.py: they must say what a build
+    of the development flavors says today."""
+    flavor = wf.CPU_FLAVOR if which == "cpu" else wf.VULKAN_FLAVOR
+    if not flavor.endswith("-lite"):
+        pytest.skip(f"the captured entries are of the -lite flavors; this run built {flavor}")
+    built: wf.Installed = request.getfixturevalue(f"win_{which}")
+    fresh = json.loads((built.folder / "variant.json").read_text())
+    captured = json.loads((Path(__file__).parent / "data" / "windows" /
+                           f"{built.variant.name}.variant.json").read_text())
+    assert {k: captured[k] for k in STRUCTURE} == {k: fresh[k] for k in STRUCTURE}
+
+
 def test_only_windows_own_dlls_are_needed(win_cpu: wf.Installed) -> None:
     entry = json.loads((win_cpu.folder / "variant.json").read_text())
     needed = {d.lower() for deps in entry["imports"].values() for d in deps}
