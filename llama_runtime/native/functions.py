@@ -158,12 +158,18 @@ FUNCTIONS: list[Fn] = [
        "const char * llama_model_chat_template(const struct llama_model * model, const char * name);"),
 
     # --- vocabulary
+    Fn("llama_vocab_type", [vocab_p], c_int32,
+       "enum llama_vocab_type llama_vocab_type(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_n_tokens", [vocab_p], c_int32,
        "int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_bos", [vocab_p], llama_token,
        "llama_token llama_vocab_bos(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_eos", [vocab_p], llama_token,
        "llama_token llama_vocab_eos(const struct llama_vocab * vocab);"),
+    Fn("llama_vocab_eot", [vocab_p], llama_token,
+       "llama_token llama_vocab_eot(const struct llama_vocab * vocab);"),
+    Fn("llama_vocab_nl", [vocab_p], llama_token,
+       "llama_token llama_vocab_nl (const struct llama_vocab * vocab);"),
     Fn("llama_vocab_get_add_bos", [vocab_p], c_bool,
        "bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_is_eog", [vocab_p, llama_token], c_bool,
