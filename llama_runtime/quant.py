@@ -14,7 +14,9 @@ tool for the pinned ``llama.h`` (``tests/test_quantize.py`` checks the values ag
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -25,6 +27,10 @@ from .errors import QuantizeError
 
 if TYPE_CHECKING:
     from .native import Native
+
+logger = logging.getLogger("llama_runtime")
+# llama_model_quantize_impl's summary: "WARNING: 15 of 21 tensor(s) required fallback quantization"
+_FALLBACKS = re.compile(r"(\d+) of \d+ tensor\(s\) required fallback quantization")
 
 
 class QuantType(NamedTuple):
@@ -80,6 +86,7 @@ class Quantized:
     input_size: int
     output_size: int
     seconds: float
+    fallbacks: int = 0  # tensors whose rows do not fit the type: llama.cpp gave them another
 
 
 def find_quant_type(name: str) -> QuantType:
@@ -119,7 +126,8 @@ def _check_output(source: Path, dest: Path) -> None:
 
 
 def _run(native: Native, source: Path, partial: Path, spec: QuantType, n_threads: int,
-         allow_requantize: bool) -> None:
+         allow_requantize: bool) -> int:
+    """Quantize into ``partial``; the number of tensors llama.cpp gave a fallback type."""
     params = native.llama_model_quantize_default_params()
     params.ftype = spec.ftype
     params.nthread = n_threads
@@ -139,6 +147,15 @@ def _run(native: Native, source: Path, partial: Path, spec: QuantType, n_threads
                 "or tensor type this llama.cpp does not know")
         raise QuantizeError(f"llama.cpp could not quantize {source} to {spec.name}: {why(errors)}; "
                             f"{todo}")
+    summary = next((m for m in map(_FALLBACKS.search, errors) if m), None)
+    fallbacks = int(summary.group(1)) if summary else 0
+    if fallbacks:
+        # llama.cpp only logs this: a "Q4_K_M" file may then be mostly Q5_0 (SmolLM2's rows of
+        # 576 values, for one), which a user comparing types would never guess
+        logger.warning("%d tensor(s) of %s could not take %s (their rows are not a multiple of the "
+                       "type's block of values) and got another type instead", fallbacks,
+                       source.name, spec.name)
+    return fallbacks
 
 
 def quantize(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str],
@@ -167,10 +184,10 @@ def quantize(input_path: str | os.PathLike[str], output_path: str | os.PathLike[
     partial = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.partial")
     start = time.monotonic()
     try:
-        _run(native, source, partial, spec, threads, allow_requantize)
+        fallbacks = _run(native, source, partial, spec, threads, allow_requantize)
         os.replace(partial, dest)
     except BaseException:  # KeyboardInterrupt too: no half-written model may stay behind
         partial.unlink(missing_ok=True)
         raise
     return Quantized(dest, spec.name, source.stat().st_size, dest.stat().st_size,
-                     time.monotonic() - start)
+                     time.monotonic() - start, fallbacks)

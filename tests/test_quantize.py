@@ -6,6 +6,7 @@ tensor types are read back with the ``gguf`` package. Bad input: one clear error
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ except ImportError:
     from _native_fixture import REPO, NativeLibs, build_oracle, native_lib, native_libs, run_oracle
     from _quant_fixture import (N_GEN, PROMPT, REQUIRED, expected_types, file_type, tensor_types,
                                 write_quantizable)
+
+from tiny_model import write_tiny_llama
 
 from llama_runtime.errors import ModelError, QuantizeError
 from llama_runtime.llama import Llama
@@ -86,6 +89,7 @@ def test_required_type_writes_its_tensor_types(quant: str, source: Path,
     assert done.input_size == source.stat().st_size
     assert done.output_size == done.path.stat().st_size
     assert done.output_size < done.input_size  # even BF16 halves an F32 model
+    assert done.fallbacks == 0
     names = tensor_types(source)
     assert set(names.values()) == {"F32"}  # the input really was unquantized
     got = tensor_types(done.path)
@@ -111,6 +115,19 @@ def test_every_other_offered_type_quantizes_and_runs(quant: str, source: Path, t
     assert len(expected) > 8
     with Llama(done.path, n_ctx=256, n_threads=1, native=native_lib) as llm:
         assert llm.generate_tokens(PROMPT, N_GEN, temperature=0) == expected
+
+
+def test_rows_that_do_not_fit_are_a_warning_not_a_surprise(tmp_path: Path, native_lib: Native,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # the default tiny llama (n_embd 64) cannot hold Q4_K's 256-value blocks anywhere
+    model = write_tiny_llama(tmp_path / "small.gguf", seed=0)
+    with caplog.at_level(logging.WARNING, logger="llama_runtime"):
+        done = quantize(model, tmp_path / "out.gguf", "Q4_K_M", native=native_lib)
+    matrices = {n: t for n, t in tensor_types(done.path).items() if not n.endswith("norm.weight")}
+    assert "Q4_K" not in matrices.values()
+    # every matrix fell back, but output.weight: its own rule gives Q8_0 to rows that do not fit
+    assert matrices["output.weight"] == "Q8_0" and done.fallbacks == len(matrices) - 1
+    assert f"{done.fallbacks} tensor(s) of small.gguf could not take Q4_K_M" in caplog.text
 
 
 def test_type_names_ignore_case_and_know_the_aliases(source: Path, tmp_path: Path,
