@@ -40,6 +40,7 @@ from .structs import (
     llama_chat_message,
     llama_context_params,
     llama_model_params,
+    llama_model_quantize_params,
     llama_pos,
     llama_sampler_chain_params,
     llama_seq_id,
@@ -115,6 +116,13 @@ FUNCTIONS: list[Fn] = [
        "struct llama_context_params llama_context_default_params(void);"),
     Fn("llama_sampler_chain_default_params", [], llama_sampler_chain_params,
        "struct llama_sampler_chain_params llama_sampler_chain_default_params(void);"),
+    Fn("llama_model_quantize_default_params", [], llama_model_quantize_params,
+       "struct llama_model_quantize_params llama_model_quantize_default_params(void);"),
+
+    # --- quantization (llama-runtime quantize): reads one GGUF, writes another
+    Fn("llama_model_quantize", [c_char_p, c_char_p, POINTER(llama_model_quantize_params)], c_uint32,
+       "uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out, "
+       "const llama_model_quantize_params * params);"),
 
     # --- model and context
     Fn("llama_model_load_from_file", [c_char_p, llama_model_params], model_p,
