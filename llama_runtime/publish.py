@@ -67,9 +67,22 @@ def load_variant(folder: Path) -> dict[str, Any]:
             f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
             " copy them there, or fix the list."
         )
+    _check_formats(folder, str(data["os"]), listed)
     entry = {"backend_dl": False, "python_requires": [], **data}
     entry["requires"] = {**{k: None for k in REQUIRE_KEYS}, **data["requires"]}
     return entry
+
+
+def _check_formats(folder: Path, os_name: str, names: list[Any]) -> None:
+    """Every library of a variant is a binary of its OS (no Mach-O in a Linux variant)."""
+    from .binformat import wrong_format
+
+    problems = [p for p in (wrong_format(folder / str(n), os_name) for n in names) if p]
+    if problems:
+        raise PublishError(
+            f"{folder / VARIANT_FILE} says os={os_name}, but " + "; ".join(problems)
+            + ". Put each OS's libraries in a variant folder of that OS."
+        )
 
 
 def _variant_folders(src: Path) -> list[Path]:
