@@ -56,6 +56,9 @@ for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[
         sys.path.append(str(_path))
 
 DEFAULT_NPM = "@node-llama-cpp/linux-x64@3.22.1"
+# Served only at 3.21.1 (llama.cpp 0.4.0, whose structs the binding also drives: see
+# llama_runtime/native/generations.py): Metal on Apple Silicon, CPU (14 x86 plugins) on Intel.
+MACOS_NPM = ("@node-llama-cpp/mac-arm64-metal@3.21.1", "@node-llama-cpp/mac-x64@3.21.1")
 SDIST_REQUIREMENT = "llama-cpp-python==0.3.36"
 SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
 VENDOR_DIR = "vendor/llama.cpp"
@@ -743,13 +746,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-default", action="store_true",
                         help=f"also produce the defaults ({DEFAULT_NPM}, "
                              f"{', '.join(DEFAULT_FLAVORS)})")
+    parser.add_argument("--macos", action="store_true",
+                        help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     args = parser.parse_args(argv)
-    default = args.all_default or not (args.npm or args.source_build)
+    default = args.all_default or not (args.npm or args.source_build or args.macos)
     try:
         flavors = default_flavors(os.environ) if default else ()
-        jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
+        jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
+                                           *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
