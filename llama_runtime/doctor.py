@@ -35,7 +35,7 @@ def doctor(target: str | None = None, *, settings: Settings | None = None, load:
     except LlamaRuntimeError as exc:
         out["error"] = str(exc)
     if load and not (target or settings.target):
-        _fill_library(out, steps, settings)
+        _fill_library(out, steps, settings, profile)
     return out
 
 
@@ -54,7 +54,21 @@ def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[An
         out["native_dependencies"] = _native_dependencies(settings)
         out["selected"] = selection.selected
         out["warnings"] = selection.warnings
+        out["plugins"] = _plugins(selection.selected, profile)
     return steps
+
+
+def _plugins(name: str | None, profile: Any) -> dict[str, Any] | None:
+    """The selected variant's CPU plugins ranked for this machine (predicted: nothing is loaded)."""
+    from .plugins.rank import rank
+    from .variants import read_lock
+
+    if name is None:
+        return None
+    v = read_lock().manifest.variants[name]
+    if not v.backend_dl:
+        return None
+    return {"variant": name, **rank(v.plugins, profile.cpu, profile.os).to_dict()}
 
 
 def _native_dependencies(settings: Settings) -> dict[str, Any]:
@@ -70,7 +84,7 @@ def _native_dependencies(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> None:
+def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings, profile: Any) -> None:
     """Load the first library available without a download; else say it would be downloaded."""
     from .loader import open_step
 
@@ -80,7 +94,7 @@ def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> 
             out["library"] = {"path": None, "sha256": None, "source": "download", "variant": where}
             return
         try:
-            library = open_step(step, settings)
+            library = open_step(step, settings, profile)
         except LlamaRuntimeError as exc:
             out["notes"].append(f"{step.source} {where} does not load: {exc}")
             continue
