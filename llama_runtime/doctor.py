@@ -36,6 +36,9 @@ def doctor(target: str | None = None, *, settings: Settings | None = None, load:
         out["error"] = str(exc)
     if load and not (target or settings.target):
         _fill_library(out, steps, settings, profile)
+    if out["candidates"]:
+        lib = out["library"] or {}
+        out["plugins"] = _plugins(lib.get("variant") or out["selected"], profile, lib.get("plugin"))
     return out
 
 
@@ -54,21 +57,28 @@ def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[An
         out["native_dependencies"] = _native_dependencies(settings)
         out["selected"] = selection.selected
         out["warnings"] = selection.warnings
-        out["plugins"] = _plugins(selection.selected, profile)
     return steps
 
 
-def _plugins(name: str | None, profile: Any) -> dict[str, Any] | None:
-    """The selected variant's CPU plugins ranked for this machine (predicted: nothing is loaded)."""
+def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A variant's CPU plugins ranked for this machine: with the scores and crashes of its proof
+    record when there is one, else predicted from CPUID and the OS state (nothing is run)."""
+    import json
+
     from .plugins.rank import rank
     from .variants import read_lock
 
-    if name is None:
+    v = read_lock().manifest.variants.get(name or "")
+    if v is None or not v.backend_dl:
         return None
-    v = read_lock().manifest.variants[name]
-    if not v.backend_dl:
-        return None
-    return {"variant": name, **rank(v.plugins, profile.cpu, profile.os).to_dict()}
+    record: dict[str, Any] = {}
+    if proof and proof.get("record"):
+        try:
+            record = json.loads(Path(proof["record"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {}
+    ranking = rank(v.plugins, profile.cpu, profile.os, scores=record.get("scores"), failed=record.get("failed"))
+    return {"variant": v.name, "measured": bool(record), **ranking.to_dict()}
 
 
 def _native_dependencies(settings: Settings) -> dict[str, Any]:

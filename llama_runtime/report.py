@@ -65,7 +65,8 @@ def _plugin_lines(plugins: dict[str, Any] | None) -> list[str]:
     """The selected variant's CPU plugins, best first, as predicted from CPUID and the OS."""
     if not plugins or not plugins.get("candidates"):
         return []
-    lines = [f"plugins:  {plugins['variant']}: ggml would pick {plugins.get('ggml_pick') or 'none'};"
+    how = "measured in its test run" if plugins.get("measured") else "predicted from CPUID"
+    lines = [f"plugins:  {plugins['variant']} ({how}): ggml would pick {plugins.get('ggml_pick') or 'none'};"
              f" usable here, best first: {', '.join(plugins.get('ranked') or []) or 'none'}"]
     for c in plugins["candidates"]:
         mark = "ok " if c["usable"] else "no "
@@ -100,9 +101,9 @@ def _library_lines(result: dict[str, Any]) -> list[str]:
     proof = lib.get("plugin") or {}
     if proof:
         crashed = "; ".join(f"{f} {w}" for f, w in sorted((proof.get("failed") or {}).items()))
-        lines_ = (f"          CPU plugin {proof.get('cpu_plugin') or '(linked in)'}, loaded {proof.get('mode')}"
+        line = (f"          CPU plugin {proof.get('cpu_plugin') or '(linked in)'}, loaded {proof.get('mode')}"
                   f" (proof: {proof.get('source')}, {proof.get('record') or 'no record'})")
-        out.append(lines_ + (f"; crashed in its test run: {crashed}" if crashed else ""))
+        out.append(line + (f"; crashed in its test run: {crashed}" if crashed else ""))
     for dev in lib.get("devices") or []:
         out.append(f"          device {dev['name']} ({dev['type']}): {dev['description']}")
     if lib.get("system_info"):
