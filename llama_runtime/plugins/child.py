@@ -54,6 +54,13 @@ def run(job: dict[str, Any]) -> int:
     from ..native.binding import Native
 
     folder = Path(job["folder"]) if job.get("folder") else None
+    libraries = [Path(p) for p in job["libraries"]]
+    try:  # a library that does not load is the variant's problem, not a plugin's: say so apart
+        for path in libraries:
+            ctypes.CDLL(str(path))
+    except OSError as exc:
+        _say(error=f"OSError: {exc}", stage="setup")
+        return 3
     scores: dict[str, int | None] = {}
     chosen = None
     if folder is not None:
@@ -68,7 +75,6 @@ def run(job: dict[str, Any]) -> int:
             _say(error="no CPU plugin left that scores above 0 here", stage="choose")
             return 3
     _say(load=chosen)
-    libraries = [Path(p) for p in job["libraries"]]
     try:
         native = Native.open(libraries, cpu_plugin=folder / chosen if folder and chosen else None)
     except Exception as exc:  # a plugin ggml refuses: the parent tries the next one

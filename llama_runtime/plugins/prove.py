@@ -2,7 +2,7 @@
 
 ggml picks a CPU plugin from CPUID alone; the plugin may still die with SIGILL (an OS that does
 not enable a register state, a miscompiled kernel such as GCC 11/12's AMX tile config). So the
-first load of a variant on a CPU runs :mod:`.child` in a separate process: the plugin ggml would
+first load of a variant on a CPU runs :mod:`.child` in a separate process (:mod:`.trial`): the plugin ggml would
 pick decodes a quantized model (``proof-q4_0.gguf``). If that process dies, the plugin is
 marked, the next best is tried the same way, and the result goes to a record in the cache
 (:mod:`.record`). Every later load reads the record (no process): ``default`` loads as ggml
@@ -11,11 +11,7 @@ would (``ggml_backend_load_all_from_path``); ``explicit`` loads the proven plugi
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,35 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LibraryLoadError
-from .rank import PluginRanking, cpu_plugins, rank
-from .record import cpu_identity, cpu_key, read_proof, record_path, write_proof
+from .record import cpu_identity, cpu_key, fallback_path, read_proof, record_path, write_proof
 
 if TYPE_CHECKING:
     from ..variants import Variant
 
 log = logging.getLogger("llama_runtime")
-PROOF_MODEL = Path(__file__).parent / "proof-q4_0.gguf"
-PROMPT = (1, 259, 270, 281, 262, 275, 266, 284)  # 8 tokens: a batch of 8 rows takes the tile kernels
-N_GEN = 4
-TIMEOUT_S = 120.0
-_STAGES = {"score": "when dlopened to be scored", "load": "when initialised",
-           "run": "while decoding a quantized model", None: "while starting"}
-# Windows reports a crash as the NTSTATUS exit code
-_NTSTATUS = {0xC000001D: "STATUS_ILLEGAL_INSTRUCTION (SIGILL)", 0xC0000005: "STATUS_ACCESS_VIOLATION (SIGSEGV)",
-             0xC0000096: "STATUS_PRIVILEGED_INSTRUCTION", 0xC0000409: "STATUS_STACK_BUFFER_OVERRUN (abort)"}
-
-
-@dataclass
-class Outcome:
-    """One child run."""
-
-    ok: bool
-    stage: str | None = None
-    plugin: str | None = None
-    crash: str | None = None  # the signal (or status) that killed it
-    error: str | None = None  # an error it reported itself
-    scores: dict[str, int | None] = field(default_factory=dict)
-    ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -79,121 +52,6 @@ class PluginChoice:
                 f" explicitly instead (proof record: {self.record or 'not written'})")
 
 
-def crash_name(returncode: int) -> str | None:
-    """``-4`` -> ``SIGILL``; a Windows NTSTATUS; None for an ordinary exit status."""
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return f"signal {-returncode}"
-    code = returncode & 0xFFFFFFFF
-    if code >= 0xC0000000:
-        return _NTSTATUS.get(code, f"status {code:#x}")
-    return None
-
-
-def parse_child(stdout: str, returncode: int, stderr: str = "") -> Outcome:
-    """The child's JSON lines and exit status -> what happened (pure)."""
-    out = Outcome(ok=False)
-    for line in stdout.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue  # a plugin may print to stdout
-        if not isinstance(item, dict):
-            continue
-        for stage in ("score", "load", "run"):
-            if stage in item:
-                out.stage, out.plugin = stage, item[stage]
-        if "scored" in item:
-            out.scores[item["scored"]] = item.get("value")
-        if item.get("ok"):
-            out.ok, out.ids = True, list(item.get("ids") or [])
-        if "error" in item:
-            out.error, out.stage = str(item["error"]), item.get("stage", out.stage)
-            out.plugin = item.get("plugin", out.plugin)
-    out.crash = crash_name(returncode)
-    if returncode != 0 and out.crash is None and out.error is None:
-        tail = (stderr.strip().splitlines() or [""])[-1]
-        out.error, out.stage = f"the test process exited with status {returncode}: {tail}", "setup"
-    out.ok = out.ok and returncode == 0
-    return out
-
-
-def _run_child(job: dict[str, Any]) -> Outcome:
-    root = Path(__file__).resolve().parent.parent.parent  # the folder that holds llama_runtime
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from llama_runtime.plugins.child import main; main()"
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, str(root)], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        text = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        out = parse_child(text, 0)
-        out.ok, out.crash = False, f"no answer within {TIMEOUT_S:g} s (killed)"
-        return out
-    except OSError as exc:
-        return Outcome(ok=False, stage="setup", error=f"the test process could not start: {exc}")
-    return parse_child(proc.stdout, proc.returncode, proc.stderr)
-
-
-def _job(v: Variant, folder: Path, plugins: list[str], skip: set[str], no_touch: set[str]) -> dict[str, Any]:
-    return {"libraries": [str(folder / n) for n in v.libraries], "folder": str(folder) if plugins else None,
-            "plugins": plugins, "skip": sorted(skip), "no_touch": sorted(no_touch), "model": str(PROOF_MODEL),
-            "prompt": list(PROMPT), "n_gen": N_GEN, "n_threads": 2}
-
-
-def _why(out: Outcome) -> str:
-    if out.crash:
-        return f"crashed with {out.crash} {_STAGES.get(out.stage, out.stage)}"
-    return f"failed {_STAGES.get(out.stage, out.stage)}: {out.error}"
-
-
-def os_skips(ranking: PluginRanking) -> dict[str, str]:
-    """Plugins the OS keeps from running (a disabled register state), with the reason."""
-    return {c.file: "; ".join(r for r in c.reasons if r.startswith("needs a state"))
-            for c in ranking.candidates if any(r.startswith("needs a state") for r in c.reasons)}
-
-
-def run_proofs(v: Variant, folder: Path, cpu: Mapping[str, Any], os_name: str) -> tuple[Outcome, dict[str, Any]]:
-    """Child after child until a plugin runs the proof model, or none is left. Returns the
-    last outcome and the facts for the record (scores, failures, OS skips)."""
-    plugins = cpu_plugins(v.plugins, os_name) if v.backend_dl else []
-    skipped = os_skips(rank(plugins, cpu, os_name))
-    failed: dict[str, str] = {}
-    no_touch: set[str] = set()
-    scores: dict[str, int | None] = {}
-    out = Outcome(ok=False)
-    for _ in range(len(plugins) + 1):
-        out = _run_child(_job(v, folder, plugins, set(skipped) | set(failed), no_touch))
-        scores.update(out.scores)
-        culprit_known = out.plugin is not None and out.stage in ("score", "load", "run")
-        if out.ok or not plugins or not culprit_known or not (out.crash or out.stage != "score"):
-            break
-        assert out.plugin is not None
-        failed[out.plugin] = _why(out)
-        if out.stage == "score":  # ggml's own scan would dlopen it too
-            no_touch.add(out.plugin)
-    return out, {"scores": scores, "failed": failed, "os_skipped": skipped, "no_touch": sorted(no_touch)}
-
-
-def _decide(v: Variant, out: Outcome, facts: dict[str, Any], cpu: Mapping[str, Any], os_name: str) -> dict[str, Any]:
-    plugins = cpu_plugins(v.plugins, os_name) if v.backend_dl else []
-    ranking = rank(plugins, cpu, os_name, scores=facts["scores"], failed=facts["failed"])
-    pick = ranking.ggml_pick if plugins else None
-    if not out.ok:
-        mode = "refused" if (facts["failed"] or out.crash) else "unproven"
-    elif not plugins:
-        mode = "builtin"
-    else:
-        mode = "default" if out.plugin == pick and not facts["no_touch"] else "explicit"
-    if not plugins and out.crash:
-        facts["failed"] = {v.name: _why(out)}
-    if mode == "unproven" and out.error:
-        facts["error"] = out.error
-    return {**facts, "mode": mode, "chosen": out.plugin if out.ok else None, "ggml_pick": pick,
-            "ids": out.ids, "ranking": ranking.to_dict()}
-
-
 def choose(v: Variant, folder: Path, library_sha256: str | None, cpu: Mapping[str, Any], os_name: str,
            cache_dir: Path) -> PluginChoice:
     """How to load ``v`` from ``folder`` here: from the record, else from test runs (then recorded).
@@ -205,22 +63,47 @@ def choose(v: Variant, folder: Path, library_sha256: str | None, cpu: Mapping[st
     lib_sha = library_sha256 or v.sha256
     expect = {"variant": v.name, "library_sha256": lib_sha, "archive_sha256": v.sha256, "cpu": identity}
     path = record_path(cache_dir, v.name, lib_sha, cpu_key(identity))
-    record, why = read_proof(path, expect)
+    record, path = _read(v, path, expect)
     source = "record"
-    if why:
-        log.info("%s", why)
     if record is None:
         source = "child"
+        from .trial import decide, run_proofs
+
         out, facts = run_proofs(v, folder, cpu, os_name)
-        record = {**expect, "cpu_key": cpu_key(identity), **_decide(v, out, facts, cpu, os_name)}
+        record = {**expect, "cpu_key": cpu_key(identity), **decide(v, out, facts, cpu, os_name)}
         if record["mode"] == "unproven":  # not the plugin's fault: try again next time, say why now
             log.warning("%s: the CPU plugin test run did not complete (%s); loading the plugin ggml picks,"
                         " unproven", v.name, record.get("error"))
         else:
-            problem = write_proof(path, record)
-            if problem:
-                log.info("%s; the test run repeats on every load", problem)
+            path = _write(path, record)
     return _choice(v, record, source, path, (time.perf_counter() - start) * 1000)
+
+
+def _read(v: Variant, path: Path, expect: Mapping[str, Any]) -> tuple[dict[str, Any] | None, Path]:
+    """The valid record for ``expect``, from the cache or (a read-only cache) the private folder."""
+    spare = None if path.exists() else fallback_path(path)
+    for candidate in (path, spare):
+        if candidate is None:
+            continue
+        record, why = read_proof(candidate, expect)
+        if why:
+            log.info("%s", why)
+        if record is not None and record.get("chosen") not in (None, *v.plugins):
+            log.info("the proof record %s names a plugin %s does not ship; proving again", candidate, v.name)
+            record = None
+        if record is not None:
+            return record, candidate
+    return None, path
+
+
+def _write(path: Path, record: Mapping[str, Any]) -> Path:
+    problem = write_proof(path, record)
+    spare = fallback_path(path) if problem else None
+    if problem and spare is not None and write_proof(spare, record) is None:
+        return spare
+    if problem:
+        log.info("%s; the test run repeats on every load", problem)
+    return path
 
 
 def _choice(v: Variant, record: Mapping[str, Any], source: str, path: Path, ms: float) -> PluginChoice:

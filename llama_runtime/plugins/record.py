@@ -5,11 +5,14 @@ the variant folders, whose contents the cache verifies against their own record.
 holds the full library sha256s and the CPU identity it was made for; one that does not match
 both exactly, or does not parse, is ignored (and the proof runs again), so a cache shared
 between machines (an NFS home) or copied from another one is safe. Written atomically.
+
+A cache that is complete works read-only (DESIGN.md); its records then go to a folder of this
+user's own in the temporary directory (``llama-runtime-<uid>/``, mode 0700, checked to be
+ours), so such a cache does not pay a test run in every process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -40,11 +43,38 @@ def cpu_identity(cpu: Mapping[str, Any], os_name: str) -> dict[str, Any]:
 
 
 def cpu_key(identity: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    """A short name for the identity (the record holds it in full and is checked against it, so a
+    collision only costs a test run); crc32, not sha256: hashlib's import is ~2 ms of every load."""
+    import zlib
+
+    return f"{zlib.crc32(json.dumps(identity, sort_keys=True).encode()):08x}"
 
 
 def record_path(cache_dir: Path, variant: str, library_sha256: str, key: str) -> Path:
     return cache_dir / __version__ / ".proofs" / f"{variant}-{library_sha256[:16]}-{key}.json"
+
+
+def private_dir() -> Path | None:
+    """This user's folder for records a read-only cache cannot hold; None if it is not safely ours."""
+    import tempfile
+
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"llama-runtime-{uid if uid is not None else 'user'}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.stat()
+    except OSError:
+        return None
+    # another user could have made it first, to plant records: only our own, private folder counts
+    if uid is not None and (st.st_uid != uid or st.st_mode & 0o077):
+        return None
+    return folder
+
+
+def fallback_path(path: Path) -> Path | None:
+    """Where :func:`record_path`'s record goes when the cache is read-only."""
+    folder = private_dir()
+    return None if folder is None else folder / path.parent.parent.name / path.name
 
 
 def _valid(record: Any, expect: Mapping[str, Any]) -> bool:
