@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,21 +26,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("llama_runtime")
 
 
-@dataclass
 class PluginChoice:
-    """How to load a variant's backends here, and why."""
+    """How to load a variant's backends here, and why.
 
-    mode: str  # default | explicit | builtin (no plugins: the CPU code is linked in)
-    cpu_plugin: str | None
-    ggml_pick: str | None
-    source: str  # record | child | none (not proven: the test run itself failed)
-    record: str | None = None
-    failed: dict[str, str] = field(default_factory=dict)
-    os_skipped: dict[str, str] = field(default_factory=dict)
-    ms: float = 0.0
+    A plain class, not a dataclass: this module is imported on every load, and building a
+    dataclass costs about as much as everything else the record path does.
+    """
+
+    __slots__ = ("mode", "cpu_plugin", "ggml_pick", "source", "record", "failed", "os_skipped", "ms")
+
+    def __init__(self, mode: str, cpu_plugin: str | None, ggml_pick: str | None, source: str,
+                 record: str | None = None, failed: dict[str, str] | None = None,
+                 os_skipped: dict[str, str] | None = None, ms: float = 0.0) -> None:
+        self.mode = mode  # default | explicit | builtin (no plugins: the CPU code is linked in)
+        self.cpu_plugin = cpu_plugin
+        self.ggml_pick = ggml_pick
+        self.source = source  # record | child | none (not proven: the test run itself failed)
+        self.record = record
+        self.failed = failed or {}
+        self.os_skipped = os_skipped or {}
+        self.ms = ms
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def warning(self, variant: str) -> str | None:
         """The WARNING for a plugin that crashed (None when nothing did)."""
