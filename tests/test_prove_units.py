@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,7 @@ def test_gpu_plugins_follow_ggml_order(tmp_path: Path) -> None:
 _VK = """
 import json, sys
 from pathlib import Path
+from typing import Any
 from llama_runtime.native.binding import Native
 from llama_runtime.plugins.prove import gpu_plugins
 folder = Path(sys.argv[1])
@@ -153,3 +155,78 @@ def test_the_proof_model_is_what_the_script_makes(tmp_path: Path) -> None:
     assert set(weights.values()) == {"Q4_0"} and types["output.weight"] == "Q8_0"
     assert max(trial.PROMPT) < 288 and len(trial.PROMPT) > 1  # a batch of rows, ids inside the vocabulary
     assert trial.PROOF_MODEL.stat().st_size < 100_000
+
+
+# --- the loop of test runs, with scripted children (the real ones run in tests/test_prove.py) ----
+
+def _variant(plugins: list[str]) -> Any:
+    from llama_runtime.variants.manifest import Variant
+
+    return Variant.parse("v", {"archive": "v.tar.gz", "sha256": "ab" * 32, "size": 1, "os": "linux", "arch": "x86_64",
+                               "backend": "cpu", "libraries": ["libllama.so"], "backend_dl": bool(plugins),
+                               "plugins": plugins})
+
+
+def _script(monkeypatch: pytest.MonkeyPatch, outcomes: list[trial.Outcome]) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+
+    def fake(job: dict[str, Any]) -> trial.Outcome:
+        jobs.append(job)
+        return outcomes[len(jobs) - 1]
+
+    monkeypatch.setattr(trial, "_run_child", fake)
+    return jobs
+
+
+SCORES = {"libggml-cpu-haswell.so": 64, "libggml-cpu-skylakex.so": 192}
+
+
+def _decided(plugins: list[str], outcomes: list[trial.Outcome], monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list]:
+    jobs = _script(monkeypatch, outcomes)
+    cpu = _cpu("this-machine-zen5-kvm")
+    v = _variant(plugins)
+    out, facts = trial.run_proofs(v, Path("/v"), cpu, "linux")
+    return trial.decide(v, out, facts, cpu, "linux"), jobs
+
+
+def test_a_crash_while_decoding_moves_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, jobs = _decided(list(SCORES), [
+        trial.Outcome(ok=False, stage="run", plugin="libggml-cpu-skylakex.so", crash="SIGILL", scores=SCORES),
+        trial.Outcome(ok=True, stage="run", plugin="libggml-cpu-haswell.so", scores=SCORES, ids=[1])], monkeypatch)
+    assert jobs[1]["skip"] == ["libggml-cpu-skylakex.so"] and jobs[1]["no_touch"] == []
+    assert (record["mode"], record["chosen"], record["ggml_pick"]) == ("explicit", "libggml-cpu-haswell.so",
+                                                                       "libggml-cpu-skylakex.so")
+    assert record["failed"] == {"libggml-cpu-skylakex.so": "crashed with SIGILL while decoding a quantized model"}
+
+
+def test_a_crash_in_the_scan_rules_out_ggmls_own_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, jobs = _decided(list(SCORES), [
+        trial.Outcome(ok=False, stage="score", plugin="libggml-cpu-haswell.so", crash="SIGSEGV"),
+        trial.Outcome(ok=True, stage="run", plugin="libggml-cpu-skylakex.so", scores={"libggml-cpu-skylakex.so": 192})],
+        monkeypatch)
+    assert jobs[1]["no_touch"] == ["libggml-cpu-haswell.so"]
+    # skylakex is ggml's pick, but ggml's scan would dlopen haswell and die: load it by path
+    assert (record["mode"], record["chosen"]) == ("explicit", "libggml-cpu-skylakex.so")
+
+
+def test_a_crash_no_plugin_explains_refuses_the_variant(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, jobs = _decided(list(SCORES), [trial.Outcome(ok=False, crash="SIGILL")], monkeypatch)
+    assert len(jobs) == 1 and record["mode"] == "refused"
+    assert record["failed"] == {"v": "crashed with SIGILL while starting"}
+    builtin, _ = _decided([], [trial.Outcome(ok=False, stage="run", crash="SIGILL")], monkeypatch)
+    assert builtin["mode"] == "refused" and "v" in builtin["failed"]
+
+
+def test_a_broken_test_run_is_unproven_not_blamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, jobs = _decided(list(SCORES), [trial.Outcome(ok=False, stage="setup", error="OSError: no libllama")],
+                            monkeypatch)
+    assert len(jobs) == 1 and record["mode"] == "unproven" and record["failed"] == {}
+    assert "no libllama" in record["error"]
+
+
+def test_every_plugin_crashing_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, jobs = _decided(list(SCORES), [
+        trial.Outcome(ok=False, stage="run", plugin="libggml-cpu-skylakex.so", crash="SIGILL", scores=SCORES),
+        trial.Outcome(ok=False, stage="load", plugin="libggml-cpu-haswell.so", crash="SIGILL", scores=SCORES),
+        trial.Outcome(ok=False, stage="choose", error="no CPU plugin left that scores above 0 here")], monkeypatch)
+    assert len(jobs) == 3 and record["mode"] == "refused" and set(record["failed"]) == set(SCORES)

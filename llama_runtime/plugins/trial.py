@@ -131,10 +131,8 @@ def run_proofs(v: Variant, folder: Path, cpu: Mapping[str, Any], os_name: str) -
     for _ in range(len(plugins) + 1):
         out = _run_child(_job(v, folder, plugins, set(skipped) | set(failed), no_touch))
         scores.update(out.scores)
-        culprit_known = out.plugin is not None and out.stage in ("score", "load", "run")
-        if out.ok or not plugins or not culprit_known or not (out.crash or out.stage != "score"):
-            break
-        assert out.plugin is not None
+        if out.ok or not plugins or out.plugin is None or out.stage not in ("score", "load", "run"):
+            break  # done, or a failure no plugin can be blamed for (decide() words it)
         failed[out.plugin] = _why(out)
         if out.stage == "score":  # ggml's own scan would dlopen it too
             no_touch.add(out.plugin)
@@ -151,8 +149,9 @@ def decide(v: Variant, out: Outcome, facts: dict[str, Any], cpu: Mapping[str, An
         mode = "builtin"
     else:
         mode = "default" if out.plugin == pick and not facts["no_touch"] else "explicit"
-    if not plugins and out.crash:
-        facts["failed"] = {v.name: _why(out)}
+    if out.crash and not out.ok and (out.plugin is None or out.plugin not in facts["failed"]):
+        # died before any plugin ran (a library's own code), or the variant has none: its fault
+        facts["failed"] = {**facts["failed"], (out.plugin or v.name): _why(out)}
     if mode == "unproven" and out.error:
         facts["error"] = out.error
     return {**facts, "mode": mode, "chosen": out.plugin if out.ok else None, "ggml_pick": pick,
