@@ -151,8 +151,8 @@ class Native:
             return _opened[key]
 
     @classmethod
-    def _open_new(cls, paths: list[Path], backend_dir: Path | None, cpu_plugin: Path | None,
-                  extra_plugins: Sequence[Path]) -> Native:
+    def _open_new(cls, paths: list[Path], backend_dir: Path | None, cpu_plugin: Path | None = None,
+                  extra_plugins: Sequence[Path] = ()) -> Native:
         libs = [_load_cdll(p) for p in paths]
         functions: dict[str, Any] = {}
         missing = []
