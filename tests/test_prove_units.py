@@ -230,3 +230,26 @@ def test_every_plugin_crashing_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
         trial.Outcome(ok=False, stage="load", plugin="libggml-cpu-haswell.so", crash="SIGILL", scores=SCORES),
         trial.Outcome(ok=False, stage="choose", error="no CPU plugin left that scores above 0 here")], monkeypatch)
     assert len(jobs) == 3 and record["mode"] == "refused" and set(record["failed"]) == set(SCORES)
+
+
+def test_a_read_only_cache_keeps_its_record_in_a_private_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("x")
+    identity = cpu_identity(_cpu("this-machine-zen5-kvm"), "linux")
+    expect = {"variant": "v", "library_sha256": "a" * 64, "archive_sha256": "ab" * 32, "cpu": identity}
+    path = record_path(blocked, "v", "a" * 64, cpu_key(identity))
+    from llama_runtime.plugins.prove import _read, _write
+
+    assert _read(_variant(["libggml-cpu-zen4.so"]), path, expect) == (None, path)
+    assert not list((tmp_path / "tmp").iterdir()), "reading made the private folder"
+    body = {**expect, "mode": "default", "chosen": "libggml-cpu-zen4.so", "scores": {}, "failed": {}}
+    written = _write(path, body)
+    assert written != path and written.is_file() and (written.parent.parent.stat().st_mode & 0o077) == 0
+    record, where = _read(_variant(["libggml-cpu-zen4.so"]), path, expect)
+    assert record is not None and where == written
+    # a record naming a plugin the variant does not ship is not trusted
+    assert _read(_variant(["libggml-cpu-haswell.so"]), path, expect)[0] is None

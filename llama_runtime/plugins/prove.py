@@ -105,7 +105,7 @@ def _read(v: Variant, path: Path, expect: Mapping[str, Any]) -> tuple[dict[str, 
 
 def _write(path: Path, record: Mapping[str, Any]) -> Path:
     problem = write_proof(path, record)
-    spare = fallback_path(path) if problem else None
+    spare = fallback_path(path, create=True) if problem else None
     if problem and spare is not None and write_proof(spare, record) is None:
         return spare
     if problem:

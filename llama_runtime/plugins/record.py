@@ -54,14 +54,16 @@ def record_path(cache_dir: Path, variant: str, library_sha256: str, key: str) ->
     return cache_dir / __version__ / ".proofs" / f"{variant}-{library_sha256[:16]}-{key}.json"
 
 
-def private_dir() -> Path | None:
-    """This user's folder for records a read-only cache cannot hold; None if it is not safely ours."""
+def private_dir(create: bool = False) -> Path | None:
+    """This user's folder for records a read-only cache cannot hold; None if it is not safely ours
+    (or, unless ``create``, does not exist: a writable cache never makes it)."""
     import tempfile
 
     uid = os.getuid() if hasattr(os, "getuid") else None
     folder = Path(tempfile.gettempdir()) / f"llama-runtime-{uid if uid is not None else 'user'}"
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
+        if create:
+            folder.mkdir(mode=0o700, exist_ok=True)
         st = folder.stat()
     except OSError:
         return None
@@ -71,9 +73,9 @@ def private_dir() -> Path | None:
     return folder
 
 
-def fallback_path(path: Path) -> Path | None:
+def fallback_path(path: Path, create: bool = False) -> Path | None:
     """Where :func:`record_path`'s record goes when the cache is read-only."""
-    folder = private_dir()
+    folder = private_dir(create)
     return None if folder is None else folder / path.parent.parent.name / path.name
 
 
