@@ -1,6 +1,6 @@
 """Run the llama-runtime benchmarks side by side with their baselines (`scripts/dev bench`).
 
-    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7] [--work DIR] [--quick]
+    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7,B8] [--work DIR] [--quick]
 
 Prints one table (median, baseline median, ratio, target, met?) and writes benchmarks/RESULTS.md.
 Every baseline is measured in the same run, interleaved with the candidate, except B1's: building
@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from common import Row, load  # noqa: E402
 
-ALL = ("B2", "B3", "B4", "B5", "B6", "B7")  # B1-ours is measured by B2's install
+ALL = ("B2", "B3", "B4", "B5", "B6", "B7", "B8")  # B1-ours is measured by B2's install
 
 
 def cpu_model() -> str:
@@ -101,9 +101,10 @@ def main() -> int:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:400]}")
             print(f"    ({time.perf_counter() - t:.0f} s)", flush=True)
 
-        import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native  # noqa: E401
+        import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native, b8_plugin_proof  # noqa: E401
         step("B3", lambda: b3_startup.run(rel, rounds=7 if q else 15))
         step("B6", lambda: b6_first_token.run(rel, model_small, rounds=3 if q else 7))
+        step("B8", lambda: b8_plugin_proof.run(rel, rounds=3 if q else 7))
         step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 12, reps=2 if q else 3))
         step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5))
         step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
