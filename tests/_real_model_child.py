@@ -92,6 +92,9 @@ def main() -> None:
     native = find_native_libs().open()
     with Llama(model, n_ctx=N_CTX, n_threads=THREADS, native=native) as llm:
         loaded = time.perf_counter()
+        # before any kernel runs: if one crashes, the test can still name the plugin
+        print(f"cpu plugin: {', '.join(cpu_plugins()) or 'none (linked in)'}", file=sys.stderr,
+              flush=True)
         report: dict[str, Any] = {
             "plugins": cpu_plugins(), "system_info": native.system_info(),
             "completions": completions(llm, native),

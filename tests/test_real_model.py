@@ -60,8 +60,10 @@ def _fits(variants_dir: Path) -> dict[str, list[str]]:
 def _died(variant: str, proc: subprocess.CompletedProcess[str]) -> str:
     code = proc.returncode
     what = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-    return (f"{variant} died with {what} running SmolLM2 Q4_1 (CPU plugin that ggml picked on "
-            f"this CPU: see the log below):\n{proc.stderr[-3000:]}")
+    plugin = next((line.split(":", 1)[1].strip() for line in proc.stderr.splitlines()
+                   if line.startswith("cpu plugin:")), "not known: it died before the model loaded")
+    return (f"{variant} died with {what} running SmolLM2 Q4_1; the CPU plugin ggml picked on this "
+            f"CPU: {plugin}\n{proc.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,13 @@ def reports(variants_dir: Path, smollm2_gguf: Path) -> Reports:
     """``reports(variant)``: the child's JSON report for that variant, run once, or skip/fail."""
     fits = _fits(variants_dir)
     cache: dict[str, dict[str, Any]] = {}
+    died: dict[str, str] = {}  # a crash is reported by every test of the variant, run once
 
     def report(variant: str) -> dict[str, Any]:
         if fits[variant]:
             pytest.skip(f"{variant} does not fit this machine: {'; '.join(fits[variant])}")
+        if variant in died:
+            pytest.fail(died[variant])
         if variant not in cache:
             env = {**os.environ, "LLAMA_RUNTIME_TEST_LIBDIR": str(variants_dir / variant),
                    "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"),
@@ -81,7 +86,8 @@ def reports(variants_dir: Path, smollm2_gguf: Path) -> Reports:
                                    str(smollm2_gguf)], cwd=REPO, env=env, capture_output=True,
                                   text=True, timeout=300, check=False)
             if proc.returncode != 0:
-                pytest.fail(_died(variant, proc))
+                died[variant] = _died(variant, proc)
+                pytest.fail(died[variant])
             cache[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{variant}: plugins {cache[variant]['plugins']}, {cache[variant]['seconds']}")
         return cache[variant]
