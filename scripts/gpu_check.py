@@ -256,7 +256,10 @@ def run(folder: Path, match: int, dry: bool) -> int:
                        manifest[FULL[major]]["python_requires"])
         cases = _cases(folder, major, python, dry)
         for case in cases:
-            if case.get("forced"):
+            if case["want"] is None and not case.get("forced") and not dry:
+                why = (case["result"].get("reasons") or {}).get(FULL[major]) or [case["result"].get("error")]
+                case["verdict"] = f"REFUSED by selection ({'; '.join(map(str, why))[:300]})"
+            elif case.get("forced"):
                 refused = bool(case["result"].get("error")) or not case["result"].get("ids")
                 case["verdict"] = ("PASS (it does fail here, as selection said)" if refused else
                                    "FAIL (selection refused a build that runs here)")
@@ -277,7 +280,7 @@ def run(folder: Path, match: int, dry: bool) -> int:
         print(f"{what:48} {variant or '':32} {verdict}"
               + (f"  [{secs}]" if secs else "") + (f"  text={r.get('text')!r}" if r.get("text") and r is not cpu else ""))
     print(f"\ntotal {report['seconds']} s")
-    return 0 if all(v.startswith("PASS") for _, _, v, _ in rows) else 1
+    return 0 if all(v.startswith(("PASS", "REFUSED")) for _, _, v, _ in rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
