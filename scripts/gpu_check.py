@@ -109,12 +109,12 @@ def prepare(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp, HubServer(Path(tmp) / "hub") as hub:
         tree = devrelease.stage_source(dest / "src")
         devrelease.publish_release(tree, variants, hub.url)
-        env = {"LLAMA_RUNTIME_ENDPOINT": hub.url, "LLAMA_RUNTIME_CACHE": f"{tmp}/cache"}
+        env = {**os.environ, "LLAMA_RUNTIME_ENDPOINT": hub.url, "LLAMA_RUNTIME_CACHE": f"{tmp}/cache",
+               "PYTHONPATH": str(tree)}
         for name in sorted(p.name for p in variants.iterdir() if (p / "variant.json").is_file()):
-            proc = devrelease.run_cli(tree, "fetch", "--variant", name, "--dest", str(dest / "mirror"),
-                                      env=env)
-            if proc.returncode != 0:
-                raise SystemExit(f"fetch {name} failed:\n{proc.stdout}\n{proc.stderr}")
+            # from inside the staged tree: its lock, not this checkout's (python -m puts cwd first)
+            _run([sys.executable, "-m", "llama_runtime", "fetch", "--variant", name, "--dest",
+                  str(dest / "mirror")], env=env, cwd=tree)
     manifest = json.loads((dest / "mirror" / "manifest.json").read_text())["variants"]
     wants = sorted({r for name in FULL.values() for r in manifest[name]["python_requires"]})
     _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d",
@@ -135,6 +135,11 @@ def prepare(dest: Path) -> None:
 def _venv(path: Path, wheels: Path, requires: list[str]) -> Path:
     if path.exists():
         shutil.rmtree(path)
+    try:
+        import ensurepip  # noqa: F401  (Debian/Ubuntu ship it separately)
+    except ImportError:
+        raise SystemExit("this Python cannot make a venv with pip: install python3-venv "
+                         "(apt-get install python3-venv) or run with another python3") from None
     venv.EnvBuilder(with_pip=True, clear=True).create(path)
     python = path / "bin" / "python"
     if requires:
