@@ -428,25 +428,21 @@ def _npm_gpu_facts(staged: Path, gpu: str, plugins: Sequence[str]) -> dict[str, 
     facts["python_requires"] = sorted({BACKEND_EXTERNAL[n] for n in needed
                                        if BACKEND_EXTERNAL.get(n)})
     if gpu == "cuda":
-        major = int(next(n for n in needed if n.startswith("libcudart.so.")).rsplit(".", 1)[1])
-        archs = cuda_architectures(plugin)
-        lowest = min(arch for _, arch in archs)  # PTX of the lowest arch JITs on newer GPUs
-        facts |= {"suffix": f"cuda{major}", "extra": {
-                      "cuda_runtime": str(major),
-                      "min_driver_version": CUDA_MIN_DRIVER[major],
-                      "cuda_architectures": [f"{'compute' if k == 'ptx' else 'sm'}_{a}"
-                                             for k, a in archs]},
-                  # requires.cuda_driver is the CUDA version the *driver* must support
-                  "cuda_driver": f"{major}.0",
-                  "compute_capability": f"{lowest // 10}.{lowest % 10}"}
+        import npm_cuda  # the CUDA facts (fatbin targets, PTX toolkit, wheels) live there
+
+        facts |= npm_cuda.cuda_facts(plugin)
     return facts
 
 
 def npm_variant(package_spec: str, out_dir: Path, *, cache: Path | None = None) -> Path:
     """Turn one node-llama-cpp prebuilt npm package into ``out_dir/<variant-name>/``."""
     cache = cache or cache_root(os.environ)
-    tgz = npm_pack(package_spec, cache)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if "-cuda-ext@" in package_spec:  # a CUDA 12 plugin for the CUDA package's other files
+        import npm_cuda
+
+        return npm_cuda.cuda_ext_variant(package_spec, out_dir, cache)
+    tgz = npm_pack(package_spec, cache)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".npm-") as tmp:
         bins = _unpack_npm_bins(tgz, Path(tmp))
         meta = json.loads((bins / "_nlcBuildMetadata.json").read_text())["buildOptions"]
@@ -750,6 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
+    parser.add_argument("--cuda-targets", action="store_true",
+                        help="also cut each CUDA variant into one variant per GPU target")
     args = parser.parse_args(argv)
     default = args.all_default or not (args.npm or args.source_build or args.macos)
     try:
@@ -767,6 +765,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 smoke_load(folder)
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
+            if args.cuda_targets and (folder / "libggml-cuda.so").is_file():
+                import npm_cuda
+
+                for one in npm_cuda.target_variants(folder, args.out):
+                    print(f"{one.name:24} cut  {folder.name:40} {_folder_size(one) / 2**20:7.1f} MiB")
     except BuildVariantError as exc:
         print(f"build_variants: error: {exc}", file=sys.stderr)
         return 1
@@ -774,4 +777,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # npm_cuda imports this module by name: let it find this run's copy, not a second one
+    sys.modules.setdefault("build_variants", sys.modules[__name__])
     sys.exit(main())
