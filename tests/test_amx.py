@@ -268,6 +268,17 @@ def test_unpatched_plugin_is_reported(unpatched: Path, pristine: Path) -> None:
     assert len(found) == len(sites) and all("DEFECT" in m for m in found)
 
 
+def test_every_cached_patched_build_loads_the_intended_tile_config(pristine: Path) -> None:
+    """The release build (``omp``, 14 plugins, ~600 CPU-s) is checked too when it is cached."""
+    builds = sorted(p.parent for p in (bv.cache_root(os.environ) / "builds").glob("*/variant.json")
+                    if json.loads(p.read_text()).get("source_patches")
+                    and (p.parent / "libggml-cpu-sapphirerapids.so").is_file())
+    if not builds:
+        pytest.skip("no patched build with a sapphirerapids plugin in the build cache yet")
+    for folder in builds:
+        assert bv.check_amx_plugins(folder, pristine) == [], folder
+
+
 def test_npm_plugin_passes_the_same_check(pristine: Path,
                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     """npm's build kept the stores: the check accepts a correct config built on the stack."""
