@@ -553,7 +553,7 @@ def build_key(sdist_sha256: str, flags: Sequence[str], patches: str = "") -> str
     compiler = _run([_tool("c++", "install a C++ compiler (apt-get install g++)"), "--version"],
                     "c++ --version").splitlines()[0]
     blob = json.dumps([RECIPE, sdist_sha256, list(flags), compiler,
-                       *([patches] if patches else [])])  # unpatched: the keys of before
+                       *([patches] if patches else [])])  # no patches: the key it always had
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -635,9 +635,9 @@ def check_amx_plugins(folder: Path, source: Path) -> list[str]:
     import amx_tilecfg
 
     mmq = source / "ggml" / "src" / "ggml-cpu" / "amx" / "mmq.cpp"
+    intended = amx_tilecfg.intended_config(mmq.read_text())
     found: list[str] = []
     for plugin in sorted(folder.glob("libggml-cpu-sapphirerapids*.so")):
-        intended = amx_tilecfg.intended_config(mmq.read_text())
         found += amx_tilecfg.defects(amx_tilecfg.check_plugin(plugin, mmq), intended, plugin.name)
     return found
 
