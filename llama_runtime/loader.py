@@ -25,6 +25,7 @@ from .errors import (DownloadError, IntegrityError, LibraryLoadError, LibraryNot
 
 if TYPE_CHECKING:
     from .native.binding import Native
+    from .plugins.prove import PluginChoice
     from .probe import MachineProfile
     from .variants import Lock, Selection, Variant
 
@@ -47,10 +48,12 @@ class Library:
     sha256: str | None
     native: Native
     attempts: list[str] = field(default_factory=list)
+    plugin: dict[str, Any] | None = None  # the CPU plugin's proof (plugins.prove.PluginChoice)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "directory": str(self.directory), "source": self.source,
-                "variant": self.variant, "sha256": self.sha256, "attempts": self.attempts}
+                "variant": self.variant, "sha256": self.sha256, "attempts": self.attempts,
+                "plugin": self.plugin}
 
 
 @dataclass
@@ -147,20 +150,21 @@ def _misfit_message(shipped: str, selection: Selection, report: dict[str, Any]) 
 
 
 def check_generation(found: str | None, what: str, settings: Settings) -> None:
-    """Refuse a llama.cpp of another generation than the binding's struct layouts (ABI guard)."""
-    from .native.binding import LLAMA_CPP_GENERATION
+    """Refuse a llama.cpp generation whose struct layouts the binding has not been checked
+    against (ABI guard; see ``native/generations.py`` for the evidence behind each one)."""
+    from .native import generations
 
-    if found and settings.abi_check and found.lstrip("v") != LLAMA_CPP_GENERATION:
+    if found and settings.abi_check and not generations.is_compatible(found):
         raise LibraryLoadError(
-            f"{what} is llama.cpp {found}, but this llama-runtime's binding matches generation"
-            f" {LLAMA_CPP_GENERATION}; its structs would be misread (crashes, garbage). Use the"
-            " library llama-runtime selects, or set LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
+            f"{what} is llama.cpp {generations.normalize(found)}, but this llama-runtime's binding"
+            f" is checked only against generations {generations.describe()}; its structs would be"
+            " misread (crashes, garbage). Use the library llama-runtime selects, or set"
+            " LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
 
 
-def open_step(step: Step, settings: Settings) -> Library:
-    import re
-
+def open_step(step: Step, settings: Settings, profile: MachineProfile | None = None) -> Library:
     from .native.binding import Native
+    from .native.generations import from_filename
 
     if step.source == "explicit":
         path = Path(step.folder or "")
@@ -170,8 +174,7 @@ def open_step(step: Step, settings: Settings) -> Library:
         if other_os:
             raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} is {other_os}; point it at a"
                                    " libllama built for this machine, or unset it.")
-        tagged = re.search(r"\.v(\d+\.\d+\.\d+)\.", path.name)
-        check_generation(tagged.group(1) if tagged else None, str(path), settings)
+        check_generation(from_filename(path.name), str(path), settings)
         folder = path.parent
         allow_dll_folder(folder)
         dl = any(folder.glob("libggml-cpu*.so")) or any(folder.glob("ggml-cpu*.dll"))
@@ -179,25 +182,69 @@ def open_step(step: Step, settings: Settings) -> Library:
         return Library(path, folder, "explicit", None, None, native)
     assert step.variant is not None and step.folder is not None
     v, folder = step.variant, step.folder
-    check_generation(v.extra.get("llama_cpp"), f"variant {v.name}", settings)
+    # the manifest says which llama.cpp; an npm library name says it too (libllama.v0.4.0.so)
+    declared = v.extra.get("llama_cpp") or from_filename(v.libraries[-1])
+    check_generation(declared, f"variant {v.name}", settings)
     allow_dll_folder(folder)
     preflight(v, folder)
     paths = [folder / name for name in v.libraries]
-    native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
+    sha256 = _lib_sha256(folder, v.libraries[-1])
+    choice = prove_plugin(v, folder, sha256, settings, profile)
+    if choice.mode == "explicit":
+        import os
+
+        assert choice.cpu_plugin is not None
+        from .plugins.prove import gpu_plugins
+
+        native = Native.open(paths, cpu_plugin=folder / choice.cpu_plugin,
+                             extra_plugins=gpu_plugins(list(v.plugins), folder, v.os, os.environ))
+    else:
+        native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
     if v.backend != "cpu" and not any(d["type"] in ("gpu", "igpu") for d in native.devices()):
         hint = (" ggml's Vulkan backend skips software devices (llvmpipe, lavapipe); to use one"
                 " anyway set GGML_VK_VISIBLE_DEVICES=0." if v.backend == "vulkan" else "")
         raise LibraryLoadError(f"{v.name} loaded, but ggml found no {v.backend} device"
                                f" (devices: {', '.join(d['name'] for d in native.devices()) or 'none'})."
                                + hint)
-    return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
+    return Library(paths[-1], folder, step.source, v.name, sha256, native, plugin=choice.to_dict())
+
+
+def prove_plugin(v: Variant, folder: Path, sha256: str | None, settings: Settings,
+                 profile: MachineProfile | None) -> PluginChoice:
+    """The CPU plugin to load (``plugins.prove``): from the proof record, or test runs on first use.
+
+    A plugin that crashed in its test run is a fallback: a WARNING naming it and the signal, an
+    error under ``LLAMA_RUNTIME_STRICT=1``. A plugin skipped because the OS disables a register
+    state it needs is selection, not a fallback (the same as a variant the CPU cannot run).
+    """
+    from .plugins.prove import choose
+
+    if profile is None:
+        from .probe import probe
+
+        profile = probe(detail=False)
+    choice = choose(v, folder, sha256, profile.cpu, profile.os, settings.cache_dir)
+    for file, why in sorted(choice.os_skipped.items()):
+        log.info("%s: not using the CPU plugin %s, which %s", v.name, file, why)
+    message = choice.warning(v.name)
+    if message and settings.strict:
+        raise LibraryLoadError(message)
+    if message:
+        log.warning("%s", message)
+    return choice
 
 
 def foreign_binary(path: Path) -> str | None:
-    from .binformat import foreign
-    from .probe.profile import _os_name
+    """"a PE x86_64 DLL or executable, built for windows; this machine runs linux" when
+    ``path`` is a library of another OS (the OS loader would only say "invalid ELF header")."""
+    from .binformat import OS_FORMAT, identify
+    from .probe.cpu import os_name
 
-    return foreign(path, _os_name())
+    here, found = os_name(), identify(path)
+    built = next((name for name, fmt in OS_FORMAT.items() if fmt == found.format), None)
+    if built is None or built == here:
+        return None
+    return f"{found.describe()}, built for {built}; this machine runs {here}"
 
 
 def allow_dll_folder(folder: Path) -> None:
@@ -274,6 +321,10 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
         from .variants import read_lock
 
         lock = read_lock()
+    if profile is None and settings.library is None:  # one probe for the plan and the plugin proof
+        from .probe import probe
+
+        profile = probe(detail=False)
     steps, selection, notes = plan(settings, profile=profile, lock=lock)
     attempts: list[str] = []
     fetch_errors: list[LlamaRuntimeError] = []
@@ -288,7 +339,7 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
             continue
         try:
             real = _realize(step, settings, lock) if lock is not None else step
-            library = open_step(real, settings)
+            library = open_step(real, settings, profile)
         except LlamaRuntimeError as exc:
             if step.source == "explicit":
                 raise

@@ -23,8 +23,11 @@ version and the Vulkan headers). What differs from Linux:
 
 Flavors (``--windows FLAVOR`` of build_variants.py): ``windows-cpu`` (the release build, all 14
 x86 CPU plugins, x86-64 baseline), ``windows-vulkan`` (the same plus ``ggml-vulkan.dll``), and
-their ``-lite`` stand-ins for development (the haswell/skylakex/sapphirerapids plugins only, so
-x86-64-v3), built under the same variant names.
+their ``-lite`` stand-ins for development (the plugins of Linux's ``omp-lite``,
+``build_variants.LITE_X86_CPU_VARIANTS``, so x86-64-v3), built under the same variant names.
+The source gets the Linux builds' patches (``scripts/patches``, issue 14's AMX tile
+configuration); ``amx_tilecfg``'s proof from the binary reads ELF files only, so it does not
+run on the Windows plugins.
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ class WindowsFlavor:
 
 
 _ALL = "all 14 x86 CPU plugins (ggml picks one at run time)"
-_LITE = "the haswell/skylakex/sapphirerapids CPU plugins only (ggml picks one at run time)"
+_LITE = (f"the {'/'.join(bv.LITE_X86_CPU_VARIANTS)} CPU plugins only (ggml picks one at run "
+         "time)")
 WINDOWS_FLAVORS: Mapping[str, WindowsFlavor] = {
     "windows-cpu": WindowsFlavor("windows-x86_64-cpu", "cpu", 1, (), summary=_ALL),
     "windows-cpu-lite": WindowsFlavor("windows-x86_64-cpu", "cpu", 3, bv.V3_FEATURES,
@@ -196,13 +200,17 @@ def portable(flags: Sequence[str], cache: Path) -> list[str]:
 
 
 def build_key(flavor: WindowsFlavor, sdist_sha256: str, flags: Sequence[str]) -> str:
-    """Cache key: recipes, source, portable flags (toolchain and Vulkan import library paths
-    hold their content hashes), the cross compiler, and for Vulkan the shader compiler."""
+    """Cache key: recipes, source and its patches, portable flags (toolchain and Vulkan import
+    library paths hold their content hashes), the cross compiler, for Vulkan glslc."""
+    import source_patches
+
     tools = [_version_line(CROSS_CXX, APT_HINT)]
     if flavor.backend == "vulkan":
         tools.append(_version_line("glslc", VULKAN_APT_HINT))
     steps = [t for step in flavor.build_steps() for t in step]
-    blob = json.dumps([bv.RECIPE, WINDOWS_RECIPE, sdist_sha256, list(flags), steps, tools])
+    patches = source_patches.patches_digest(source_patches.patch_set())
+    blob = json.dumps([bv.RECIPE, WINDOWS_RECIPE, sdist_sha256, list(flags), steps, tools,
+                       patches])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -229,7 +237,7 @@ def _stage_dlls(bin_dir: Path, staged: Path) -> None:
 
 
 def _write_variant(flavor: WindowsFlavor, staged: Path, source: Path, sdist_sha: str,
-                   flags: Sequence[str], key: str) -> None:
+                   flags: Sequence[str], key: str, patches: Sequence[str]) -> None:
     facts = pe_facts.folder_facts(staged)
     runtime = pe_facts.runtime_loads(staged, facts["plugins"])
     check_structure(flavor, facts)
@@ -244,20 +252,25 @@ def _write_variant(flavor: WindowsFlavor, staged: Path, source: Path, sdist_sha:
         python_requires=[], external_libraries=external,
         llama_cpp=bv._llama_version(source),
         source=f"MinGW-w64 cross build of {bv.VENDOR_DIR} from the {bv.SDIST_REQUIREMENT} sdist "
-               f"(sha256 {sdist_sha}); cmake {' '.join(flags)}; CPU plugins {plugins}",
+               f"(sha256 {sdist_sha}); cmake {' '.join(flags)}; CPU plugins {plugins}; "
+               f"patches {' '.join(patches) or 'none'}",
         description=f"llama.cpp {flavor.backend} for x86-64-v{flavor.x86_64_level} Windows: "
                     f"GGML_BACKEND_DL with {flavor.summary}, "
                     + ("OpenMP (libgomp linked in), " if flavor.openmp else
                        "ggml thread pool (no OpenMP), ") + "GCC runtime linked statically",
         machine=facts["machine"], imports=facts["imports"],
         system_libraries=facts["system_libraries"], runtime_loads=runtime,
-        toolchain=_version_line(CROSS_CXX, APT_HINT), cache_key=key)
+        toolchain=_version_line(CROSS_CXX, APT_HINT), cache_key=key,
+        source_patches=list(patches))
 
 
 def _build_into_cache(flavor: WindowsFlavor, sdist: Path, flags: Sequence[str], key: str,
                       cache: Path, jobs: int) -> Path:
+    import source_patches
+
     sha = bv._sha256(sdist)
-    source = bv._extract_vendor(sdist, cache / "src" / sha[:16])
+    patches = source_patches.patch_set()  # the Linux builds' (issue 14's AMX tile config)
+    source = bv._source_tree(sdist, sha, cache, patches)
     started = time.monotonic()
     bin_dir = bv._cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
     seconds = time.monotonic() - started
@@ -266,7 +279,8 @@ def _build_into_cache(flavor: WindowsFlavor, sdist: Path, flags: Sequence[str], 
     staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
     _stage_dlls(bin_dir, staged)
     try:
-        _write_variant(flavor, staged, source, sha, portable(flags, cache), key)
+        _write_variant(flavor, staged, source, sha, portable(flags, cache), key,
+                       [p.name for p in patches])
     except pe_facts.PeFactsError as exc:
         shutil.rmtree(staged, ignore_errors=True)
         raise bv.BuildVariantError(str(exc)) from exc

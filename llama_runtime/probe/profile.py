@@ -12,17 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .cpu import machine, normalize_arch, read_cpu
+from .cpu import machine, normalize_arch, os_name as _os_name, read_cpu
 from .nvidia import read_nvidia
 from .libc import read_libc
 from .rocm import read_rocm
 from .vulkan import read_vulkan
-
-
-def _os_name() -> str:
-    if sys.platform.startswith("linux"):
-        return "linux"
-    return {"darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)
 
 
 @dataclass(frozen=True)
@@ -136,6 +130,10 @@ def probe(libcuda: str | None = None, *, detail: bool = True) -> MachineProfile:
     vulkan = _Background(read_vulkan) if os_name != "macos" else None
     rocm = _Background(read_rocm) if os_name == "linux" else None
     cpu, libc, apple = read_cpu(detail=detail), read_libc(), _read_apple()
+    if apple:  # macOS: no /proc/cpuinfo, the CPU's features come from sysctl
+        from .apple import merge_cpu
+
+        cpu = merge_cpu(cpu, apple)
     return MachineProfile(
         os=os_name, arch=normalize_arch(machine()), libc=libc, cpu=cpu,
         nvidia=nvidia.result() if nvidia else {"driver": None, "cuda_driver": None, "gpus": [],

@@ -74,11 +74,22 @@ class Selection:
         others = [x.name for x in self.candidates if x.name != name]
         return f"{name} (score {c.score:g}): {'; '.join(c.reasons)}; other candidates: {', '.join(others) or 'none'}"
 
+    def _refusal_lines(self) -> list[str]:
+        """One line per candidate; a one-target copy of a CUDA build (``<name>-sm86``) refused
+        for its build's own first reason points at that build instead of repeating it."""
+        lines = []
+        for c in self.candidates:
+            parent = next((p for p in self.candidates if c.name.startswith(f"{p.name}-")
+                           and not p.compatible and c.reasons[:1] == p.reasons[:1]), None)
+            why = f"refused as {parent.name} is (a one-target copy of it)" if parent else "; ".join(c.reasons)
+            lines.append(f"  - {c.name}: {why}")
+        return lines
+
     def require(self) -> str:
         """The selected variant's name, or an error listing every candidate and why it was refused."""
         if self.selected is not None:
             return self.selected
-        lines = [f"  - {c.name}: {'; '.join(c.reasons)}" for c in self.candidates]
+        lines = self._refusal_lines()
         raise NoCompatibleVariantError(
             f"no variant fits this machine for LLAMA_BACKEND={self.backend}:\n" + "\n".join(lines)
             + "\nChoose another backend (LLAMA_BACKEND), name a variant (LLAMA_RUNTIME_VARIANT),"
@@ -101,13 +112,40 @@ def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
     if v.os != p.os:
         problems.append(f"built for {v.os}, this machine runs {p.os}")
     if v.arch != p.arch:
-        problems.append(f"built for {v.arch}, this CPU is {p.arch}")
+        problems.append(f"built for {v.arch}, this CPU is {p.arch}" + _rosetta_note(v, p))
     # a glibc build needs ld-linux, a musl build ld-musl: neither loads on the other
     for libc_name in ("glibc", "musl"):
         floor = v.requires.get(libc_name)
         if floor and p.os == "linux":
             problems += _check_libc(libc_name, floor, p.libc or {})
     return problems
+
+
+def _rosetta(p: MachineProfile) -> bool:
+    return p.os == "macos" and p.arch == "x86_64" and bool((p.apple or {}).get("rosetta"))
+
+
+def _rosetta_note(v: Variant, p: MachineProfile) -> str:
+    if not (_rosetta(p) and v.arch == "aarch64"):
+        return ""
+    chip = (p.apple or {}).get("chip") or "an Apple Silicon Mac"
+    return (f" (this Python is an x86_64 process under Rosetta 2 on {chip}, and such a process"
+            " loads x86_64 libraries only; an arm64 Python gets this build)")
+
+
+def _rosetta_warning(selection: Selection, manifest: Manifest, p: MachineProfile) -> str | None:
+    """What to tell an x86_64 Python under Rosetta 2: it works, translated and without Metal."""
+    chosen = selection.selected
+    if not _rosetta(p) or chosen is None or manifest.variants[chosen].arch != "x86_64":
+        return None
+    native = [c.name for c in selection.candidates if manifest.variants[c.name].arch == "aarch64"
+              and manifest.variants[c.name].os == "macos"]
+    better = f" to get {' or '.join(native)}" if native else ""
+    return (f"this x86_64 Python runs under Rosetta 2 on {(p.apple or {}).get('chip') or 'Apple Silicon'}:"
+            f" using {chosen}, x86_64 code translated by Rosetta, without Metal and several times"
+            f" slower than native. Install an arm64 Python (python.org's universal2 installer, or"
+            f" an arm64 Homebrew/conda Python; `python3 -c 'import platform; print(platform.machine())'`"
+            f" must say arm64) and reinstall llama-runtime{better}")
 
 
 def _check_cpu(v: Variant, p: MachineProfile) -> list[str]:
@@ -156,16 +194,30 @@ def _check_cuda(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[
     elif have is None:
         problems.append("no NVIDIA driver detected" + why)
     elif need and _version(have) < _version(need):
-        problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports CUDA {have}")
-    declared = v.requires.get("compute_capability")
-    gpus = [g for g in nv.get("gpus") or [] if g.get("compute_capability")]
-    if declared and gpus and not any(cc_supported(g["compute_capability"], declared) for g in gpus):
-        found = ", ".join(f"{g.get('name')} has {g['compute_capability']}" for g in gpus)
-        problems.append(f"built for {_cc_words(declared)}; {found}")
+        floor = v.extra.get("min_driver_version")
+        problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports"
+                        f" CUDA {have} (upgrade the NVIDIA driver"
+                        + (f" to {floor} or newer" if floor else "") + ", or use another backend)")
+    if v.extra.get("cuda_architectures"):
+        from .cuda import check_targets
+
+        problems += check_targets(v, nv)[0]
+    else:
+        problems += _check_declared_cc(v, nv)
     major = request.get("cuda_major")
     if major and need and _version(need)[0] != major:
         problems.append(f"built for CUDA {need}, not CUDA {major}")
     return problems
+
+
+def _check_declared_cc(v: Variant, nv: dict[str, Any]) -> list[str]:
+    """Manifests without ``cuda_architectures``: the declared compute capability only."""
+    declared = v.requires.get("compute_capability")
+    gpus = [g for g in nv.get("gpus") or [] if g.get("compute_capability")]
+    if declared and gpus and not any(cc_supported(g["compute_capability"], declared) for g in gpus):
+        found = ", ".join(f"{g.get('name')} has {g['compute_capability']}" for g in gpus)
+        return [f"built for {_cc_words(declared)}; {found}"]
+    return []
 
 
 def _check_rocm(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
@@ -201,6 +253,8 @@ def _check_metal(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list
     apple = p.apple or {}
     if p.os == "macos" and p.arch == "aarch64" and apple.get("metal", True):
         return []  # every Apple Silicon Mac has a Metal GPU (old profiles lack the apple part)
+    if _rosetta(p):
+        return ["no Metal from this process: ggml's Metal backend runs in an arm64 process only"]
     return ["no Metal GPU detected (Metal builds need Apple Silicon)"]
 
 
@@ -216,8 +270,12 @@ def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[s
 
 def _check_macos(v: Variant, p: MachineProfile) -> list[str]:
     need, have = v.requires.get("macos"), (p.apple or {}).get("macos")
-    if v.os == "macos" and p.os == "macos" and need and have and _version(have) < _version(need):
-        return [f"needs macOS {need} or newer, this Mac runs macOS {have}"]
+    # padded: macOS "11" is 11.0 (sw_vers prints 11.0, a captured name may say 11)
+    if v.os == "macos" and p.os == "macos" and need and have and \
+            (_version(have) + (0, 0))[:3] < (_version(need) + (0, 0))[:3]:
+        return [f"needs macOS {need} or newer, this Mac runs macOS {have} (the build's"
+                f" LC_BUILD_VERSION minos; update macOS, or point LLAMA_RUNTIME_LIB at a"
+                f" llama.cpp built for {have})"]
     return []
 
 
@@ -232,6 +290,10 @@ def _score(v: Variant, p: MachineProfile | None = None) -> float:
         # the newest CUDA a known driver allows; with no driver seen (a build stage), the oldest
         major = _version(v.requires["cuda_driver"])[0] / 100
         rank += major if p is not None and (p.nvidia or {}).get("cuda_driver") else -major
+        if p is not None:
+            from .cuda import preference
+
+            rank += preference(v, p.nvidia or {}) / 10
     return float(rank * 100 + level * 10 + len(v.requires.get("cpu_features") or ())
                  + float(v.extra.get("priority", 0)))
 
@@ -275,6 +337,12 @@ def _fit_reason(v: Variant, p: MachineProfile) -> str:
 def _gpu_fit(v: Variant, p: MachineProfile) -> list[str]:
     if v.backend == "cuda" and (p.nvidia or {}).get("cuda_driver"):
         gpus = [f"{g.get('name')} (cc {g.get('compute_capability')})" for g in p.nvidia.get("gpus") or []]
+        if v.extra.get("cuda_architectures"):
+            from .cuda import check_targets
+
+            seen = [g for g in p.nvidia.get("gpus") or [] if g.get("compute_capability")]
+            gpus = [f"{g.get('name')} (cc {g['compute_capability']}) {f.words}"
+                    for g, f in zip(seen, check_targets(v, p.nvidia)[1])]
         return [f"driver {p.nvidia.get('driver')} supports CUDA {p.nvidia['cuda_driver']}"] + gpus
     if v.backend == "rocm":
         return [f"AMD {g.get('name') or 'GPU'} {g.get('gfx')}" for g in (p.rocm or {}).get("gpus") or []]
@@ -335,6 +403,9 @@ def select(manifest: Manifest, profile: MachineProfile | None = None, *,
     idle = _gpu_unused_warning(selection, manifest, profile) if variant is None else None
     if idle:
         selection.warnings.append(idle)
+    translated = _rosetta_warning(selection, manifest, profile)
+    if translated:
+        selection.warnings.append(translated)
     if chosen and manifest.variants[chosen].backend == "vulkan":
         best = _vulkan_best(profile, allow_software=True)
         if best and best.get("type") == "cpu":
