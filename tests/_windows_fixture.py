@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,8 @@ import windows_build
 from tiny_model import write_tiny_llama
 
 try:
-    from ._ctypes_quantize import quantize
     from ._native_fixture import NativeLibs, build_oracle
 except ImportError:
-    from _ctypes_quantize import quantize
     from _native_fixture import NativeLibs, build_oracle
 
 from llama_runtime.archive import pack_variant
@@ -145,13 +144,26 @@ def linux_vulkan(work: Path) -> Linux:
     return _linux(bv.npm_variant(VULKAN_NPM, work / "variants"), work)
 
 
+def quantize(linux: Linux, source: Path, dest: Path, kind: str) -> Path:
+    """``llama-runtime quantize`` (llama.cpp's llama_model_quantize) with the Linux library, in
+    a child process: the test process never holds a second libllama beside its own."""
+    env = {**os.environ, "LLAMA_RUNTIME_LIB": str(linux.libraries[-1])}
+    proc = subprocess.run([sys.executable, "-m", "llama_runtime", "quantize", str(source),
+                           str(dest), kind], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    if proc.returncode != 0 or not dest.is_file():
+        raise RuntimeError(f"llama-runtime quantize {kind} failed (exit {proc.returncode}): "
+                           f"{proc.stderr[-2000:]}")
+    return dest
+
+
 def models(work: Path, linux: Linux) -> dict[str, Path]:
     """f16 and quantized tiny llamas; quantized by libllama's own llama_model_quantize."""
     work.mkdir(parents=True, exist_ok=True)
     out = {"f16": write_tiny_llama(work / "tiny-f16.gguf", seed=3, f16=True, **SHAPE)}
     base = write_tiny_llama(work / "tiny-f32.gguf", seed=3, **SHAPE)
     for kind in QUANTS:
-        out[kind] = quantize(linux.libraries, base, work / f"tiny-{kind}.gguf", kind)
+        out[kind] = quantize(linux, base, work / f"tiny-{kind}.gguf", kind)
     return out
 
 

@@ -32,8 +32,9 @@ except ImportError:
 pytestmark = pytest.mark.slow
 GCC_RUNTIME = {"libstdc++-6.dll", "libgcc_s_seh-1.dll", "libwinpthread-1.dll", "libgomp-1.dll"}
 # ggml-cpu-<tag> -> /proc/cpuinfo flags it needs (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS)
-PLUGIN_FLAGS = {"haswell": {"avx2", "fma", "f16c", "bmi2"},
-                "skylakex": {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}}
+_AVX512 = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+PLUGIN_FLAGS = {"haswell": {"avx2", "fma", "f16c", "bmi2"}, "skylakex": _AVX512,
+                "zen4": _AVX512 | {"avx512vbmi", "avx512_vnni", "avx512_bf16"}}
 
 
 def _cpu_flags() -> set[str]:

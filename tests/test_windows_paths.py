@@ -34,6 +34,7 @@ def test_no_dll_directory_elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 # variant.json of real MinGW builds (scripts/windows_build.py, windows-cpu-lite and
 # windows-vulkan-lite), captured; test_windows_build.py checks them against a fresh build.
 import json  # noqa: E402
+import struct  # noqa: E402
 from typing import Any  # noqa: E402
 
 from llama_runtime.archive import pack_variant  # noqa: E402
@@ -100,10 +101,16 @@ def test_the_chain_on_linux_says_why_a_windows_only_release_gives_nothing(tmp_pa
     assert "windows-x86_64-cpu: built for windows, this machine runs linux" in str(err.value)
 
 
+# the headers binformat.identify reads: DOS stub -> "PE\0\0" + IMAGE_FILE_MACHINE_AMD64
+PE_HEAD = b"MZ" + bytes(0x3A) + struct.pack("<I", 0x40) + b"PE\0\0" + struct.pack("<H", 0x8664)
+# ELF64, little-endian, ET_DYN, EM_X86_64
+ELF_HEAD = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HH", 3, 0x3E) + bytes(44)
+
+
 def _fake_dlls(folder: Path, names: list[str]) -> Path:
     folder.mkdir(parents=True)
-    for n in names:  # PE magic, so the files are what their names say
-        (folder / n).write_bytes(b"MZ" + n.encode() * 50)
+    for n in names:  # PE headers, so the files are what their names say
+        (folder / n).write_bytes(PE_HEAD + n.encode() * 50)
     return folder
 
 
@@ -126,17 +133,19 @@ def test_a_windows_dll_named_as_the_library_on_linux_is_refused(monkeypatch: pyt
     monkeypatch.setattr(sys, "platform", "linux")
     dll = _fake_dlls(tmp_path / "w", ["llama.dll"]) / "llama.dll"
     settings = resolve(environ={"LLAMA_RUNTIME_LIB": str(dll)})
-    with pytest.raises(LibraryLoadError, match="built for windows, this machine runs linux"):
+    with pytest.raises(LibraryLoadError) as err:
         open_step(Step("explicit", None, dll), settings)
+    assert "a PE x86_64 DLL or executable, built for windows; this machine runs linux" in str(err.value)
 
 
 def test_a_linux_library_on_windows_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from llama_runtime.loader import Step, open_step
 
     lib = tmp_path / "libllama.so"
-    lib.write_bytes(b"\x7fELF" + bytes(60))
+    lib.write_bytes(ELF_HEAD)
     monkeypatch.setattr(sys, "platform", "win32")
-    with pytest.raises(LibraryLoadError, match="built for linux, this machine runs windows"):
+    with pytest.raises(LibraryLoadError, match="an ELF x86_64 shared library, built for linux; "
+                                               "this machine runs windows"):
         open_step(Step("explicit", None, lib), resolve(environ={}))
 
 
@@ -202,3 +211,17 @@ def test_windows_cpu_features_from_the_api(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(ctypes, "windll", type("W", (), {"kernel32": Broken})(), raising=False)
     out = windows.read_windows_flags()
     assert out["flags"] == [] and "IsProcessorFeaturePresent failed" in out["error"]
+
+
+def test_the_plugin_proof_knows_the_windows_plugin_names() -> None:
+    """llama_runtime.plugins ranks and test-runs CPU plugins by file name: on a Windows
+    variant those are ggml-cpu-<tag>.dll, and ggml-vulkan.dll is the Vulkan backend."""
+    from llama_runtime.plugins.rank import base_plugin, cpu_plugins, plugin_variant
+
+    entry = CAPTURED["windows-x86_64-vulkan"]
+    files = [*entry["libraries"], *entry["plugins"]]
+    assert cpu_plugins(files, "windows") == [p for p in entry["plugins"] if p.startswith("ggml-cpu-")]
+    assert [plugin_variant(p, "windows") for p in cpu_plugins(files, "windows")] == \
+        [p.removeprefix("ggml-cpu-").removesuffix(".dll") for p in cpu_plugins(files, "windows")]
+    assert base_plugin("windows", "vulkan") == "ggml-vulkan.dll" and "ggml-vulkan.dll" in files
+    assert cpu_plugins(files, "linux") == []  # the Linux names do not match DLLs
