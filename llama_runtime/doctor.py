@@ -60,10 +60,10 @@ def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[An
 def _native_dependencies(settings: Settings) -> dict[str, Any]:
     """For each GPU variant: every library it needs but does not ship, and where the loader finds it."""
     from .nativedeps import resolve_all
-    from .variants import read_lock
+    from .trust import trusted_lock
 
     out = {}
-    for v in read_lock().manifest.variants.values():
+    for v in trusted_lock(settings).manifest.variants.values():
         needs = list(v.extra.get("external_libraries") or ())
         if needs and v.backend != "cpu":
             out[v.name] = resolve_all(needs)
