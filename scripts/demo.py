@@ -1,6 +1,8 @@
 """The whole product path on one machine, for real (run it with `scripts/dev demo`).
 
-1. real llama.cpp variants: the npm prebuilt and a build of llama-cpp-python's vendored source
+1. real llama.cpp variants: node-llama-cpp's prebuilt for this machine from the npm registry
+   (with --source-builds also our own builds of llama-cpp-python's vendored llama.cpp: minutes
+   of compiling the first time, then cached; the tests build them on their first run)
 2. a Hugging Face-protocol hub on 127.0.0.1, and `llama-runtime publish` to it
 3. the sdist, installed with pip into a fresh virtual environment (the hook picks one variant)
 4. a tiny GGUF model, and text generated from it with the installed package
@@ -21,21 +23,44 @@ from hubserver import HubServer  # noqa: E402
 from tiny_model import write_tiny_llama  # noqa: E402
 
 
+# node-llama-cpp's Linux prebuilts (llama.cpp 0.5.0, GGML_BACKEND_DL, every CPU plugin)
+NPM_PREBUILT = {"x86_64": "@node-llama-cpp/linux-x64@3.22.1", "aarch64": "@node-llama-cpp/linux-arm64@3.22.1"}
+_last = [time.perf_counter()]
+
+
 def step(text: str) -> None:
-    print(f"\n==> {text}", flush=True)
+    now = time.perf_counter()
+    print(f"    ({now - _last[0]:.1f} s)\n\n==> {text}", flush=True)
+    _last[0] = now
+
+
+def variant_folders(source_builds: bool) -> Path:
+    """The variants to publish: the npm prebuilt, plus our source builds when asked for."""
+    import platform
+
+    if source_builds:  # the tests' set: npm + v3 + omp-lite (scripts/build_variants.py defaults)
+        return devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
+    machine = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    if machine not in NPM_PREBUILT:
+        raise SystemExit(f"no npm prebuilt of llama.cpp for {machine}; try --source-builds")
+    return devrelease.build_variant_dirs(devrelease.dev_cache() / "variants-demo", "--npm", NPM_PREBUILT[machine])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=devrelease.ROOT / ".demo", help="scratch folder")
     ap.add_argument("--prompt", default="Once upon a time")
+    ap.add_argument("--source-builds", action="store_true",
+                    help="also build (cold: minutes on 2 cores) and publish our own llama.cpp builds")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    _last[0] = start
 
-    step("real llama.cpp variants (npm prebuilt + source build, cached under ~/.cache/llama-runtime-dev)")
-    variants = devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
+    what = "npm prebuilt + our source builds" if args.source_builds else "the npm prebuilt for this machine"
+    print(f"==> real llama.cpp variants ({what}, cached under {devrelease.dev_cache()})", flush=True)
+    variants = variant_folders(args.source_builds)
     for vj in sorted(variants.glob("*/variant.json")):
         print(f"    {vj.parent.name}")
 
@@ -69,7 +94,11 @@ def main() -> int:
     out = subprocess.run([str(bin_dir / "llama-runtime"), "generate", str(model), args.prompt, "-n", "24",
                           "--temp", "0"], env=run_env, check=True, capture_output=True, text=True)
     print(f"    prompt:    {args.prompt!r}\n    generated: {out.stdout.strip()!r}")
-    print(f"\ndone in {time.perf_counter() - start:.0f} s")
+    step("done")
+    print(f"demo done in {time.perf_counter() - start:.0f} s")
+    if not args.source_builds:
+        print("not done: our own source builds of llama.cpp (`scripts/dev demo --source-builds`"
+              " publishes them too; the tests build them on their first run)")
     return 0
 
 
