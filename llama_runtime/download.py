@@ -84,7 +84,7 @@ def _hub_client_asked() -> bool:
     client honours (a client factory, offline mode); never imports it (see the module doc)."""
     import sys
 
-    if "huggingface_hub" not in sys.modules:
+    if sys.modules.get("huggingface_hub") is None:  # not imported (or blocked): nothing set up
         return False
     try:
         from huggingface_hub import constants

@@ -164,6 +164,10 @@ def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, sel
                      files={n: {k: e[k] for k in ("sha256", "size")} for n, e in (record.get("files") or {}).items()},
                      source=source, lock={"repo": lock.repo,
                      "revision": lock.revision, "commit": lock.commit})
+    if lock.trust == "hub":  # no lock in this tree: the release travels with the wheel
+        from .trust import release_record
+
+        report["release"] = release_record(lock, settings.endpoint)
     if settings.target == name:
         # LLAMA_RUNTIME_TARGET=<variant> names the variant the target machine is to run, as
         # LLAMA_RUNTIME_VARIANT would: the loader there keeps it instead of re-selecting

@@ -9,7 +9,9 @@ no release. ``LLAMA_RUNTIME_REPO`` plus ``LLAMA_RUNTIME_REVISION`` may then name
 ``manifest.json`` is read from the hub at the commit that revision names, every archive is
 checked against that manifest's sha256 (and fetched at that same commit), and a WARNING says the
 trust now rests on the hub. The manifest read is kept in the cache, so later runs work offline;
-a release tag never moves (publish refuses to move one), so it is not read again.
+a release tag never moves (publish refuses to move one), so it is not read again. A wheel built
+that way keeps the release in its build report (``selection.json``), so the installed package
+knows it without the variables (with the same WARNING).
 """
 
 from __future__ import annotations
@@ -51,15 +53,42 @@ def names_a_release(settings: Settings) -> bool:
 
 def trusted_lock(settings: Settings, path: Path | None = None, *,
                  echo: Callable[[str], Any] | None = None) -> Lock:
-    """The lock at ``path`` (default: the package's), or, without one, the hub's release."""
+    """The lock at ``path`` (default: the package's); without one, the release the settings name
+    (read from the hub), else the one the installed wheel was built from; else an error that says
+    how to get a library."""
     from .variants.manifest import read_lock  # looked up now: tests replace it to prove it unread
 
     path = path or package_lock_path()
     if path.exists():
         return read_lock(path)
-    if not names_a_release(settings):
+    if names_a_release(settings):
+        return hub_release(settings, path, echo=echo)
+    installed = installed_release()
+    if installed is None:
         raise NoReleaseError(no_lock_message(path))
-    return hub_release(settings, path, echo=echo)
+    lock, endpoint = installed
+    _warn(lock, endpoint, echo)
+    return lock
+
+
+def release_record(lock: Lock, endpoint: str) -> dict[str, Any]:
+    """What the build report keeps of a release trusted without a lock (see :func:`installed_release`)."""
+    return {"endpoint": endpoint, "repo": lock.repo, "revision": lock.revision, "commit": lock.commit,
+            "manifest": _manifest_data(lock.manifest)}
+
+
+def installed_release() -> tuple[Lock, str] | None:
+    """The release a wheel built without a lock was made from (LLAMA_RUNTIME_REPO/REVISION at
+    install time), as its build report keeps it: the run time needs no variable set again."""
+    from .loader import read_build_report
+
+    data = (read_build_report() or {}).get("release")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Lock.parse(data, trust="hub"), str(data["endpoint"])
+    except (ManifestError, KeyError):  # not one this llama-runtime can read
+        return None
 
 
 def hub_release(settings: Settings, path: Path, *, echo: Callable[[str], Any] | None = None) -> Lock:
@@ -79,19 +108,19 @@ def hub_release(settings: Settings, path: Path, *, echo: Callable[[str], Any] | 
                                  f" at {revision} was never read on this machine ({kept}). Run once"
                                  f" with network, or: {HOW_TO_GET_A_LIBRARY}")
         lock = _read_from_hub(settings, repo, revision)
-        _keep(kept, lock, settings.endpoint)
-    _warn(lock, settings, echo)
+        _keep(kept, release_record(lock, settings.endpoint))
+    _warn(lock, settings.endpoint, echo)
     return lock
 
 
-def _warn(lock: Lock, settings: Settings, echo: Callable[[str], Any] | None) -> None:
+def _warn(lock: Lock, endpoint: str, echo: Callable[[str], Any] | None) -> None:
     text = (f"this llama-runtime has no binary lock: it trusts the manifest of {lock.repo} at"
-            f" {lock.revision} (commit {lock.commit[:12]}) as {settings.endpoint} serves it, so the"
+            f" {lock.revision} (commit {lock.commit[:12]}) as {endpoint} serves it, so the"
             " sha256 checks of its archives rest on that hub, not on the sdist. Install a"
             " llama-runtime release (with its lock) for a trust anchor of its own.")
     if echo is not None:
         echo(f"llama-runtime: WARNING: {text}")
-    key = f"{settings.endpoint} {lock.repo} {lock.commit}"
+    key = f"{endpoint} {lock.repo} {lock.commit}"
     if key not in _warned:
         _warned.add(key)
         log.warning("%s", text)
@@ -111,10 +140,8 @@ def _read_kept(kept: Path) -> Lock | None:
         return None
 
 
-def _keep(kept: Path, lock: Lock, endpoint: str) -> None:
+def _keep(kept: Path, data: dict[str, Any]) -> None:
     """Keep the release's manifest for later (offline) runs; a read-only cache only costs a re-read."""
-    data = {"endpoint": endpoint, "repo": lock.repo, "revision": lock.revision, "commit": lock.commit,
-            "manifest": _manifest_data(lock.manifest)}
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".release-", suffix=".tmp", dir=kept.parent)
