@@ -72,8 +72,9 @@ def main() -> int:
         sdist = devrelease.build_sdist(tree, work / "dist")
         print(f"    sdist: {sdist.name}")
 
-        step("pip install of the sdist into a fresh virtual environment (the hook probes and fetches)")
+        step("a fresh virtual environment (python -m venv, with pip)")
         python = devrelease.make_venv(work / "venv")
+        step("pip install -v --no-cache-dir of the sdist into it (the hook probes and fetches)")
         env = {"LLAMA_RUNTIME_ENDPOINT": hub.url, "LLAMA_RUNTIME_CACHE": str(work / "cache")}
         proc = devrelease.pip_install(python, str(sdist), env)
         if proc.returncode != 0:
