@@ -1,39 +1,40 @@
 """Stream one file from the hub to disk: resumable, bounded retries, one overall deadline.
 
-It uses ``huggingface_hub``'s URL scheme (``hf_hub_url``) and headers (``build_hf_headers``,
-with the token), but does what ``hf_hub_download`` does not: a deadline for the whole download
-(``LLAMA_RUNTIME_TIMEOUT``) instead of a 23 s back-off on a dead server, resume with ``Range``
-after a cut, and no second copy in another cache. The caller verifies the sha256 before
-anything is used.
+The URL and headers come from :mod:`llama_runtime.hub` (the Hub's scheme, the token). It does
+what ``hf_hub_download`` does not: a deadline for the whole download (``LLAMA_RUNTIME_TIMEOUT``)
+instead of a 23 s back-off on a dead server, resume with ``Range`` after a cut, and no second
+copy in another cache. The caller verifies the sha256 before anything is used.
 
 Two transports, one behaviour (status handling, retries, Range, deadline are shared):
 
-* **direct** (no proxy configured, ``huggingface_hub``'s default client): stdlib
-  ``http.client``, reading the body with ``read1(1 MiB)`` (at most one ``recv`` per call, so a
-  cut loses nothing already read and a slow drip still meets the deadline check). This is for
-  speed: ``httpx``'s ``iter_bytes()`` goes through httpcore/h11 in 64 KiB pieces and reached
-  only ~0.6-0.8 of curl's throughput on a 200 MiB file (benchmark B5); ``read1`` reaches curl.
-  Redirects are followed here (at most ``MAX_REDIRECTS``), and ``Authorization`` is dropped as
-  soon as a redirect leaves the origin, as ``httpx`` does. https uses the SSL context the hub's
-  ``httpx`` flavour would build (``SSL_CERT_FILE``/``SSL_CERT_DIR``, its CA bundle).
-* **hub client** (``huggingface_hub.get_session()``): whenever a proxy may apply
-  (``LLAMA_RUNTIME_PROXY``, or any ``HTTP(S)_PROXY``/``ALL_PROXY`` in the environment, whose
-  ``NO_PROXY`` rules ``httpx`` then applies), when the application installed its own client
-  factory (``huggingface_hub.set_client_factory``), or in ``HF_HUB_OFFLINE`` mode, so that
-  every such setting keeps working exactly as ``huggingface_hub`` defines it.
+* **direct** (the default, and the only one the install-time fetch has: pip's isolated build
+  environment holds no ``huggingface_hub``): stdlib ``http.client``, reading the body with
+  ``read1(1 MiB)`` (at most one ``recv`` per call, so a cut loses nothing already read and a
+  slow drip still meets the deadline check). This is also for speed: ``httpx``'s
+  ``iter_bytes()`` goes through httpcore/h11 in 64 KiB pieces and reached only ~0.6-0.8 of
+  curl's throughput on a 200 MiB file (benchmark B5); ``read1`` reaches curl. Redirects are
+  followed here (at most ``MAX_REDIRECTS``), and ``Authorization`` is dropped as soon as a
+  redirect leaves the origin, as ``httpx`` does. Proxies and CAs follow the hub client's rules
+  (:mod:`llama_runtime.netconf`): ``LLAMA_RUNTIME_PROXY``, else ``HTTP(S)_PROXY``/``ALL_PROXY``
+  with ``NO_PROXY``; an ``http://`` proxy gets ``CONNECT`` for https and absolute URLs for http.
+* **hub client** (``huggingface_hub.get_session()``): only where the direct one cannot do what
+  the application asked for: a proxy of another scheme (``https://``, ``socks5://``), or, when
+  the application has imported ``huggingface_hub`` itself, its own client factory
+  (``huggingface_hub.set_client_factory``) or ``HF_HUB_OFFLINE`` mode.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from .errors import CacheError, DownloadError
+from .netconf import PLAIN_PROXY_SCHEMES, proxy_authorization, proxy_for, ssl_context
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 4  # one try plus three retries of transient failures
@@ -41,7 +42,6 @@ TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 Progress = Callable[[int, Optional[int]], None]
 MAX_REDIRECTS = 20  # as httpx
 CHUNK = 1 << 20  # the most one read1() of the direct transport returns
-_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -62,30 +62,38 @@ class _Transient(Exception):
 
 
 def _client(proxy: str | None, url: str) -> Any:
-    if proxy is None and _direct_ok(url):
-        return _Direct()
-    from huggingface_hub import get_session
-
+    chosen = proxy_for(url, proxy)
+    plain = chosen is None or urlsplit(chosen).scheme in PLAIN_PROXY_SCHEMES
+    if plain and url.startswith(("http://", "https://")) and not _hub_client_asked():
+        return _Direct(proxy)
+    try:
+        from huggingface_hub import get_session
+    except ImportError as exc:  # pip's isolated build environment
+        raise DownloadError(f"the proxy {chosen} needs huggingface_hub's HTTP client, which is not"
+                            " installed here (pip's build environment has none); use an http://"
+                            " proxy, or install huggingface_hub and build with"
+                            " --no-build-isolation") from exc
     session = get_session()
     if proxy is None:
         return session
     return type(session)(proxy=proxy, follow_redirects=True)  # the same httpx flavour as the hub's
 
 
-def _direct_ok(url: str) -> bool:
-    """Whether the stdlib transport behaves like the hub client would here (see the module doc)."""
-    if not url.startswith(("http://", "https://")):
+def _hub_client_asked() -> bool:
+    """Whether an application that imported huggingface_hub set it up in a way only its own
+    client honours (a client factory, offline mode); never imports it (see the module doc)."""
+    import sys
+
+    if sys.modules.get("huggingface_hub") is None:  # not imported (or blocked): nothing set up
         return False
-    if any(value for key, value in os.environ.items() if key.lower() in _PROXY_VARS):
-        return False  # httpx decides (NO_PROXY included), as for every proxied download
     try:
         from huggingface_hub import constants
         from huggingface_hub.utils import _http
 
         custom = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) is not getattr(_http, "default_client_factory", None)
-        return not custom and not constants.is_offline_mode()
+        return custom or constants.is_offline_mode()
     except Exception:  # another huggingface_hub layout: stay on its own client
-        return False
+        return True
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -93,20 +101,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
     u = urlsplit(url)
     return u.scheme, (u.hostname or "").lower(), u.port or {"http": 80, "https": 443}.get(u.scheme)
-
-
-def _ssl_context() -> Any:
-    """The SSL context the hub's httpx flavour builds for ``verify=True`` (env CA settings honoured)."""
-    import importlib
-    import ssl
-
-    try:
-        from huggingface_hub import get_session
-
-        flavour = type(get_session()).__module__.split(".")[0]
-        return importlib.import_module(f"{flavour}._config").create_ssl_context()
-    except Exception:
-        return ssl.create_default_context()
 
 
 class _DirectResponse:
@@ -134,32 +128,44 @@ class _DirectResponse:
 class _Direct:
     """``http.client`` transport with httpx's redirect rules (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, proxy: str | None = None) -> None:
         self._ssl: Any = None
+        self._proxy = proxy  # None here: each URL is looked up (NO_PROXY), as httpx does
 
-    def _connect(self, url: str, timeout: float) -> Any:
+    def _connect(self, url: str, timeout: float) -> tuple[Any, str, dict[str, str]]:
+        """A connection for ``url``, the request target to send on it and headers to add."""
         import http.client
 
         scheme, host, port = _origin(url)
-        if scheme == "https":
-            if self._ssl is None:
-                self._ssl = _ssl_context()
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl)
-        if scheme == "http":
-            return http.client.HTTPConnection(host, port, timeout=timeout)
-        raise DownloadError(f"cannot download from {url}: only http and https are supported")
+        u = urlsplit(url)
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        via = self._proxy or proxy_for(url, None)
+        if scheme not in ("http", "https"):
+            raise DownloadError(f"cannot download from {url}: only http and https are supported")
+        if scheme == "https" and self._ssl is None:
+            self._ssl = ssl_context()
+        if via is None:
+            if scheme == "https":
+                return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl), path, {}
+            return http.client.HTTPConnection(host, port, timeout=timeout), path, {}
+        p = urlsplit(via)
+        if scheme == "http":  # a forward proxy: the absolute URL, and its credentials
+            conn = http.client.HTTPConnection(p.hostname or "", p.port or 80, timeout=timeout)
+            return conn, url, proxy_authorization(via)
+        conn = http.client.HTTPSConnection(p.hostname or "", p.port or 80, timeout=timeout, context=self._ssl)
+        conn.set_tunnel(host, port, headers=proxy_authorization(via))  # CONNECT, then TLS to host
+        return conn, path, {}
 
     @contextmanager
     def stream(self, method: str, url: str, *, headers: dict[str, str], timeout: float
                ) -> Iterator[_DirectResponse]:
-        from urllib.parse import urljoin, urlsplit
+        from urllib.parse import urljoin
 
         first, conn = url, None
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                conn = self._connect(url, timeout)
-                u = urlsplit(url)
-                conn.request(method, (u.path or "/") + (f"?{u.query}" if u.query else ""), headers=headers)
+                conn, target, extra = self._connect(url, timeout)
+                conn.request(method, target, headers={**headers, **extra})
                 response = conn.getresponse()
                 location = response.getheader("Location")
                 if response.status in _REDIRECTS and location:

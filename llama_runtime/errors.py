@@ -52,6 +52,10 @@ class LibraryNotFoundError(LlamaRuntimeError, LookupError):
     """Every step of the load chain was tried and none produced a library."""
 
 
+class NoReleaseError(ManifestError, LibraryNotFoundError):
+    """No lock in the package and no binary release named (LLAMA_RUNTIME_REPO/REVISION)."""
+
+
 class ModelError(LlamaRuntimeError, ValueError):
     """A model file is missing, not GGUF, truncated, or refused by llama.cpp."""
 

@@ -11,78 +11,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .archive import archive_members, pack_variant
+from .archive import pack_variant
 from .errors import ManifestError, PublishError
 from .hashing import sha256_file
-from .variants.manifest import REQUIRE_KEYS, SCHEMA, Manifest, _plain_name
-
-VARIANT_FILE = "variant.json"
-MANIFEST_FILE = "manifest.json"
-REQUIRED_KEYS = ("os", "arch", "backend", "requires", "libraries")
-COMPUTED_KEYS = ("archive", "sha256", "size")
-
-
-def _read_variant_json(folder: Path) -> dict[str, Any]:
-    path = folder / VARIANT_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(
-            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
-            " needs one (see DESIGN.md, manifest schema 1)."
-        ) from None
-    except ValueError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path} must hold a JSON object, not {type(data).__name__}.")
-    return data
-
+from .variants.entry import VARIANT_FILE, check_folder
+from .variants.manifest import MANIFEST_FILE, SCHEMA, Manifest
 
 def load_variant(folder: Path) -> dict[str, Any]:
-    """Read and check ``folder/variant.json``; return the entry with defaults filled in."""
-    data = _read_variant_json(folder)
-    path = folder / VARIANT_FILE
-    _plain_name(folder.name, "variant folder name")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ManifestError(f"{path} lacks {', '.join(missing)}.")
-    computed = [k for k in COMPUTED_KEYS if k in data]
-    if computed:
-        raise ManifestError(
-            f"{path} sets {', '.join(computed)}; publish computes those, remove them."
-        )
-    if not isinstance(data["requires"], dict):
-        raise ManifestError(f"{path}: requires must be an object.")
-    libraries = data["libraries"]
-    if not isinstance(libraries, list) or not libraries:
-        raise ManifestError(f"{path}: libraries must be a non-empty list (the load order).")
-    names = {name for name, _ in archive_members(folder)}  # also rejects links out and folders
-    listed = [*libraries, *(data.get("plugins") or [])]
-    absent = [str(x) for x in listed if _plain_name(x, f"{path}: library") not in names]
-    if absent:
-        raise PublishError(
-            f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
-            " copy them there, or fix the list."
-        )
-    _check_formats(folder, str(data["os"]), listed)
-    entry = {"backend_dl": False, "python_requires": [], **data}
-    entry["requires"] = {**{k: None for k in REQUIRE_KEYS}, **data["requires"]}
-    return entry
-
-
-def _check_formats(folder: Path, os_name: str, names: list[Any]) -> None:
-    """Every library of a variant is a binary of its OS (no Mach-O in a Linux variant)."""
-    from .binformat import wrong_format
-
-    problems = [p for p in (wrong_format(folder / str(n), os_name) for n in names) if p]
-    if problems:
-        raise PublishError(
-            f"{folder / VARIANT_FILE} says os={os_name}, but " + "; ".join(problems)
-            + ". Put each OS's libraries in a variant folder of that OS."
-        )
+    """Read and check ``folder/variant.json`` against the folder (:func:`~.variants.entry.check_folder`:
+    every file listed and present, nothing unlisted); return the entry with defaults filled in."""
+    return check_folder(folder)
 
 
 def _variant_folders(src: Path) -> list[Path]:
@@ -235,6 +177,21 @@ def _hub_failure(exc: Exception, repo: str, endpoint: str) -> PublishError:
     )
 
 
+Qualify = Callable[[Path, dict[str, Any]], None]
+
+
+def qualify_release(staging: Path, manifest: dict[str, Any]) -> None:
+    """The last check before anything leaves this machine; raise :class:`PublishError` to stop.
+
+    ``staging`` holds the packed archives and ``manifest.json`` exactly as they will be uploaded.
+    This is where every variant the publishing machine can run is to be unpacked from its archive,
+    loaded and made to generate a few tokens from a real quantized model (issue 15 point 2, with
+    issue 14's qualification), so that a release that cannot load is never made. Until then it
+    checks nothing beyond :func:`build_release` (which refuses folders that list their files
+    wrongly, foreign binaries and unchecked llama.cpp generations).
+    """
+
+
 def publish(
     src: Path,
     *,
@@ -244,10 +201,12 @@ def publish(
     lock_path: Path,
     token: str | None = None,
     llama_cpp: str | None = None,
+    qualify: Qualify = qualify_release,
 ) -> dict[str, Any]:
-    """Pack ``src``, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock."""
+    """Pack ``src``, qualify it, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock."""
     with tempfile.TemporaryDirectory(prefix="llama-runtime-publish-") as tmp:
         manifest = build_release(Path(src), Path(tmp), llama_cpp)
+        qualify(Path(tmp), manifest)  # nothing is uploaded unless the release passes
         try:
             commit = upload(Path(tmp), repo=repo, revision=revision, endpoint=endpoint, token=token)
         except PublishError:

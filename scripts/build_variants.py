@@ -345,12 +345,13 @@ def write_variant_json(folder: Path, **facts: Any) -> dict[str, Any]:
     if missing:
         raise BuildVariantError(f"variant facts lack {missing}")
     entry = {k: facts[k] for k in keys} | {k: v for k, v in facts.items() if k not in keys}
-    for name in [*entry["libraries"], *entry["plugins"]]:
-        path = Path(folder) / name
-        if path.is_symlink() or not path.is_file():
-            raise BuildVariantError(f"{path} must be a regular file (no symlinks in a variant)")
-    if not entry["libraries"] or not LIBLLAMA.match(entry["libraries"][-1]):
-        raise BuildVariantError(f"the last library must be libllama: {entry['libraries']}")
+    from llama_runtime.errors import LlamaRuntimeError
+    from llama_runtime.variants.entry import check_folder
+
+    try:  # the checks publish makes, so a folder built here always publishes (one validator)
+        check_folder(Path(folder), entry, strict=True)
+    except LlamaRuntimeError as exc:
+        raise BuildVariantError(str(exc)) from exc
     (Path(folder) / "variant.json").write_text(json.dumps(entry, indent=2) + "\n")
     return entry
 
