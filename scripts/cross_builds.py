@@ -341,11 +341,32 @@ def floor_report(folder: Path) -> dict[str, Any]:
             "files": len(files)}
 
 
+SNAPSHOT_KEYS = ("os", "arch", "backend", "requires", "libraries", "plugins", "backend_dl",
+                 "priority", "libstdcxx", "source")
+
+
+def snapshot(folders: Sequence[Path]) -> dict[str, Any]:
+    """The selection facts of real variant folders (tests/data/glibc/release-variants.json)."""
+    import json
+
+    out = {}
+    for folder in folders:
+        meta = json.loads((folder / "variant.json").read_text())
+        out[folder.name] = {k: meta[k] for k in SNAPSHOT_KEYS if k in meta}
+        out[folder.name]["libstdcxx"] = floor_report(folder)["libstdcxx"]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python scripts/cross_builds.py floors DIR...``: one line per variant folder."""
+    """``cross_builds.py floors DIR...`` (one line per variant folder) or ``snapshot DIR...``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["snapshot"]:
+        import json
+
+        print(json.dumps(snapshot([Path(a) for a in args[1:]]), indent=1, sort_keys=True))
+        return 0
     if not args or args[0] != "floors":
-        print("usage: cross_builds.py floors VARIANT_DIR...", file=sys.stderr)
+        print("usage: cross_builds.py floors|snapshot VARIANT_DIR...", file=sys.stderr)
         return 2
     print(f"{'variant':28} {'arch':8} {'glibc':6} {'GLIBCXX':8} {'OpenMP':6}  set by")
     for folder in map(Path, args[1:]):
