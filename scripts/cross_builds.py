@@ -62,6 +62,10 @@ GCC12_ARM_CPU_VARIANTS = tuple(t for t in ALL_ARM_CPU_VARIANTS if not t.startswi
 ZIG_ARM_FEATURES: Mapping[str, str] = {"fp16": "fullfp16"}
 
 DL_BASE = ("-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_NATIVE=OFF")
+# zig links its libc++/libunwind with their debug info into every library (libllama: 39 MB
+# instead of 4); -s strips at link time.
+ZIG_DL = (*DL_BASE, "-DGGML_OPENMP=OFF", "-DCMAKE_SHARED_LINKER_FLAGS=-s",
+          "-DCMAKE_MODULE_LINKER_FLAGS=-s")
 
 
 @dataclass(frozen=True)
@@ -85,19 +89,19 @@ CROSS_FLAVORS: Mapping[str, CrossFlavor] = {
     # The old-glibc fallbacks: ranked below every other CPU build (priority), so selection
     # takes one only where the newer builds cannot run (glibc < 2.34/2.35).
     "glibc228": CrossFlavor(
-        name="linux-x86_64-cpu-glibc228", cmake=(*DL_BASE, "-DGGML_OPENMP=OFF"), x86_64_level=1,
+        name="linux-x86_64-cpu-glibc228", cmake=ZIG_DL, x86_64_level=1,
         cpu_features=(), openmp=False, backend_dl=True, priority=-50, toolchain="zig",
         glibc_target=GLIBC_TARGET,
         summary="GGML_BACKEND_DL with all 14 x86 CPU plugins, built by zig for glibc 2.28, "
                 "ggml thread pool (no OpenMP), libc++ linked in"),
     "glibc228-lite": CrossFlavor(
-        name="linux-x86_64-cpu-glibc228", cmake=(*DL_BASE, "-DGGML_OPENMP=OFF"), x86_64_level=3,
+        name="linux-x86_64-cpu-glibc228", cmake=ZIG_DL, x86_64_level=3,
         cpu_features=bv.V3_FEATURES, openmp=False, backend_dl=True, cpu_variants=LITE,
         priority=-50, toolchain="zig", glibc_target=GLIBC_TARGET,
         summary="GGML_BACKEND_DL with the haswell/skylakex/sapphirerapids CPU plugins, built "
                 "by zig for glibc 2.28, ggml thread pool (no OpenMP), libc++ linked in"),
     "aarch64-glibc228": CrossFlavor(
-        name="linux-aarch64-cpu-glibc228", cmake=(*DL_BASE, "-DGGML_OPENMP=OFF"),
+        name="linux-aarch64-cpu-glibc228", cmake=ZIG_DL,
         x86_64_level=0, cpu_features=(), openmp=False, backend_dl=True, priority=-50,
         cpu_variants=tuple(ALL_ARM_CPU_VARIANTS), arch="aarch64", toolchain="zig",
         glibc_target=GLIBC_TARGET,
