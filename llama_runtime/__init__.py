@@ -9,7 +9,7 @@ from ._version import __version__
 
 _LAZY = {
     "configure": "api", "download": "api", "download_best": "api", "load": "api",
-    "doctor": "doctor", "Llama": "llama",
+    "doctor": "doctor", "Llama": "llama", "quantize": "quant",
 }
 __all__ = ["__version__", *_LAZY]
 

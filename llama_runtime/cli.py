@@ -48,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="end generation at this text (repeatable)")
     g.add_argument("--seed", type=int)
 
+    from .quant import type_names  # plain data: cheap to import
+
+    q = sub.add_parser("quantize", help="write a quantized copy of a GGUF model (llama.cpp's "
+                       "llama_model_quantize)", epilog=f"TYPE: {type_names()}")
+    q.add_argument("input", type=Path, help="the GGUF model to read (F32/F16/BF16 is best)")
+    q.add_argument("output", type=Path, help="the GGUF file to write (replaced only on success)")
+    q.add_argument("type", metavar="TYPE", help="e.g. Q4_K_M, Q8_0, IQ4_NL (see below)")
+    q.add_argument("--threads", type=int, help="default: the usable CPUs, at most 4")
+    q.add_argument("--allow-requantize", action="store_true",
+                   help="accept an input that is already quantized (loses quality)")
+
     u = sub.add_parser("publish", help="pack variant folders, upload them to a hub, write the lock")
     u.add_argument("src", type=Path)
     u.add_argument("--repo", required=True)
@@ -127,6 +138,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quant import quantize
+
+    done = quantize(args.input, args.output, args.type, n_threads=args.threads,
+                    allow_requantize=args.allow_requantize)
+    print(f"wrote {done.path}: {done.quant_type}, {done.output_size / 2**20:.2f} MiB from "
+          f"{done.input_size / 2**20:.2f} MiB in {done.seconds:.2f} s")
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import publish
     from .variants.manifest import package_lock_path
@@ -140,7 +161,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"doctor": cmd_doctor, "fetch": cmd_fetch, "cache": cmd_cache,
-            "generate": cmd_generate, "publish": cmd_publish}
+            "generate": cmd_generate, "quantize": cmd_quantize, "publish": cmd_publish}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,10 @@ class ModelError(LlamaRuntimeError, ValueError):
     """A model file is missing, not GGUF, truncated, or refused by llama.cpp."""
 
 
+class QuantizeError(LlamaRuntimeError, ValueError):
+    """A quantization that cannot run (unknown type, bad output path) or that llama.cpp refused."""
+
+
 class PromptError(LlamaRuntimeError, ValueError):
     """A prompt or chat message that cannot be given to llama.cpp (not UTF-8, NUL byte ...)."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .chat import StopMatcher, encode_text, format_chat
-from .errors import ChatTemplateError, GenerationError, ModelError
+from .errors import ChatTemplateError, GenerationError, ModelError, PromptError
 from .native.context import Context, why
 from .native.sampling import LLAMA_DEFAULT_SEED, Sampling
 
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .native import Native
 
 _GGUF_MAGIC = b"GGUF"
+_VOCAB_TYPE_NONE = 0  # enum llama_vocab_type: tokenizer.ggml.model "none" / "no_vocab"
+_TOKEN_NULL = -1  # LLAMA_TOKEN_NULL: the vocabulary has no such special token
 
 
 def _check_model_file(path: Path) -> None:
@@ -66,16 +68,22 @@ class Llama:
 
     ``embeddings=True`` makes a context for :meth:`embed` (``pooling``: ``"mean"``, ``"cls"``,
     ``"last"``, ``"none"``; default: the model's own). One Llama runs one generation at a time.
+
+    ``vocab_only=True`` reads the tokenizer and the metadata only (no weights, no context): the
+    tokens, chat template and special ids work; :meth:`generate`, :meth:`stream`,
+    :meth:`chat`, :meth:`embed` and :meth:`reset` raise :class:`GenerationError`, and
+    ``n_ctx``, ``n_batch`` and ``n_embd`` are 0.
     """
 
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 512, n_batch: int = 512,
                  n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = LLAMA_DEFAULT_SEED,
-                 embeddings: bool = False, pooling: str | None = None,
+                 embeddings: bool = False, pooling: str | None = None, vocab_only: bool = False,
                  native: Native | None = None) -> None:
         self._model: int | None = None
         self._context: Context | None = None
         self.model_path = Path(model_path)
         self.seed = seed
+        self.vocab_only = vocab_only
         _check_model_file(self.model_path)
         if native is None:
             from .loader import load  # the loader resolves, fetches and opens the library
@@ -85,17 +93,25 @@ class Llama:
         self._model = self._load_model(n_gpu_layers)
         self._vocab = native.llama_model_get_vocab(self._model)
         self._pieces: dict[int, bytes] = {}  # token -> its bytes (special=False): one C call per id
+        self.n_vocab = int(native.llama_vocab_n_tokens(self._vocab))
+        self._has_vocab = native.llama_vocab_type(self._vocab) != _VOCAB_TYPE_NONE
+        if vocab_only:
+            if not self._has_vocab:
+                self.close()
+                raise self._no_vocab_error()
+            self.n_ctx = self.n_batch = self.n_embd = 0  # llama.cpp read no hparams: none to give
+            return
         self._context = Context(native, self._model, n_ctx=n_ctx, n_batch=n_batch,
                                 n_threads=n_threads or _default_threads(),
                                 embeddings=embeddings, pooling=pooling)
         self.n_ctx = self._context.n_ctx
         self.n_batch = self._context.n_batch
         self.n_embd = int(native.llama_model_n_embd(self._model))
-        self.n_vocab = int(native.llama_vocab_n_tokens(self._vocab))
 
     def _load_model(self, n_gpu_layers: int) -> int:
         params = self._native.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = self.vocab_only
         with self._native.capture_errors() as errors:
             model = self._native.llama_model_load_from_file(str(self.model_path).encode(), params)
         if not model:
@@ -121,6 +137,39 @@ class Llama:
 
     # --- tokens -------------------------------------------------------------------------------
 
+    def _no_vocab_error(self) -> ModelError:
+        # llama.cpp aborts the whole process when asked to tokenize without a vocabulary
+        return ModelError(
+            f"{self.model_path} has no vocabulary (its tokenizer.ggml.model is 'none'), so "
+            "llama.cpp cannot tokenize with it; use the GGUF of a model that has a tokenizer")
+
+    def _check_ids(self, tokens: Sequence[int]) -> None:
+        # an id outside the vocabulary makes llama.cpp throw through its C API: the process dies
+        if tokens and (min(tokens) < 0 or max(tokens) >= self.n_vocab):
+            bad = next(t for t in tokens if not 0 <= t < self.n_vocab)
+            raise PromptError(f"token id {bad} is not in the vocabulary of "
+                              f"{self.model_path.name} (ids 0 to {self.n_vocab - 1})")
+
+    @staticmethod
+    def _special(token: int) -> int | None:
+        return None if token == _TOKEN_NULL else int(token)
+
+    def token_bos(self) -> int | None:
+        """The beginning-of-sequence token id, or None when the vocabulary has none."""
+        return self._special(self._native.llama_vocab_bos(self._live_vocab()))
+
+    def token_eos(self) -> int | None:
+        """The end-of-sequence token id, or None when the vocabulary has none."""
+        return self._special(self._native.llama_vocab_eos(self._live_vocab()))
+
+    def token_eot(self) -> int | None:
+        """The end-of-turn token id (chat models), or None when the vocabulary has none."""
+        return self._special(self._native.llama_vocab_eot(self._live_vocab()))
+
+    def token_nl(self) -> int | None:
+        """The newline token id, or None when the vocabulary has none."""
+        return self._special(self._native.llama_vocab_nl(self._live_vocab()))
+
     def tokenize(self, text: str | bytes, *, add_special: bool = True,
                  special: bool = False) -> list[int]:
         """Token ids of ``text``; ``add_special`` adds BOS, ``special`` parses ``<s>``-like text.
@@ -128,10 +177,13 @@ class Llama:
         ``bytes`` must be valid UTF-8 (else :class:`~llama_runtime.chat.PromptError`).
         """
         data = encode_text(text)
+        vocab = self._live_vocab()
+        if not self._has_vocab:
+            raise self._no_vocab_error()
         capacity = len(data) + 8
         for _ in range(2):
             buf = (ctypes.c_int32 * capacity)()
-            n = self._native.llama_tokenize(self._live_vocab(), data, len(data), buf, capacity,
+            n = self._native.llama_tokenize(vocab, data, len(data), buf, capacity,
                                             add_special, special)
             if n >= 0:
                 return list(buf[:n])
@@ -145,6 +197,7 @@ class Llama:
         is dropped here because llama.cpp, given one, keeps the SentencePiece space prefix.
         """
         tokens = list(tokens)
+        self._check_ids(tokens)
         if not special and tokens and tokens[0] == self._native.llama_vocab_bos(self._live_vocab()):
             tokens = tokens[1:]
         return self._detokenize_bytes(tokens, special=special).decode("utf-8", "replace")
@@ -166,6 +219,7 @@ class Llama:
         vocab = self._live_vocab()
         if not special and token in self._pieces:
             return self._pieces[token]
+        self._check_ids([token])
         buf = ctypes.create_string_buffer(64)
         n = self._native.llama_token_to_piece(vocab, token, buf, 64, 0, special)
         if n < 0:
@@ -200,20 +254,21 @@ class Llama:
         The pieces are always whole UTF-8 characters: bytes of a character split across tokens
         are held back until it is complete, and so is text that may begin a stop string.
         """
+        context = self._live_context()
         sampling = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tokens = self.tokenize(prompt)
-        return self._texts(self._live_context().sample(tokens, max_tokens, sampling, self._vocab,
-                                                       self.n_vocab), stop)
+        return self._texts(context.sample(tokens, max_tokens, sampling, self._vocab,
+                                          self.n_vocab), stop)
 
     def generate_tokens(self, prompt: str | bytes | Sequence[int], max_tokens: int = 64, *,
                         temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                         min_p: float = 0.05, repeat_penalty: float = 1.0,
                         seed: int | None = None) -> list[int]:
         """The generated token ids (not the prompt's); ``prompt`` may itself be token ids."""
+        context = self._live_context()
         sampling = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tokens = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt)
-        return list(self._live_context().sample(tokens, max_tokens, sampling, self._vocab,
-                                                self.n_vocab))
+        return list(context.sample(tokens, max_tokens, sampling, self._vocab, self.n_vocab))
 
     def _sampling(self, temperature: float, top_k: int, top_p: float, min_p: float,
                   repeat_penalty: float, seed: int | None) -> Sampling:
@@ -278,11 +333,12 @@ class Llama:
         template text or a llama.cpp built-in name such as ``"chatml"``). The KV cache is
         reused: a conversation that grows turn by turn only decodes its new tokens.
         """
+        context = self._live_context()
         prompt = self.format_chat(messages, template=template)
         sampling = self._sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
         tokens = self.tokenize(prompt, special=True)
-        pieces = self._texts(self._live_context().sample(tokens, max_tokens, sampling,
-                                                         self._vocab, self.n_vocab), stop)
+        pieces = self._texts(context.sample(tokens, max_tokens, sampling, self._vocab,
+                                            self.n_vocab), stop)
         return pieces if stream else "".join(pieces)
 
     # --- embeddings ---------------------------------------------------------------------------
@@ -292,7 +348,8 @@ class Llama:
 
         ``normalize=True`` scales it to unit length (for cosine similarity by dot product).
         """
-        vector = self._live_context().embedding(self.tokenize(text), self.n_embd)
+        context = self._live_context()
+        vector = context.embedding(self.tokenize(text), self.n_embd)
         if normalize:
             norm = math.sqrt(sum(v * v for v in vector))
             vector = [v / norm for v in vector] if norm > 0 else vector
@@ -309,6 +366,11 @@ class Llama:
 
     def _live_context(self) -> Context:
         if self._context is None:
+            if self.vocab_only and self._model is not None:
+                raise GenerationError(
+                    f"{self.model_path.name} was opened with vocab_only=True: it has a tokenizer "
+                    "but no weights and no context, so generate, stream, chat, embed and reset "
+                    "cannot run; open it again without vocab_only=True")
             raise GenerationError("this Llama is closed; create a new one")
         return self._context
 
@@ -343,5 +405,6 @@ class Llama:
             self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._model is None else f"n_ctx={self.n_ctx}"
+        state = ("closed" if self._model is None
+                 else "vocab_only=True" if self.vocab_only else f"n_ctx={self.n_ctx}")
         return f"Llama({str(self.model_path)!r}, {state})"

@@ -4,7 +4,11 @@ No model weights can be downloaded on the machines this project is built on, so 
 make their own: 2 layers, n_embd 64, a SentencePiece-style ("llama") vocabulary of about 300
 tokens, weights drawn from a seeded numpy RNG. It is nonsense, but deterministic nonsense.
 
-    python scripts/tiny_model.py OUT.gguf [--seed N] [--f16]
+    python scripts/tiny_model.py OUT.gguf [--seed N] [--f16] [--quantizable]
+
+``--quantizable`` (``**QUANTIZABLE``) gives every weight matrix rows of a multiple of 256
+values (n_embd 256, n_ff 512): K-quants and IQ4_NL then apply to every tensor, where the
+default shape would make llama.cpp quietly fall back to other types.
 """
 
 from __future__ import annotations
@@ -108,6 +112,9 @@ def _tensors(rng: np.random.Generator, *, n_layer: int, n_embd: int, n_ff: int,
     return out
 
 
+# Row lengths (n_embd, n_ff) that are multiples of QK_K = 256, the K-quant super-block size.
+QUANTIZABLE: dict[str, int] = {"n_embd": 256, "n_ff": 512}
+
 _POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}  # enum llama_pooling_type
 
 
@@ -182,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--f16", action="store_true", help="store 2-D weights as F16")
     parser.add_argument("--chat-template", default=None)
     parser.add_argument("--pooling", choices=sorted(_POOLING), default=None)
+    parser.add_argument("--quantizable", action="store_true",
+                        help="rows of multiples of 256 (n_embd 256, n_ff 512) for every quant type")
     args = parser.parse_args(argv)
+    shape = QUANTIZABLE if args.quantizable else {}
     path = write_tiny_llama(args.out, seed=args.seed, f16=args.f16, chat_template=args.chat_template,
-                            pooling=args.pooling)
+                            pooling=args.pooling, **shape)
     print(path)
     return 0
 

@@ -99,6 +99,11 @@ def find_native_libs() -> NativeLibs:
     folder = Path(env) if env else _default_folder()
     if not folder.is_dir():
         pytest.skip(f"LLAMA_RUNTIME_TEST_LIBDIR={folder} does not exist")
+    return libs_in(folder)
+
+
+def libs_in(folder: Path) -> NativeLibs:
+    """The libraries of ``folder`` (a private snapshot of it), in load order."""
     folder = _snapshot(folder)
     libraries = (
         _one(folder, "libggml-base.so", "libggml-base.*.so"),
@@ -108,6 +113,45 @@ def find_native_libs() -> NativeLibs:
     # Builds with GGML_BACKEND_DL ship their CPU backend as separate libggml-cpu*.so files.
     backend_dl = any(folder.glob("libggml-cpu*.so"))
     return NativeLibs(folder, libraries, backend_dl)
+
+
+# Every development variant this kind of machine can build: npm's prebuilt (GGML_BACKEND_DL, no
+# OpenMP), our AVX2 source build and our release build (GGML_BACKEND_DL + OpenMP).
+DEV_VARIANTS = ("linux-x86_64-cpu", "linux-x86_64-cpu-v3", "linux-x86_64-cpu-omp")
+
+
+def _why_not_here(variant_json: Path) -> str | None:
+    """The selection's reasons when this machine cannot run the variant, else None."""
+    import json
+
+    from llama_runtime.probe import probe
+    from llama_runtime.variants.manifest import Manifest
+    from llama_runtime.variants.select import select
+
+    name = variant_json.parent.name
+    entry = {**json.loads(variant_json.read_text()), "archive": f"{name}.tar.gz",
+             "sha256": "0" * 64, "size": 1}
+    manifest = Manifest.parse({"schema": 1, "llama_cpp": "dev", "variants": {name: entry}})
+    candidate = select(manifest, probe(detail=False)).candidate(name)
+    return None if candidate.compatible else "; ".join(candidate.reasons)
+
+
+def dev_variant(name: str) -> NativeLibs:
+    """The development variant ``name`` (built and cached on first use), or skip saying why."""
+    from devrelease import build_variant_dirs, dev_cache
+
+    folder = dev_cache() / "variants" / name
+    if not (folder / "variant.json").is_file():
+        try:
+            build_variant_dirs(folder.parent)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not here
+            pytest.skip(f"{name}: building the development variants failed ({exc})")
+        if not (folder / "variant.json").is_file():
+            pytest.skip(f"{name}: scripts/build_variants.py made no {folder}")
+    why_not = _why_not_here(folder / "variant.json")
+    if why_not:
+        pytest.skip(f"{name} cannot run on this machine: {why_not}")
+    return libs_in(folder)
 
 
 _FOUND: list[NativeLibs] = []

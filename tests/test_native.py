@@ -132,6 +132,12 @@ def test_default_params_come_back_by_value_intact(native_lib: Native) -> None:
     assert mparams.load_mode == -1  # LLAMA_LOAD_MODE_AUTO
     assert not mparams.vocab_only and not mparams.no_alloc
     assert native_lib.llama_sampler_chain_default_params().no_perf is True
+    qparams = native_lib.llama_model_quantize_default_params()
+    assert qparams.ftype == 7 and qparams.nthread == 0  # LLAMA_FTYPE_MOSTLY_Q8_0, all cores
+    assert qparams.output_tensor_type == qparams.token_embedding_type == 43  # GGML_TYPE_COUNT: unset
+    assert qparams.quantize_output_tensor and not qparams.allow_requantize and not qparams.dry_run
+    assert not qparams.imatrix and not qparams.kv_overrides and not qparams.prune_layers
+    assert qparams.max_buf_size == 8 << 30  # the last field: llama.h says "0 = default (8 GiB)"
 
 
 def test_llama_log_goes_to_python_logging(native_lib: Native, tiny_gguf: Path,

@@ -40,6 +40,7 @@ from .structs import (
     llama_chat_message,
     llama_context_params,
     llama_model_params,
+    llama_model_quantize_params,
     llama_pos,
     llama_sampler_chain_params,
     llama_seq_id,
@@ -115,6 +116,13 @@ FUNCTIONS: list[Fn] = [
        "struct llama_context_params llama_context_default_params(void);"),
     Fn("llama_sampler_chain_default_params", [], llama_sampler_chain_params,
        "struct llama_sampler_chain_params llama_sampler_chain_default_params(void);"),
+    Fn("llama_model_quantize_default_params", [], llama_model_quantize_params,
+       "struct llama_model_quantize_params llama_model_quantize_default_params(void);"),
+
+    # --- quantization (llama-runtime quantize): reads one GGUF, writes another
+    Fn("llama_model_quantize", [c_char_p, c_char_p, POINTER(llama_model_quantize_params)], c_uint32,
+       "uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out, "
+       "const llama_model_quantize_params * params);"),
 
     # --- model and context
     Fn("llama_model_load_from_file", [c_char_p, llama_model_params], model_p,
@@ -158,12 +166,18 @@ FUNCTIONS: list[Fn] = [
        "const char * llama_model_chat_template(const struct llama_model * model, const char * name);"),
 
     # --- vocabulary
+    Fn("llama_vocab_type", [vocab_p], c_int32,
+       "enum llama_vocab_type llama_vocab_type(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_n_tokens", [vocab_p], c_int32,
        "int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_bos", [vocab_p], llama_token,
        "llama_token llama_vocab_bos(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_eos", [vocab_p], llama_token,
        "llama_token llama_vocab_eos(const struct llama_vocab * vocab);"),
+    Fn("llama_vocab_eot", [vocab_p], llama_token,
+       "llama_token llama_vocab_eot(const struct llama_vocab * vocab);"),
+    Fn("llama_vocab_nl", [vocab_p], llama_token,
+       "llama_token llama_vocab_nl (const struct llama_vocab * vocab);"),
     Fn("llama_vocab_get_add_bos", [vocab_p], c_bool,
        "bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);"),
     Fn("llama_vocab_is_eog", [vocab_p, llama_token], c_bool,

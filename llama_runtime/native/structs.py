@@ -209,6 +209,39 @@ class llama_context_params(Structure):
     ]
 
 
+class llama_model_quantize_params(Structure):
+    """typedef struct llama_model_quantize_params {
+        int32_t nthread; enum llama_ftype ftype;
+        enum ggml_type output_tensor_type; enum ggml_type token_embedding_type;
+        bool allow_requantize; bool quantize_output_tensor; bool only_copy; bool pure;
+        bool keep_split; bool dry_run;
+        const struct llama_model_imatrix_data * imatrix;
+        const struct llama_model_kv_override * kv_overrides;
+        const struct llama_model_tensor_override * tt_overrides;
+        const int32_t * prune_layers;
+        size_t max_buf_size;
+    } llama_model_quantize_params;"""
+
+    # imatrix and tt_overrides stay NULL (llama-runtime never passes them): opaque pointers.
+    _fields_ = [
+        ("nthread", c_int32),
+        ("ftype", c_enum),
+        ("output_tensor_type", c_enum),
+        ("token_embedding_type", c_enum),
+        ("allow_requantize", c_bool),
+        ("quantize_output_tensor", c_bool),
+        ("only_copy", c_bool),
+        ("pure", c_bool),
+        ("keep_split", c_bool),
+        ("dry_run", c_bool),
+        ("imatrix", c_void_p),
+        ("kv_overrides", POINTER(llama_model_kv_override)),
+        ("tt_overrides", c_void_p),
+        ("prune_layers", POINTER(c_int32)),
+        ("max_buf_size", c_size_t),
+    ]
+
+
 class llama_logit_bias(Structure):
     """typedef struct llama_logit_bias { llama_token token; float bias; } llama_logit_bias;"""
 
@@ -285,6 +318,7 @@ C_NAMES: dict[type[ctypes.Structure], str] = {
     llama_model_params: "struct llama_model_params",
     llama_sampler_seq_config: "struct llama_sampler_seq_config",
     llama_context_params: "struct llama_context_params",
+    llama_model_quantize_params: "llama_model_quantize_params",
     llama_logit_bias: "llama_logit_bias",
     llama_sampler_chain_params: "llama_sampler_chain_params",
     llama_chat_message: "llama_chat_message",
