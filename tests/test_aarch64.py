@@ -1,5 +1,6 @@
 """Linux aarch64 variants run for real, under qemu-aarch64: our gcc cross build
-(``linux-aarch64-cpu-omp``, scripts/cross_builds.py) and npm's (``linux-aarch64-cpu``).
+(``linux-aarch64-cpu-omp``, scripts/cross_builds.py), npm's (``linux-aarch64-cpu``) and our zig
+glibc-2.28 build (``linux-aarch64-cpu-glibc228``).
 
 greedy.c, cross-compiled with aarch64-linux-gnu-gcc, loads each folder the way the loader does
 (libllama by path, ``ggml_backend_load_all_from_path``), under several ``-cpu`` models so that
@@ -32,8 +33,8 @@ PROMPT = "the llama runtime is a small model of the world"
 N_GEN = 24
 # qemu-aarch64 7.2 CPU models and the HWCAPs each reports (measured with hwcaps.c):
 # cortex-a53 none (ggml picks armv8.0_1), neoverse-n1 dotprod+fp16 (armv8.2_2), max,sme=off
-# everything up to SVE2 (armv8.6_2), max everything incl. SME (npm: armv9.2_2; ours has no
-# SME plugin: armv8.6_2). a64fx (fp16+sve, no dotprod: armv8.0_1) and max,sve=off (armv8.2_2)
+# everything up to SVE2 (armv8.6_2), max everything incl. SME (npm and zig builds: armv9.2_2;
+# the gcc build has no SME plugin: armv8.6_2). a64fx (fp16+sve, no dotprod: armv8.0_1) and max,sve=off (armv8.2_2)
 # were measured too and pick plugins already covered here.
 CPUS = ("cortex-a53", "neoverse-n1", "max,sme=off", "max")
 # Largest top-1/top-2 logit margin at which a divergence counts as a near-tie flip. Measured
@@ -55,11 +56,29 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("aarch64")
 
 
+# variant -> how it is made (cached builds: seconds after the first run)
+MAKERS = {
+    "linux-aarch64-cpu-omp": lambda out: bv.source_variant("aarch64-omp", out),
+    "linux-aarch64-cpu": lambda out: bv.npm_variant(NPM_ARM, out),
+    "linux-aarch64-cpu-glibc228": lambda out: bv.source_variant("aarch64-glibc228", out),
+}
+
+
+class _Folders(dict):  # type: ignore[type-arg]
+    """Each variant made on first use, so one failing build fails only its own tests."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+
+    def __missing__(self, name: str) -> Path:
+        self[name] = MAKERS[name](self.out)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def arm_folders(work: Path) -> dict[str, Path]:
-    """Both aarch64 variants (cached builds: seconds after the first run)."""
-    return {"linux-aarch64-cpu-omp": bv.source_variant("aarch64-omp", work / "v"),
-            "linux-aarch64-cpu": bv.npm_variant(NPM_ARM, work / "v")}
+    return _Folders(work / "v")
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +103,11 @@ def references(work: Path, x86_folder: Path, models: dict[str, Path]) -> dict[st
             for kind, path in models.items()}
 
 
-@pytest.fixture(scope="module")
-def arm_greedy(work: Path, arm_folders: dict[str, Path]) -> dict[str, Path]:
-    return {name: _cross.build_greedy(folder, work / f"greedy-{name}", cc="aarch64-linux-gnu-gcc")
-            for name, folder in arm_folders.items()}
+def _arm_greedy(work: Path, name: str, folder: Path) -> Path:
+    exe = work / f"greedy-{name}"
+    if not exe.exists():
+        _cross.build_greedy(folder, exe, cc="aarch64-linux-gnu-gcc")
+    return exe
 
 
 @pytest.fixture(scope="module")
@@ -113,19 +133,33 @@ def test_npm_arm64_folder(arm_folders: dict[str, Path]) -> None:
     assert meta["arch"] == "aarch64" and len(meta["plugins"]) == len(cross_builds.ALL_ARM_CPU_VARIANTS)
 
 
+def test_zig_build_has_every_arm_plugin_and_an_old_glibc_floor(
+        arm_folders: dict[str, Path]) -> None:
+    """zig's clang knows SME (gcc 12 does not): all 8 plugins, nothing above GLIBC_2.28."""
+    folder = arm_folders["linux-aarch64-cpu-glibc228"]
+    meta = json.loads((folder / "variant.json").read_text())
+    tags = [p.removeprefix("libggml-cpu-").removesuffix(".so") for p in meta["plugins"]]
+    assert sorted(tags) == sorted(cross_builds.ALL_ARM_CPU_VARIANTS)
+    report = cross_builds.floor_report(folder)
+    assert tuple(map(int, report["glibc"].split("."))) <= (2, 28), report
+    assert report["libstdcxx"] is None and not report["openmp"]
+    for name in [*meta["libraries"], *meta["plugins"]]:
+        assert cross_builds.elf_machine(folder / name) == "aarch64", name
+
+
 @pytest.mark.parametrize("cpu", CPUS)
-@pytest.mark.parametrize("variant", ["linux-aarch64-cpu-omp", "linux-aarch64-cpu"])
+@pytest.mark.parametrize("variant", list(MAKERS))
 def test_greedy_under_qemu_matches_x86(variant: str, cpu: str, arm_folders: dict[str, Path],
-                                       arm_greedy: dict[str, Path], hwcaps_exe: Path,
-                                       models: dict[str, Path],
+                                       work: Path, hwcaps_exe: Path, models: dict[str, Path],
                                        references: dict[str, _cross.Trace]) -> None:
     folder = arm_folders[variant]
+    exe = _arm_greedy(work, variant, folder)
     built = {p.removeprefix("libggml-cpu-").removesuffix(".so")
              for p in json.loads((folder / "variant.json").read_text())["plugins"]}
     plugins = {t: m for t, m in cross_builds.ALL_ARM_CPU_VARIANTS.items() if t in built}
     want = _cross.expected_plugin(plugins, _cross.hwcaps(hwcaps_exe, cpu))
     for kind, model in models.items():
-        got = _cross.run_greedy(_cross.qemu(cpu), arm_greedy[variant], model, PROMPT, N_GEN, folder)
+        got = _cross.run_greedy(_cross.qemu(cpu), exe, model, PROMPT, N_GEN, folder)
         assert got.plugin == want, (kind, got.plugin)
         ref = references[kind]
         assert len(ref.ids) >= 8 and len(set(ref.ids)) > 2  # a real comparison
