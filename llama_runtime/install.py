@@ -35,11 +35,22 @@ def platform_tag(os_name: str, arch: str, requires: Mapping[str, Any]) -> str:
     if os_name == "linux":
         return f"linux_{arch}"
     if os_name == "macos":
-        major = str(requires.get("macos") or "11.0").split(".")[0]
-        return f"macosx_{major}_0_{'arm64' if arch == 'aarch64' else arch}"
+        return f"macosx_{_macos_tag_version(requires.get('macos'))}_{'arm64' if arch == 'aarch64' else arch}"
     if os_name == "windows":
         return {"x86_64": "win_amd64", "aarch64": "win_arm64"}.get(arch, f"win_{arch}")
     raise ConfigError(f"no wheel tag is known for {os_name}/{arch}.")
+
+
+def _macos_tag_version(floor: Any) -> str:
+    """``14_0`` for a floor of 14.x, ``10_15`` for 10.15: the variant's ``requires.macos``.
+
+    From macOS 11 on, pip matches ``macosx_<major>_0`` (packaging's ``mac_platforms`` yields only
+    minor 0 for 11+); before, the minor is part of the version. Without a floor, 11.0, the first
+    macOS that runs on Apple Silicon.
+    """
+    parts = [int(p) for p in str(floor or "11.0").split(".")[:2] if p.isdigit()] + [0]
+    major, minor = parts[0], parts[1]
+    return f"10_{minor}" if major == 10 else f"{major}_0"
 
 
 def _pyproject_settings(root: Path) -> dict[str, Any]:

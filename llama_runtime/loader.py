@@ -147,27 +147,27 @@ def _misfit_message(shipped: str, selection: Selection, report: dict[str, Any]) 
 
 
 def check_generation(found: str | None, what: str, settings: Settings) -> None:
-    """Refuse a llama.cpp of another generation than the binding's struct layouts (ABI guard)."""
-    from .native.binding import LLAMA_CPP_GENERATION
+    """Refuse a llama.cpp generation whose struct layouts the binding has not been checked
+    against (ABI guard; see ``native/generations.py`` for the evidence behind each one)."""
+    from .native import generations
 
-    if found and settings.abi_check and found.lstrip("v") != LLAMA_CPP_GENERATION:
+    if found and settings.abi_check and not generations.is_compatible(found):
         raise LibraryLoadError(
-            f"{what} is llama.cpp {found}, but this llama-runtime's binding matches generation"
-            f" {LLAMA_CPP_GENERATION}; its structs would be misread (crashes, garbage). Use the"
-            " library llama-runtime selects, or set LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
+            f"{what} is llama.cpp {generations.normalize(found)}, but this llama-runtime's binding"
+            f" is checked only against generations {generations.describe()}; its structs would be"
+            " misread (crashes, garbage). Use the library llama-runtime selects, or set"
+            " LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
 
 
 def open_step(step: Step, settings: Settings) -> Library:
-    import re
-
     from .native.binding import Native
+    from .native.generations import from_filename
 
     if step.source == "explicit":
         path = Path(step.folder or "")
         if not path.is_file():
             raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} does not exist.")
-        tagged = re.search(r"\.v(\d+\.\d+\.\d+)\.", path.name)
-        check_generation(tagged.group(1) if tagged else None, str(path), settings)
+        check_generation(from_filename(path.name), str(path), settings)
         folder = path.parent
         allow_dll_folder(folder)
         dl = any(folder.glob("libggml-cpu*.so")) or any(folder.glob("ggml-cpu*.dll"))
@@ -175,7 +175,9 @@ def open_step(step: Step, settings: Settings) -> Library:
         return Library(path, folder, "explicit", None, None, native)
     assert step.variant is not None and step.folder is not None
     v, folder = step.variant, step.folder
-    check_generation(v.extra.get("llama_cpp"), f"variant {v.name}", settings)
+    # the manifest says which llama.cpp; an npm library name says it too (libllama.v0.4.0.so)
+    declared = v.extra.get("llama_cpp") or from_filename(v.libraries[-1])
+    check_generation(declared, f"variant {v.name}", settings)
     allow_dll_folder(folder)
     preflight(v, folder)
     paths = [folder / name for name in v.libraries]

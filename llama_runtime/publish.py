@@ -67,9 +67,22 @@ def load_variant(folder: Path) -> dict[str, Any]:
             f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
             " copy them there, or fix the list."
         )
+    _check_formats(folder, str(data["os"]), listed)
     entry = {"backend_dl": False, "python_requires": [], **data}
     entry["requires"] = {**{k: None for k in REQUIRE_KEYS}, **data["requires"]}
     return entry
+
+
+def _check_formats(folder: Path, os_name: str, names: list[Any]) -> None:
+    """Every library of a variant is a binary of its OS (no Mach-O in a Linux variant)."""
+    from .binformat import wrong_format
+
+    problems = [p for p in (wrong_format(folder / str(n), os_name) for n in names) if p]
+    if problems:
+        raise PublishError(
+            f"{folder / VARIANT_FILE} says os={os_name}, but " + "; ".join(problems)
+            + ". Put each OS's libraries in a variant folder of that OS."
+        )
 
 
 def _variant_folders(src: Path) -> list[Path]:
@@ -84,15 +97,29 @@ def _variant_folders(src: Path) -> list[Path]:
 
 
 def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | None:
+    """The manifest's ``llama_cpp``: what the variants were built from.
+
+    The rule this guards is that every library of the release can be driven by this
+    llama-runtime's binding: a variant of a llama.cpp generation the binding was not checked
+    against is refused. Several checked generations may share a release (the macOS and Windows
+    npm builds exist only at 0.4.0, the Linux ones and our source builds are 0.5.0); the loader
+    checks each variant's own ``llama_cpp`` again before it loads it.
+    """
+    from .native import generations
+
+    found = {str(e["llama_cpp"]) for e in entries.values() if e.get("llama_cpp")}
+    alien = sorted(f"{name} (llama.cpp {e['llama_cpp']})" for name, e in entries.items()
+                   if e.get("llama_cpp") and not generations.is_compatible(str(e["llama_cpp"])))
+    if alien:
+        raise ManifestError(
+            f"{', '.join(alien)}: this llama-runtime's binding is checked only against llama.cpp"
+            f" {generations.describe()}; its structs would be misread. Rebuild the variant from a"
+            " checked llama.cpp, or add that generation to llama_runtime/native/generations.py"
+            " with its header checked (tests/test_generations.py)."
+        )
     if given:
         return given
-    found = {str(e["llama_cpp"]) for e in entries.values() if e.get("llama_cpp")}
-    if len(found) > 1:
-        raise ManifestError(
-            f"the variants name different llama.cpp builds ({', '.join(sorted(found))});"
-            " one release holds one llama.cpp; pass llama_cpp= to state it."
-        )
-    return found.pop() if found else None
+    return ", ".join(sorted(found, key=generations.normalize)) if found else None
 
 
 def build_release(src: Path, staging: Path, llama_cpp: str | None = None) -> dict[str, Any]:

@@ -49,7 +49,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# scripts/ is not a package yet (issue 15): its siblings (npm_macos, macho) and the package's
+# pure helpers (llama_runtime.binformat, the binding's function table) are found from here.
+for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]):
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
+
 DEFAULT_NPM = "@node-llama-cpp/linux-x64@3.22.1"
+# Served only at 3.21.1 (llama.cpp 0.4.0, whose structs the binding also drives: see
+# llama_runtime/native/generations.py): Metal on Apple Silicon, CPU (14 x86 plugins) on Intel.
+MACOS_NPM = ("@node-llama-cpp/mac-arm64-metal@3.21.1", "@node-llama-cpp/mac-x64@3.21.1")
 SDIST_REQUIREMENT = "llama-cpp-python==0.3.36"
 SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
 VENDOR_DIR = "vendor/llama.cpp"
@@ -184,7 +193,8 @@ BACKEND_EXTERNAL: Mapping[str, str | None] = {
 # Minimum Linux driver of each CUDA major (NVIDIA's CUDA toolkit release notes, table 3).
 CUDA_MIN_DRIVER: Mapping[int, str] = {12: "525.60.13", 13: "580.65.06"}
 NPM_ARCH: Mapping[str, str] = {"x64": "x86_64", "arm64": "aarch64"}
-LIBLLAMA = re.compile(r"^libllama(\.[\w.]+)?\.so$")  # libllama.so, libllama.cuda.v0.5.0.so
+# libllama.so, libllama.cuda.v0.5.0.so, libllama.metal.v0.4.0.dylib
+LIBLLAMA = re.compile(r"^libllama(\.[\w.]+)?\.(so|dylib)$")
 
 
 class BuildVariantError(RuntimeError):
@@ -330,6 +340,12 @@ def _library_facts(folder: Path, bundled: Sequence[str] = ()) -> dict[str, Any]:
     ``bundled`` (e.g. ``libgomp.so.1``) are outside libraries copied in; one that only plugins
     NEED comes first in ``libraries``, so the loader maps the shipped copy before ggml opens them.
     """
+    from llama_runtime.binformat import wrong_format
+
+    problems = [w for w in (wrong_format(p, "linux", strict=True)
+                            for p in sorted(folder.iterdir()) if p.name != "variant.json") if w]
+    if problems:
+        raise BuildVariantError("; ".join(problems))
     roots = [p.name for p in sorted(folder.glob("libllama*.so")) if LIBLLAMA.match(p.name)]
     if len(roots) != 1:
         raise BuildVariantError(f"expected one libllama in {folder}, found {roots}")
@@ -349,7 +365,7 @@ def _library_facts(folder: Path, bundled: Sequence[str] = ()) -> dict[str, Any]:
 
 def _replace_dir(staging: Path, final: Path) -> Path:
     staging.chmod(0o755)  # mkdtemp makes it 0700; a published folder is world-readable
-    for lib in staging.glob("*.so*"):
+    for lib in [*staging.glob("*.so*"), *staging.glob("*.dylib")]:
         lib.chmod(0o755)
     if final.exists() and _same_files(staging, final):
         shutil.rmtree(staging)  # already current: never pull a folder from under a reader
@@ -436,6 +452,8 @@ def npm_variant(package_spec: str, out_dir: Path, *, cache: Path | None = None) 
         meta = json.loads((bins / "_nlcBuildMetadata.json").read_text())["buildOptions"]
         staged = Path(tmp) / "stage"
         staged.mkdir()
+        if meta["platform"] == "mac":
+            return _npm_macos_variant(package_spec, bins, staged, meta, out_dir)
         for lib in bins.glob("*.so"):  # leaves out llama-addon.node
             shutil.copy2(lib, staged / lib.name)
         (staged / "libllama-common.so").unlink(missing_ok=True)  # node-llama-cpp's own helper
@@ -461,6 +479,49 @@ def npm_variant(package_spec: str, out_dir: Path, *, cache: Path | None = None) 
                         f"{len(libs['plugins'])} backend plugins at run time",
             **gpu.get("extra", {}))
         return _replace_dir(staged, out_dir / name)
+
+
+def _npm_macos_variant(package_spec: str, bins: Path, staged: Path, meta: dict[str, Any],
+                       out_dir: Path) -> Path:
+    """``macos-<arch>-<backend>/`` from a mac npm package, every fact read from its Mach-O files
+    (scripts/npm_macos.py, scripts/macho.py)."""
+    import macho
+    import npm_macos
+
+    from llama_runtime.binformat import wrong_format
+    from llama_runtime.native.functions import FUNCTIONS
+
+    for lib in [*bins.glob("*.dylib"), *bins.glob("*.so")]:
+        if lib.name not in npm_macos.NOT_SHIPPED:
+            shutil.copy2(lib, staged / lib.name)
+    problems = [w for w in (wrong_format(p, "macos", strict=True)
+                            for p in sorted(staged.iterdir())) if w]
+    if problems:
+        raise BuildVariantError("; ".join(problems))
+    try:
+        facts = npm_macos.variant_facts(
+            staged, meta, required_symbols=[f.name for f in FUNCTIONS if not f.optional],
+            x86_needs=X86_PLUGIN_NEEDS, x86_order=ALL_X86_CPU_VARIANTS)
+    except macho.MachOError as exc:
+        raise BuildVariantError(f"{package_spec}: {exc}") from exc
+    backend = "metal" if meta["gpu"] == "metal" else "cpu" if not meta["gpu"] else meta["gpu"]
+    arch, release = facts["arch"], meta["llamaCpp"]["release"]
+    write_variant_json(
+        staged, os="macos", arch=arch, backend=backend,
+        requires={"glibc": None, "x86_64_level": facts["x86_64_level"],
+                  "cpu_features": facts["cpu_features"], "cuda_driver": None,
+                  "compute_capability": None, "macos": facts["macos"]},
+        libraries=facts["libraries"], plugins=facts["plugins"], backend_dl=True,
+        python_requires=[], external_libraries=[], llama_cpp=release.lstrip("v"),
+        source=f"npm {package_spec} (node-llama-cpp prebuilt, {meta['llamaCpp']['repo']} "
+               f"{release}, built on {meta['platformInfo']['name']} "
+               f"{meta['platformInfo']['version']}, GGML_BACKEND_DL)",
+        description=f"llama.cpp {backend} for {arch} macOS {facts['macos']}+; ggml loads the "
+                    f"best of {len(facts['plugins'])} backend plugins at run time",
+        frameworks=facts["frameworks"], system_libraries=facts["system_libraries"],
+        macho=facts["macho"])
+    apple = "arm64" if arch == "aarch64" else arch
+    return _replace_dir(staged, out_dir / f"macos-{apple}-{backend}")
 
 
 # --------------------------------------------------------------------------- source build
@@ -701,20 +762,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-default", action="store_true",
                         help=f"also produce the defaults ({DEFAULT_NPM}, "
                              f"{', '.join(DEFAULT_FLAVORS)})")
+    parser.add_argument("--macos", action="store_true",
+                        help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     args = parser.parse_args(argv)
-    default = args.all_default or not (args.npm or args.source_build)
+    default = args.all_default or not (args.npm or args.source_build or args.macos)
     try:
         flavors = default_flavors(os.environ) if default else ()
-        jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm]]
+        jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
+                                           *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
             folder = (npm_variant(what, args.out) if kind == "npm"
                       else source_variant(what, args.out, jobs=args.jobs))
-            arch = json.loads((folder / "variant.json").read_text())["arch"]
-            if not args.no_check and arch == os.uname().machine:
+            meta = json.loads((folder / "variant.json").read_text())
+            here = {"linux": "linux", "darwin": "macos"}.get(sys.platform)
+            if not args.no_check and (meta["os"], meta["arch"]) == (here, os.uname().machine):
                 smoke_load(folder)
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")

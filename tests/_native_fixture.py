@@ -200,8 +200,9 @@ def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ORACLE_SOURCE = REPO / "tests" / "data" / "oracle" / "greedy.c"
 
 
-def build_oracle(libs: NativeLibs, out_dir: Path) -> Path:
-    """``tests/data/oracle/greedy.c`` compiled against the pinned llama.h and linked to ``libs``.
+def build_oracle(libs: NativeLibs, out_dir: Path, include: Path | None = None) -> Path:
+    """``tests/data/oracle/greedy.c`` compiled against ``include`` (default: the pinned llama.h)
+    and linked to ``libs``.
 
     Raises ``FileNotFoundError`` without a C compiler and ``subprocess.CalledProcessError``
     (with gcc's output) when the build fails.
@@ -210,7 +211,7 @@ def build_oracle(libs: NativeLibs, out_dir: Path) -> Path:
     if gcc is None:
         raise FileNotFoundError("no C compiler (gcc/cc) on PATH")
     exe = Path(out_dir) / "greedy"
-    include = REPO / "llama_runtime" / "native" / "include"
+    include = include or REPO / "llama_runtime" / "native" / "include"
     # libllama and libggml (ggml_backend_load_all_from_path) by path; siblings through rpath
     subprocess.run([gcc, "-std=c11", "-O2", "-I", str(include), str(ORACLE_SOURCE),
                     str(libs.libraries[-1]), str(libs.libraries[1]),

@@ -56,6 +56,8 @@ def load(path: Path) -> tuple[dict[str, Any], MachineProfile]:
     data = json.loads(path.read_text(encoding="utf-8"))
     if "cpuinfo_file" in data:
         data["cpuinfo"] = (DATA / "cpuinfo" / data["cpuinfo_file"]).read_text(encoding="utf-8")
+    if "sysctl_file" in data:  # the text `sysctl` printed on a real Mac (tests/data/sysctl)
+        data["sysctl"] = (DATA / "sysctl" / data["sysctl_file"]).read_text(encoding="utf-8")
     return data, profile_from_captures(data)
 
 

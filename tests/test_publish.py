@@ -37,7 +37,7 @@ def variant_json(backend: str, **extra: Any) -> dict[str, Any]:
         "libraries": LIBS,
         "backend_dl": True,
         "python_requires": [],
-        "llama_cpp": "b6000",
+        "llama_cpp": "0.5.0",  # a generation the binding drives (publish refuses others)
         **extra,
     }
 
@@ -79,7 +79,7 @@ def test_publish_writes_lock_matching_the_hub(src: Path, hub: HubServer, tmp_pat
     assert text == json.dumps(lock, indent=2, sort_keys=True) + "\n"
     assert lock["repo"] == REPO and lock["revision"] == "v0.1.0"
     manifest = lock["manifest"]
-    assert manifest["schema"] == 1 and manifest["llama_cpp"] == "b6000"
+    assert manifest["schema"] == 1 and manifest["llama_cpp"] == "0.5.0"
     assert set(manifest["variants"]) == {"linux-x86_64-cpu", "linux-x86_64-cuda12"}
     cuda = manifest["variants"]["linux-x86_64-cuda12"]
     assert (
@@ -217,3 +217,27 @@ def test_unreachable_hub_is_a_publish_error(src: Path, tmp_path: Path) -> None:
         url = server.url
     with pytest.raises(PublishError, match="failed"):
         publish(src, repo=REPO, revision="v1", endpoint=url, lock_path=tmp_path / "lock.json")
+
+
+def test_a_release_may_hold_both_checked_generations(tmp_path: Path) -> None:
+    # the macOS/Windows npm builds exist only at llama.cpp 0.4.0, Linux's at 0.5.0
+    src = tmp_path / "src"
+    make_variant(src, "linux-x86_64-cpu", variant_json("cpu"))
+    make_variant(src, "linux-x86_64-cpu-old", variant_json("cpu", llama_cpp="0.4.0"))
+    (tmp_path / "out").mkdir()
+    manifest = build_release(src, tmp_path / "out")
+    assert manifest["llama_cpp"] == "0.4.0, 0.5.0"
+    assert manifest["variants"]["linux-x86_64-cpu-old"]["llama_cpp"] == "0.4.0"
+
+
+def test_a_variant_of_an_unchecked_generation_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_variant(src, "linux-x86_64-cpu", variant_json("cpu"))
+    make_variant(src, "linux-x86_64-cpu-v010", variant_json("cpu", llama_cpp="0.1.0"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ManifestError) as info:
+        build_release(src, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("linux-x86_64-cpu-v010 (llama.cpp 0.1.0)")
+    assert "checked only against llama.cpp 0.4.0, 0.5.0" in message
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -58,12 +58,14 @@ def test_download_by_name_and_version(release: Release, tmp_path: Path) -> None:
 def test_abi_guard_refuses_another_generation(release: Release, tmp_path: Path) -> None:
     folder = tmp_path / "other"
     shutil.copytree(release.variants / "linux-x86_64-cpu", folder)
-    fake = folder / "libllama.v0.4.0.so"  # a library naming another llama.cpp generation
+    # a library naming a generation the binding was never checked against (v0.1.0 is the one
+    # llama-cpp-python 0.3.35 vendors: its llama_model_params lacks load_mode and lazy_mode)
+    fake = folder / "libllama.v0.1.0.so"
     shutil.copy2(folder / "libllama.v0.5.0.so", fake)
     env = release.env(tmp_path / "cache", LLAMA_RUNTIME_LIB=str(fake))
     proc = run_source_py(release, env, "import llama_runtime as l; l.load()")
     assert proc.returncode != 0
-    assert "llama.cpp 0.4.0" in proc.stderr and "generation 0.5.0" in proc.stderr
+    assert "llama.cpp 0.1.0" in proc.stderr and "generations 0.4.0, 0.5.0" in proc.stderr
     assert "LLAMA_RUNTIME_ABI_CHECK=0" in proc.stderr
     out = _py(release, {**env, "LLAMA_RUNTIME_ABI_CHECK": "0"},
               "lib = l.load(); print(json.dumps({'source': lib.source}))")

@@ -17,9 +17,11 @@ from typing import Any
 
 from ..errors import LibraryLoadError
 from .functions import CPU_PROCS, FUNCTIONS, Fn
+from .generations import describe
 from .structs import ggml_log_callback
 
 LLAMA_CPP_GENERATION = "0.5.0"  # the llama.h whose struct layouts structs.py copies
+# (the loader also accepts the other generations of generations.COMPATIBLE)
 
 logger = logging.getLogger("llama_runtime.native")
 
@@ -161,8 +163,8 @@ class Native:
         if missing:
             raise LibraryLoadError(
                 f"{paths[-1]} lacks {len(missing)} symbol(s) this llama-runtime needs: "
-                f"{', '.join(missing)}. It is probably another llama.cpp generation than "
-                f"{LLAMA_CPP_GENERATION}; use the library llama-runtime selects for you."
+                f"{', '.join(missing)}. It is probably a llama.cpp of another generation than "
+                f"{describe()}; use the library llama-runtime selects for you."
             )
         native = cls(paths, libs, functions)
         native._initialise(backend_dir)

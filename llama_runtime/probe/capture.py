@@ -5,14 +5,15 @@ Keys (all optional except ``os`` and ``arch``): ``cpuinfo``, ``windows_pf`` (cod
 ``IsProcessorFeaturePresent`` returned true), ``libc`` (``"glibc 2.35"`` or the ``ld-musl`` banner),
 ``nvidia_proc_version``, ``nvidia_sys_module_version``, ``nvidia_smi`` (the csv query),
 ``nvidia_smi_header``, ``kfd_properties`` (list of node files), ``rocminfo``, ``vulkaninfo``,
-``sysctl`` (``{"machdep.cpu.brand_string": ..., "hw.optional.arm64": ...}``), ``sw_vers``.
+``sysctl`` (``{"machdep.cpu.brand_string": ..., "hw.optional.arm64": ...}``, or the text
+``sysctl hw.optional machdep.cpu sysctl.proc_translated`` printed), ``sw_vers``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .apple import parse_apple
+from .apple import cpu_from_sysctl, merge_cpu, parse_apple, parse_sysctl
 from .cpu import ggml_features, normalize_arch, parse_cpuinfo, x86_64_level
 from .gpu import parse_nvidia_proc_version
 from .libc import parse_glibc_version, parse_musl_version
@@ -64,16 +65,25 @@ def _rocm(data: dict[str, Any]) -> dict[str, Any]:
             "source": "rocminfo" if gpus else None}
 
 
+def _apple(data: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The ``apple`` part: ``sysctl`` is a mapping of values, or the text ``sysctl`` printed."""
+    sysctl = data.get("sysctl") or {}
+    values = parse_sysctl(sysctl) if isinstance(sysctl, str) else dict(sysctl)
+    apple = parse_apple(values.get("machdep.cpu.brand_string", ""), values.get("hw.optional.arm64", "0"),
+                        data.get("sw_vers", ""), data.get("machine", data["arch"]),
+                        values.get("sysctl.proc_translated"))
+    apple["cpu"] = cpu_from_sysctl(values, arch)
+    return apple
+
+
 def profile_from_captures(data: dict[str, Any]) -> MachineProfile:
     """Captured outputs of one machine -> its profile (no I/O)."""
     os_name, arch = data["os"], normalize_arch(data["arch"])
-    sysctl = data.get("sysctl") or {}
-    apple = (parse_apple(sysctl.get("machdep.cpu.brand_string", ""), sysctl.get("hw.optional.arm64", "0"),
-                         data.get("sw_vers", ""), data.get("machine", data["arch"]))
-             if os_name == "macos" else {})
+    apple = _apple(data, arch) if os_name == "macos" else {}
+    cpu = merge_cpu(_cpu(data, arch), apple) if apple else _cpu(data, arch)
     vulkan = parse_vulkaninfo_summary(data.get("vulkaninfo", ""))
     return MachineProfile(
-        os=os_name, arch=arch, libc=_libc(data.get("libc")), cpu=_cpu(data, arch), nvidia=_nvidia(data),
+        os=os_name, arch=arch, libc=_libc(data.get("libc")), cpu=cpu, nvidia=_nvidia(data),
         rocm=_rocm(data) if os_name == "linux" else {},
         vulkan={"devices": vulkan, "error": None if vulkan else "unknown, because vulkaninfo is not installed"},
         apple=apple,

@@ -136,6 +136,10 @@ def probe(libcuda: str | None = None, *, detail: bool = True) -> MachineProfile:
     vulkan = _Background(read_vulkan) if os_name != "macos" else None
     rocm = _Background(read_rocm) if os_name == "linux" else None
     cpu, libc, apple = read_cpu(detail=detail), read_libc(), _read_apple()
+    if apple:  # macOS: no /proc/cpuinfo, the CPU's features come from sysctl
+        from .apple import merge_cpu
+
+        cpu = merge_cpu(cpu, apple)
     return MachineProfile(
         os=os_name, arch=normalize_arch(machine()), libc=libc, cpu=cpu,
         nvidia=nvidia.result() if nvidia else {"driver": None, "cuda_driver": None, "gpus": [],

@@ -101,13 +101,40 @@ def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
     if v.os != p.os:
         problems.append(f"built for {v.os}, this machine runs {p.os}")
     if v.arch != p.arch:
-        problems.append(f"built for {v.arch}, this CPU is {p.arch}")
+        problems.append(f"built for {v.arch}, this CPU is {p.arch}" + _rosetta_note(v, p))
     # a glibc build needs ld-linux, a musl build ld-musl: neither loads on the other
     for libc_name in ("glibc", "musl"):
         floor = v.requires.get(libc_name)
         if floor and p.os == "linux":
             problems += _check_libc(libc_name, floor, p.libc or {})
     return problems
+
+
+def _rosetta(p: MachineProfile) -> bool:
+    return p.os == "macos" and p.arch == "x86_64" and bool((p.apple or {}).get("rosetta"))
+
+
+def _rosetta_note(v: Variant, p: MachineProfile) -> str:
+    if not (_rosetta(p) and v.arch == "aarch64"):
+        return ""
+    chip = (p.apple or {}).get("chip") or "an Apple Silicon Mac"
+    return (f" (this Python is an x86_64 process under Rosetta 2 on {chip}, and such a process"
+            " loads x86_64 libraries only; an arm64 Python gets this build)")
+
+
+def _rosetta_warning(selection: Selection, manifest: Manifest, p: MachineProfile) -> str | None:
+    """What to tell an x86_64 Python under Rosetta 2: it works, translated and without Metal."""
+    chosen = selection.selected
+    if not _rosetta(p) or chosen is None or manifest.variants[chosen].arch != "x86_64":
+        return None
+    native = [c.name for c in selection.candidates if manifest.variants[c.name].arch == "aarch64"
+              and manifest.variants[c.name].os == "macos"]
+    better = f" to get {' or '.join(native)}" if native else ""
+    return (f"this x86_64 Python runs under Rosetta 2 on {(p.apple or {}).get('chip') or 'Apple Silicon'}:"
+            f" using {chosen}, x86_64 code translated by Rosetta, without Metal and several times"
+            f" slower than native. Install an arm64 Python (python.org's universal2 installer, or"
+            f" an arm64 Homebrew/conda Python; `python3 -c 'import platform; print(platform.machine())'`"
+            f" must say arm64) and reinstall llama-runtime{better}")
 
 
 def _check_cpu(v: Variant, p: MachineProfile) -> list[str]:
@@ -201,6 +228,8 @@ def _check_metal(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list
     apple = p.apple or {}
     if p.os == "macos" and p.arch == "aarch64" and apple.get("metal", True):
         return []  # every Apple Silicon Mac has a Metal GPU (old profiles lack the apple part)
+    if _rosetta(p):
+        return ["no Metal from this process: ggml's Metal backend runs in an arm64 process only"]
     return ["no Metal GPU detected (Metal builds need Apple Silicon)"]
 
 
@@ -216,8 +245,12 @@ def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[s
 
 def _check_macos(v: Variant, p: MachineProfile) -> list[str]:
     need, have = v.requires.get("macos"), (p.apple or {}).get("macos")
-    if v.os == "macos" and p.os == "macos" and need and have and _version(have) < _version(need):
-        return [f"needs macOS {need} or newer, this Mac runs macOS {have}"]
+    # padded: macOS "11" is 11.0 (sw_vers prints 11.0, a captured name may say 11)
+    if v.os == "macos" and p.os == "macos" and need and have and \
+            (_version(have) + (0, 0))[:3] < (_version(need) + (0, 0))[:3]:
+        return [f"needs macOS {need} or newer, this Mac runs macOS {have} (the build's"
+                f" LC_BUILD_VERSION minos; update macOS, or point LLAMA_RUNTIME_LIB at a"
+                f" llama.cpp built for {have})"]
     return []
 
 
@@ -335,6 +368,9 @@ def select(manifest: Manifest, profile: MachineProfile | None = None, *,
     idle = _gpu_unused_warning(selection, manifest, profile) if variant is None else None
     if idle:
         selection.warnings.append(idle)
+    translated = _rosetta_warning(selection, manifest, profile)
+    if translated:
+        selection.warnings.append(translated)
     if chosen and manifest.variants[chosen].backend == "vulkan":
         best = _vulkan_best(profile, allow_software=True)
         if best and best.get("type") == "cpu":
