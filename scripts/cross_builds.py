@@ -211,6 +211,39 @@ def libstdcxx_floor(paths: Sequence[Path]) -> str | None:
     return ".".join(map(str, max(versions))) if versions else None
 
 
+def parse_dyn_syms(text: str) -> tuple[set[str], set[str]]:
+    """(exported, needed-but-unversioned) dynamic symbols from ``readelf --dyn-syms -W``.
+
+    Weak undefined symbols (``__gmon_start__``) may stay unresolved and are left out.
+    """
+    defined, needed = set(), set()
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) < 8 or not cols[0].rstrip(":").isdigit():
+            continue
+        bind, ndx, name = cols[4], cols[6], cols[7]
+        if ndx == "UND" and bind != "WEAK" and "@" not in name:
+            needed.add(name)
+        elif ndx != "UND" and bind in ("GLOBAL", "WEAK"):
+            defined.add(name.split("@")[0])
+    return defined, needed
+
+
+def unresolved_symbols(folder: Path, names: Sequence[str]) -> dict[str, list[str]]:
+    """Unversioned symbols each file needs that no shipped file exports.
+
+    The glibc floor (``readelf -V``) only sees *versioned* references: a function missing from
+    the glibc stubs a build linked against (``getcpu`` is 2.29, zig aims at 2.28) would show up
+    here, unversioned, and make dlopen fail on the old system only.
+    """
+    tables = {n: parse_dyn_syms(bv._run([bv._tool("readelf", "apt-get install binutils"),
+                                         "--dyn-syms", "-W", str(folder / n)], "readelf"))
+              for n in names}
+    exported = set().union(*(d for d, _ in tables.values()))
+    missing = {n: sorted(need - exported) for n, (_, need) in tables.items()}
+    return {n: m for n, m in missing.items() if m}
+
+
 def elf_machine(path: Path) -> str:
     """``e_machine`` of an ELF file as our arch names (``x86_64``, ``aarch64``)."""
     data = Path(path).read_bytes()[:20]
@@ -286,6 +319,9 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
     bundled = _stage(flavor, bin_dir, staged)
     _check_machine(flavor, staged)
     libs = bv._library_facts(staged, bundled)
+    unresolved = unresolved_symbols(staged, [*libs["libraries"], *libs["plugins"]])
+    if unresolved:
+        raise bv.BuildVariantError(f"{flavor.name}: symbols nothing provides: {unresolved}")
     if flavor.arch == "aarch64":
         _check_arm_plugins(flavor, libs["plugins"])
     else:
