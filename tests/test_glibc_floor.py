@@ -4,7 +4,8 @@ Selection runs on captured machine profiles (``os.confstr('CS_GNU_LIBC_VERSION')
 Debian 10/11, Ubuntu 20.04/22.04, RHEL 9, Amazon Linux 2, CentOS 7, Graviton on Debian 11 and
 Amazon Linux 2023, with a captured /proc/cpuinfo) against the facts of the real variant folders
 (``tests/data/glibc/release-variants.json``: ``python scripts/cross_builds.py snapshot DIR...``
-over the npm folders and our builds). The build test makes the zig glibc-2.28 variant (cached),
+over the npm folders and our builds; the x86 ``-omp`` entry is the omp-lite stand-in, whose
+floor is the full build's). The build test makes the zig glibc-2.28 variant (cached),
 checks with readelf that nothing in it needs more than GLIBC_2.28 nor libstdc++, loads it, and
 compares its greedy ids with the gcc/OpenMP build's on an f16 and a quantized model.
 """
