@@ -13,7 +13,10 @@ compares its greedy ids with the gcc/OpenMP build's on an f16 and a quantized mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +174,42 @@ def test_228_build_generates_the_gcc_builds_ids(old_build: Path, omp_build: Path
     assert old.plugin == new.plugin and old.plugin is not None
     assert len(new.ids) >= 8
     assert _cross.tolerance_problem(new, old, 0.1 if kind == "f16" else 0.5) is None, (new, old)
+
+
+_BINDING = r"""
+import json, sys
+from pathlib import Path
+from llama_runtime.llama import Llama
+from llama_runtime.native import Native
+folder, model = Path(sys.argv[1]), sys.argv[2]
+meta = json.loads((folder / "variant.json").read_text())
+native = Native.open([folder / n for n in meta["libraries"]], backend_dir=folder)
+with Llama(model, n_ctx=256, n_threads=2, native=native) as llm:
+    ids = llm.generate_tokens("the llama runtime is", 32, temperature=0)
+    print(json.dumps({"ids": ids, "threadpool": bool(llm._context.threadpool)}))
+"""
+
+
+@needs_tools
+def test_binding_runs_the_228_build_with_its_thread_pool(old_build: Path, omp_build: Path,
+                                                         tmp_path: Path) -> None:
+    """llama_runtime itself loads the zig build (no OpenMP: it attaches ggml's persistent thread
+    pool) and generates the gcc/OpenMP build's ids on a quantized model."""
+    try:
+        from . import _cross
+        from ._cross_quantize import quantize
+    except ImportError:
+        import _cross  # type: ignore[no-redef]
+        from _cross_quantize import quantize  # type: ignore[no-redef]
+    from tiny_model import write_tiny_llama
+
+    f16 = write_tiny_llama(tmp_path / "f16.gguf", seed=3, f16=True, n_embd=256, n_ff=512)
+    model = quantize(omp_build, f16, tmp_path / "Q8_0.gguf", "Q8_0")
+    exe = _cross.build_greedy(omp_build, tmp_path / "greedy")
+    want = _cross.run_greedy([], exe, model, "the llama runtime is", 32, omp_build)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", _BINDING, str(old_build), str(model)],
+                         capture_output=True, text=True, timeout=300, env=env, check=True)
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["threadpool"] is True
+    assert got["ids"] == want.ids
