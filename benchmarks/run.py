@@ -1,6 +1,6 @@
 """Run the llama-runtime benchmarks side by side with their baselines (`scripts/dev bench`).
 
-    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7] [--work DIR] [--quick]
+    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7,B8] [--work DIR] [--quick]
 
 Prints one table (median, baseline median, ratio, target, met?) and writes benchmarks/RESULTS.md.
 Every baseline is measured in the same run, interleaved with the candidate, except B1's: building
@@ -25,7 +25,9 @@ sys.path.insert(0, str(HERE))
 
 from common import Row, load  # noqa: E402
 
-ALL = ("B2", "B3", "B4", "B5", "B6", "B7")  # B1-ours is measured by B2's install
+ALL = ("B2", "B3", "B4", "B5", "B6", "B7", "B8")  # B1-ours is measured by B2's install
+# only when asked: B2 for captured CUDA machines packs ~2 GB of CUDA archives (b2_cuda.py)
+EXTRA = ("B2C",)
 
 
 def cpu_model() -> str:
@@ -58,7 +60,7 @@ def table(rows: list[Row]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL)
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL + EXTRA)
                     + " (B1: measure the cached llama-cpp-python build baseline again, then B2)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
@@ -101,13 +103,16 @@ def main() -> int:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:400]}")
             print(f"    ({time.perf_counter() - t:.0f} s)", flush=True)
 
-        import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native  # noqa: E401
+        import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native, b8_plugin_proof  # noqa: E401
         step("B3", lambda: b3_startup.run(rel, rounds=7 if q else 15))
         step("B6", lambda: b6_first_token.run(rel, model_small, rounds=3 if q else 7))
+        step("B8", lambda: b8_plugin_proof.run(rel, rounds=3 if q else 7))
         step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 12, reps=2 if q else 3))
         step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5))
         step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
         step("B2", lambda: b2_install.run(rel, model_small, b1_baseline.baseline(remeasure="B1" in only)))
+        import b2_cuda
+        step("B2C", lambda: b2_cuda.run(work))
 
     load_after = load()
     text = table(rows)

@@ -35,7 +35,10 @@ def doctor(target: str | None = None, *, settings: Settings | None = None, load:
     except LlamaRuntimeError as exc:
         out["error"] = str(exc)
     if load and not (target or settings.target):
-        _fill_library(out, steps, settings)
+        _fill_library(out, steps, settings, profile)
+    if out["candidates"]:
+        lib = out["library"] or {}
+        out["plugins"] = _plugins(lib.get("variant") or out["selected"], profile, lib.get("plugin"))
     return out
 
 
@@ -57,6 +60,27 @@ def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[An
     return steps
 
 
+def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A variant's CPU plugins ranked for this machine: with the scores and crashes of its proof
+    record when there is one, else predicted from CPUID and the OS state (nothing is run)."""
+    import json
+
+    from .plugins.rank import rank
+    from .variants import read_lock
+
+    v = read_lock().manifest.variants.get(name or "")
+    if v is None or not v.backend_dl:
+        return None
+    record: dict[str, Any] = {}
+    if proof and proof.get("record"):
+        try:
+            record = json.loads(Path(proof["record"]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {}
+    ranking = rank(v.plugins, profile.cpu, profile.os, scores=record.get("scores"), failed=record.get("failed"))
+    return {"variant": v.name, "measured": bool(record), **ranking.to_dict()}
+
+
 def _native_dependencies(settings: Settings) -> dict[str, Any]:
     """For each GPU variant: every library it needs but does not ship, and where the loader finds it."""
     from .nativedeps import resolve_all
@@ -70,7 +94,7 @@ def _native_dependencies(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> None:
+def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings, profile: Any) -> None:
     """Load the first library available without a download; else say it would be downloaded."""
     from .loader import open_step
 
@@ -80,7 +104,7 @@ def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings) -> 
             out["library"] = {"path": None, "sha256": None, "source": "download", "variant": where}
             return
         try:
-            library = open_step(step, settings)
+            library = open_step(step, settings, profile)
         except LlamaRuntimeError as exc:
             out["notes"].append(f"{step.source} {where} does not load: {exc}")
             continue

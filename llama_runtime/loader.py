@@ -25,6 +25,7 @@ from .errors import (DownloadError, IntegrityError, LibraryLoadError, LibraryNot
 
 if TYPE_CHECKING:
     from .native.binding import Native
+    from .plugins.prove import PluginChoice
     from .probe import MachineProfile
     from .variants import Lock, Selection, Variant
 
@@ -47,10 +48,12 @@ class Library:
     sha256: str | None
     native: Native
     attempts: list[str] = field(default_factory=list)
+    plugin: dict[str, Any] | None = None  # the CPU plugin's proof (plugins.prove.PluginChoice)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "directory": str(self.directory), "source": self.source,
-                "variant": self.variant, "sha256": self.sha256, "attempts": self.attempts}
+                "variant": self.variant, "sha256": self.sha256, "attempts": self.attempts,
+                "plugin": self.plugin}
 
 
 @dataclass
@@ -159,7 +162,7 @@ def check_generation(found: str | None, what: str, settings: Settings) -> None:
             " LLAMA_RUNTIME_ABI_CHECK=0 if you know better.")
 
 
-def open_step(step: Step, settings: Settings) -> Library:
+def open_step(step: Step, settings: Settings, profile: MachineProfile | None = None) -> Library:
     from .native.binding import Native
     from .native.generations import from_filename
 
@@ -181,14 +184,50 @@ def open_step(step: Step, settings: Settings) -> Library:
     allow_dll_folder(folder)
     preflight(v, folder)
     paths = [folder / name for name in v.libraries]
-    native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
+    sha256 = _lib_sha256(folder, v.libraries[-1])
+    choice = prove_plugin(v, folder, sha256, settings, profile)
+    if choice.mode == "explicit":
+        import os
+
+        assert choice.cpu_plugin is not None
+        from .plugins.prove import gpu_plugins
+
+        native = Native.open(paths, cpu_plugin=folder / choice.cpu_plugin,
+                             extra_plugins=gpu_plugins(list(v.plugins), folder, v.os, os.environ))
+    else:
+        native = Native.open(paths, backend_dir=folder if v.backend_dl else None)
     if v.backend != "cpu" and not any(d["type"] in ("gpu", "igpu") for d in native.devices()):
         hint = (" ggml's Vulkan backend skips software devices (llvmpipe, lavapipe); to use one"
                 " anyway set GGML_VK_VISIBLE_DEVICES=0." if v.backend == "vulkan" else "")
         raise LibraryLoadError(f"{v.name} loaded, but ggml found no {v.backend} device"
                                f" (devices: {', '.join(d['name'] for d in native.devices()) or 'none'})."
                                + hint)
-    return Library(paths[-1], folder, step.source, v.name, _lib_sha256(folder, v.libraries[-1]), native)
+    return Library(paths[-1], folder, step.source, v.name, sha256, native, plugin=choice.to_dict())
+
+
+def prove_plugin(v: Variant, folder: Path, sha256: str | None, settings: Settings,
+                 profile: MachineProfile | None) -> PluginChoice:
+    """The CPU plugin to load (``plugins.prove``): from the proof record, or test runs on first use.
+
+    A plugin that crashed in its test run is a fallback: a WARNING naming it and the signal, an
+    error under ``LLAMA_RUNTIME_STRICT=1``. A plugin skipped because the OS disables a register
+    state it needs is selection, not a fallback (the same as a variant the CPU cannot run).
+    """
+    from .plugins.prove import choose
+
+    if profile is None:
+        from .probe import probe
+
+        profile = probe(detail=False)
+    choice = choose(v, folder, sha256, profile.cpu, profile.os, settings.cache_dir)
+    for file, why in sorted(choice.os_skipped.items()):
+        log.info("%s: not using the CPU plugin %s, which %s", v.name, file, why)
+    message = choice.warning(v.name)
+    if message and settings.strict:
+        raise LibraryLoadError(message)
+    if message:
+        log.warning("%s", message)
+    return choice
 
 
 def allow_dll_folder(folder: Path) -> None:
@@ -264,6 +303,10 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
         from .variants import read_lock
 
         lock = read_lock()
+    if profile is None and settings.library is None:  # one probe for the plan and the plugin proof
+        from .probe import probe
+
+        profile = probe(detail=False)
     steps, selection, notes = plan(settings, profile=profile, lock=lock)
     attempts: list[str] = []
     fetch_errors: list[LlamaRuntimeError] = []
@@ -278,7 +321,7 @@ def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: 
             continue
         try:
             real = _realize(step, settings, lock) if lock is not None else step
-            library = open_step(real, settings)
+            library = open_step(real, settings, profile)
         except LlamaRuntimeError as exc:
             if step.source == "explicit":
                 raise

@@ -13,6 +13,7 @@ def _profile_line(profile: dict[str, Any]) -> str:
 
 def format_doctor(result: dict[str, Any]) -> str:
     lines = [f"machine:  {_profile_line(result['profile'])}"]
+    lines += _cpu_lines(result["profile"].get("cpu") or {})
     lines += _gpu_lines(result["profile"])
     for name in ("cpu", "libc", "nvidia", "rocm", "vulkan", "apple"):
         part = result["profile"].get(name)
@@ -26,6 +27,7 @@ def format_doctor(result: dict[str, Any]) -> str:
         mark = "ok " if c["compatible"] else "no "
         lines.append(f"  {mark} {c['name']:<{width}}  score {c['score']:>6g}  {'; '.join(c['reasons'])}")
     lines.append(f"selected: {result['selected'] or 'none'}")
+    lines += _plugin_lines(result.get("plugins"))
     for w in result.get("warnings") or []:
         lines.append(f"warning:  {w}")
     for name, deps in (result.get("native_dependencies") or {}).items():
@@ -39,6 +41,37 @@ def format_doctor(result: dict[str, Any]) -> str:
     if result.get("error"):
         lines.append(f"error:    {result['error']}")
     return "\n".join(lines)
+
+
+def _cpu_lines(cpu: dict[str, Any]) -> list[str]:
+    """x86: what CPUID reports next to what the OS enables (XCR0, Linux's AMX permission)."""
+    cpuid, state = cpu.get("cpuid"), cpu.get("os")
+    if not cpuid and not state:
+        return []
+    lines = [f"cpuid:    {' '.join(cpuid.get('features') or []) or cpuid.get('error')}" if cpuid else
+             "cpuid:    not read"]
+    if state:
+        xcomp = f", arch_prctl supp {state['xcomp_supp']} perm {state['xcomp_perm']}" if state.get("xcomp_supp") else ""
+        lines.append(f"os:       XCR0 {state.get('xcr0') or 'unknown'} ({state.get('xcr0_source') or 'not read'}){xcomp}")
+        for name, group in (state.get("groups") or {}).items():
+            mark = {True: "yes", False: "no ", None: "?  "}[group.get("enabled")]
+            lines.append(f"          {mark} {name}: {group.get('why')}")
+        if state.get("disabled"):
+            lines.append(f"          CPUID reports, the OS disables: {' '.join(state['disabled'])}")
+    return lines
+
+
+def _plugin_lines(plugins: dict[str, Any] | None) -> list[str]:
+    """The selected variant's CPU plugins, best first, as predicted from CPUID and the OS."""
+    if not plugins or not plugins.get("candidates"):
+        return []
+    how = "measured in its test run" if plugins.get("measured") else "predicted from CPUID"
+    lines = [f"plugins:  {plugins['variant']} ({how}): ggml would pick {plugins.get('ggml_pick') or 'none'};"
+             f" usable here, best first: {', '.join(plugins.get('ranked') or []) or 'none'}"]
+    for c in plugins["candidates"]:
+        mark = "ok " if c["usable"] else "no "
+        lines.append(f"  {mark} {c['file']}  {'; '.join(c['reasons'])}")
+    return lines
 
 
 def _gpu_lines(profile: dict[str, Any]) -> list[str]:
@@ -65,6 +98,12 @@ def _library_lines(result: dict[str, Any]) -> list[str]:
         return [f"library:  {lib['variant']} would be downloaded on first use"]
     out = [f"library:  {lib['path']}", f"          source {lib['source']}, variant {lib.get('variant')},"
            f" sha256 {lib.get('sha256')}"]
+    proof = lib.get("plugin") or {}
+    if proof:
+        crashed = "; ".join(f"{f} {w}" for f, w in sorted((proof.get("failed") or {}).items()))
+        line = (f"          CPU plugin {proof.get('cpu_plugin') or '(linked in)'}, loaded {proof.get('mode')}"
+                  f" (proof: {proof.get('source')}, {proof.get('record') or 'no record'})")
+        out.append(line + (f"; crashed in its test run: {crashed}" if crashed else ""))
     for dev in lib.get("devices") or []:
         out.append(f"          device {dev['name']} ({dev['type']}): {dev['description']}")
     if lib.get("system_info"):

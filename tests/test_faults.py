@@ -82,7 +82,8 @@ class Meter:
 
 def leftovers(cache: Path) -> list[str]:
     vdir = version_dir(cache)
-    return sorted(p.name for p in vdir.iterdir() if not p.name.endswith(".lock")) if vdir.is_dir() else []
+    return sorted(p.name for p in vdir.iterdir() if not p.name.endswith(".lock")
+                  and p.name != ".proofs") if vdir.is_dir() else []
 
 
 def survive(release: Release, hub: Any, small: Variant, lock: Lock, tmp_path: Path, name: str,

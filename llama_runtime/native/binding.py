@@ -126,12 +126,16 @@ class Native:
         self.__dict__.update(functions)
 
     @classmethod
-    def open(cls, libraries: Sequence[Path], *, backend_dir: Path | None = None) -> Native:
+    def open(cls, libraries: Sequence[Path], *, backend_dir: Path | None = None,
+             cpu_plugin: Path | None = None, extra_plugins: Sequence[Path] = ()) -> Native:
         """Load ``libraries`` in order (the last one is libllama), bind the table, initialise.
 
         With ``backend_dir`` (a ``GGML_BACKEND_DL`` build), ggml loads its backend libraries
-        from that folder before ``llama_backend_init``. Opening the same libraries again returns
-        the same object: ggml's backend registry is process-wide and would register twice.
+        from that folder before ``llama_backend_init``. With ``cpu_plugin`` it loads exactly
+        ``extra_plugins`` (the GPU ones) and that CPU plugin instead, each by path: what the
+        loader does when the CPU plugin ggml would pick crashed in its test run. Opening the same
+        libraries again returns the same object: ggml's backend registry is process-wide and
+        would register twice.
         """
         paths = [Path(p).absolute() for p in libraries]
         if not paths:
@@ -145,11 +149,12 @@ class Native:
                     logger.warning(
                         "loading a second llama.cpp (%s) into a process that already has %s: "
                         "two ggml copies keep separate backend registries", key, next(iter(_opened)))
-                _opened[key] = cls._open_new(paths, backend_dir)
+                _opened[key] = cls._open_new(paths, backend_dir, cpu_plugin, extra_plugins)
             return _opened[key]
 
     @classmethod
-    def _open_new(cls, paths: list[Path], backend_dir: Path | None) -> Native:
+    def _open_new(cls, paths: list[Path], backend_dir: Path | None, cpu_plugin: Path | None = None,
+                  extra_plugins: Sequence[Path] = ()) -> Native:
         libs = [_load_cdll(p) for p in paths]
         functions: dict[str, Any] = {}
         missing = []
@@ -167,13 +172,16 @@ class Native:
                 f"{describe()}; use the library llama-runtime selects for you."
             )
         native = cls(paths, libs, functions)
-        native._initialise(backend_dir)
+        native._initialise(backend_dir, cpu_plugin, extra_plugins)
         return native
 
-    def _initialise(self, backend_dir: Path | None) -> None:
+    def _initialise(self, backend_dir: Path | None, cpu_plugin: Path | None = None,
+                    extra_plugins: Sequence[Path] = ()) -> None:
         # The log goes to Python first, so that backend loading is logged too.
         self.llama_log_set(_LOG_CALLBACK, None)
-        if backend_dir is not None:
+        if cpu_plugin is not None:
+            self._load_plugins(cpu_plugin, extra_plugins)
+        elif backend_dir is not None:
             folder = Path(backend_dir).absolute()
             if not folder.is_dir():
                 raise LibraryLoadError(f"the ggml backend folder {folder} does not exist")
@@ -184,6 +192,22 @@ class Native:
                     "on this CPU?); the folder must hold the backends shipped with libllama"
                 )
         self.llama_backend_init()
+
+    def _load_plugins(self, cpu_plugin: Path, extra_plugins: Sequence[Path]) -> None:
+        """``ggml_backend_load`` each plugin; like ggml's own scan, a GPU plugin may fail quietly
+        (the loader then finds no GPU device and says so), the CPU plugin may not."""
+        if self.ggml_backend_load is None:
+            raise LibraryLoadError(f"{self.paths[-1]} has no ggml_backend_load: its CPU plugin cannot be"
+                                   " chosen explicitly")
+        for path in extra_plugins:
+            if not self.ggml_backend_load(str(path).encode()):
+                logger.debug("ggml did not load the backend plugin %s", path)
+        with self.capture_errors() as errors:
+            reg = self.ggml_backend_load(str(cpu_plugin).encode())
+        if not reg:
+            raise LibraryLoadError(
+                f"ggml refused the CPU plugin {cpu_plugin}: {'; '.join(errors) or 'it scores 0 here'}"
+                " (ggml_backend_load returned NULL)")
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names that are neither regular attributes nor bound C functions.

@@ -70,6 +70,10 @@ FUNCTIONS: list[Fn] = [
     # --- ggml-backend.h: backends built with GGML_BACKEND_DL are separate libraries
     Fn("ggml_backend_load_all_from_path", [c_char_p], None,
        "void ggml_backend_load_all_from_path(const char * dir_path);"),
+    # one plugin by path (refused when its ggml_backend_score() is 0): the loader's way around
+    # a CPU plugin that crashed in its test run (plugins/prove.py)
+    Fn("ggml_backend_load", [c_char_p], reg_t,
+       "ggml_backend_reg_t ggml_backend_load(const char * path);", optional=True),
     Fn("ggml_backend_dev_count", [], c_size_t,
        "size_t ggml_backend_dev_count(void);"),
     Fn("ggml_backend_reg_count", [], c_size_t,

@@ -6,7 +6,10 @@ Keys (all optional except ``os`` and ``arch``): ``cpuinfo``, ``windows_pf`` (cod
 ``nvidia_proc_version``, ``nvidia_sys_module_version``, ``nvidia_smi`` (the csv query),
 ``nvidia_smi_header``, ``kfd_properties`` (list of node files), ``rocminfo``, ``vulkaninfo``,
 ``sysctl`` (``{"machdep.cpu.brand_string": ..., "hw.optional.arm64": ...}``, or the text
-``sysctl hw.optional machdep.cpu sysctl.proc_translated`` printed), ``sw_vers``.
+``sysctl hw.optional machdep.cpu sysctl.proc_translated`` printed), ``sw_vers``;
+x86 register values: ``cpuid`` (``{"7.0": [eax, ebx, ecx, edx], ...}``, hex strings), ``xcr0``
+(hex string) and ``xcomp`` (``{"supp": hex, "perm": hex}`` or ``{"error": "ARCH_GET_XCOMP_SUPP:
+EINVAL ..."}``, Linux's arch_prctl answers).
 """
 
 from __future__ import annotations
@@ -14,25 +17,46 @@ from __future__ import annotations
 from typing import Any
 
 from .apple import cpu_from_sysctl, merge_cpu, parse_apple, parse_sysctl
-from .cpu import ggml_features, normalize_arch, parse_cpuinfo, x86_64_level
+from .cpu import ggml_features, normalize_arch, parse_cpuinfo, usable_flags, x86_64_level
 from .gpu import parse_nvidia_proc_version
 from .libc import parse_glibc_version, parse_musl_version
-from .nvidia import parse_smi_csv, parse_smi_header, parse_sys_module_version
+from .nvidia import cuda_from_driver, parse_smi_csv, parse_smi_header, parse_sys_module_version
 from .profile import MachineProfile
 from .rocm import parse_kfd_properties, parse_rocminfo
 from .vulkan import parse_vulkaninfo_summary
 from .windows import features_from_pf
 
 
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _x86(data: dict[str, Any]) -> dict[str, Any]:
+    from .xsave import x86_facts
+
+    xcomp = data.get("xcomp")
+    if xcomp is not None:
+        xcomp = {"supp": _int(xcomp.get("supp")), "perm": _int(xcomp.get("perm")), "error": xcomp.get("error")}
+    return x86_facts(data.get("cpuid"), _int(data.get("xcr0")), xcomp, data["os"])
+
+
 def _cpu(data: dict[str, Any], arch: str) -> dict[str, Any]:
     if "windows_pf" in data:
-        info: dict[str, Any] = {"vendor": data.get("cpu_vendor"), "flags": features_from_pf(data["windows_pf"])}
+        info: dict[str, Any] = {"vendor": data.get("cpu_vendor"), "model_name": None,
+                                "flags": features_from_pf(data["windows_pf"])}
     else:
         info = parse_cpuinfo(data.get("cpuinfo", ""))
     flags = info["flags"]
-    return {"arch": arch, "vendor": info["vendor"], "microarchitecture": data.get("microarchitecture"),
-            "x86_64_level": x86_64_level(flags) if arch == "x86_64" and flags else None,
-            "features": ggml_features(arch, flags), "error": None if flags else "unknown, because no CPU flags"}
+    out = {"arch": arch, "vendor": info["vendor"], "model_name": info["model_name"],
+           "microarchitecture": data.get("microarchitecture")}
+    if arch == "x86_64" and "cpuid" in data:  # the same rule as read_cpu: CPUID where the OS says less
+        x86 = _x86(data)
+        out.update(x86)
+        flags, _ = usable_flags(flags, x86, data["os"])
+        out["vendor"] = out["vendor"] or x86["cpuid"]["vendor"]
+    out.update({"x86_64_level": x86_64_level(flags) if arch == "x86_64" and flags else None,
+                "features": ggml_features(arch, flags), "error": None if flags else "unknown, because no CPU flags"})
+    return out
 
 
 def _libc(text: str | None) -> dict[str, Any]:
@@ -51,9 +75,13 @@ def _nvidia(data: dict[str, Any]) -> dict[str, Any]:
     gpus = parse_smi_csv(data.get("nvidia_smi", ""))
     driver = driver or header["driver"] or (gpus[0]["driver"] if gpus else None)
     found = bool(driver or header["cuda_driver"])
-    return {"driver": driver, "cuda_driver": header["cuda_driver"],
+    cuda, source = header["cuda_driver"], "nvidia-smi" if found else None
+    if driver and cuda is None:  # as the live probe does when libcuda and nvidia-smi are silent
+        cuda = cuda_from_driver(driver)
+        source = "driver version table" if cuda else source
+    return {"driver": driver, "cuda_driver": cuda,
             "gpus": [{k: g[k] for k in ("name", "compute_capability", "memory_mib")} for g in gpus],
-            "error": None if found else "none in the captured output", "source": "nvidia-smi" if found else None}
+            "error": None if found else "none in the captured output", "source": source}
 
 
 def _rocm(data: dict[str, Any]) -> dict[str, Any]:

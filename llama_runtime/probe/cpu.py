@@ -6,6 +6,11 @@ kernel reports, which only lists what the OS has enabled (e.g. AVX without XSAVE
 Selection needs only the level and the features, so the run-time load path skips archspec
 (``read_cpu(detail=False)``: its import and host detection cost ~15-30 ms per process); doctor,
 install and the build reports keep the microarchitecture name.
+
+On x86-64 the profile also holds ``cpuid`` (what the CPU itself reports, which is all ggml reads
+to pick a plugin) and ``os`` (the register states the OS enables, :mod:`.xsave`); ``features``
+and the level keep only what both allow, so no selection relies on a state the OS disables.
+Where there is no ``/proc/cpuinfo`` (Windows, macOS) CPUID supplies the flags.
 """
 
 from __future__ import annotations
@@ -93,8 +98,32 @@ def _read_cpuinfo(path: str, out: dict[str, Any]) -> tuple[list[str], str | None
             info = parse_cpuinfo(f.read())
     except OSError as exc:
         return [], f"unknown, because {path} could not be read ({exc.strerror})"
-    out["vendor"] = info["vendor"]
+    out["vendor"], out["model_name"] = info["vendor"], info["model_name"]
     return info["flags"], None
+
+
+def usable_flags(flags: list[str], x86: dict[str, Any], os_name: str) -> tuple[list[str], bool]:
+    """The flags selection may rely on, and whether CPUID supplied them.
+
+    Linux's ``/proc/cpuinfo`` lists what the kernel enabled; elsewhere (Windows'
+    ``IsProcessorFeaturePresent`` knows only AVX-512F; macOS has no such file) CPUID says more.
+    Either way a flag whose register state the OS disables (XCR0) is dropped.
+    """
+    from .xsave import disabled_features
+
+    cpuid = x86.get("cpuid") or {}
+    from_cpuid = not cpuid.get("error") and (os_name != "linux" or not flags)
+    if from_cpuid:
+        flags = list(cpuid.get("features") or ())
+    off = disabled_features(x86.get("os"))
+    return [f for f in flags if f not in off], from_cpuid
+
+
+def os_name() -> str:
+    """This OS as the profile names it: linux, windows, macos (else ``sys.platform``)."""
+    if sys.platform.startswith("linux"):
+        return "linux"
+    return {"darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)
 
 
 def read_cpu(cpuinfo_path: str = "/proc/cpuinfo", *, detail: bool = True) -> dict[str, Any]:
@@ -103,7 +132,7 @@ def read_cpu(cpuinfo_path: str = "/proc/cpuinfo", *, detail: bool = True) -> dic
     ``detail=False`` leaves ``microarchitecture`` None (no archspec): selection never reads it.
     """
     arch = normalize_arch(machine())
-    out: dict[str, Any] = {"arch": arch, "vendor": None, "microarchitecture": None,
+    out: dict[str, Any] = {"arch": arch, "vendor": None, "model_name": None, "microarchitecture": None,
                            "x86_64_level": None, "features": [], "error": None}
     if sys.platform == "win32":
         from .windows import read_windows_flags
@@ -120,6 +149,14 @@ def read_cpu(cpuinfo_path: str = "/proc/cpuinfo", *, detail: bool = True) -> dic
         except Exception as exc:  # archspec must never break an install
             out["error"] = f"archspec failed: {exc}"
     if arch == "x86_64":
+        from .xsave import read_x86
+
+        x86 = read_x86(os_name())
+        out.update(x86)
+        flags, from_cpuid = usable_flags(flags, x86, os_name())
+        if from_cpuid and str(out["error"]).startswith("unknown, because"):
+            out["error"] = None  # the missing /proc/cpuinfo (or PF API failure) no longer matters
+        out["vendor"] = out["vendor"] or x86["cpuid"]["vendor"]
         out["x86_64_level"] = x86_64_level(flags) if flags else None
     out["features"] = ggml_features(arch, flags)
     return out

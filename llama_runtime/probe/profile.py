@@ -12,17 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .cpu import machine, normalize_arch, read_cpu
+from .cpu import machine, normalize_arch, os_name as _os_name, read_cpu
 from .nvidia import read_nvidia
 from .libc import read_libc
 from .rocm import read_rocm
 from .vulkan import read_vulkan
-
-
-def _os_name() -> str:
-    if sys.platform.startswith("linux"):
-        return "linux"
-    return {"darwin": "macos", "win32": "windows"}.get(sys.platform, sys.platform)
 
 
 @dataclass(frozen=True)

@@ -81,10 +81,14 @@ class Variant:
         )
 
     @property
+    def plugins(self) -> tuple[str, ...]:
+        """The ggml backend plugins (``GGML_BACKEND_DL``) the variant ships."""
+        return tuple(str(p) for p in self.extra.get("plugins") or ())
+
+    @property
     def files(self) -> tuple[str, ...]:
         """Every file the variant ships: its libraries plus plugins (ggml backends)."""
-        plugins = self.extra.get("plugins") or ()
-        return tuple(dict.fromkeys([*self.libraries, *plugins]))
+        return tuple(dict.fromkeys([*self.libraries, *self.plugins]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"archive": self.archive, "sha256": self.sha256, "size": self.size, "os": self.os,

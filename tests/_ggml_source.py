@@ -1,0 +1,32 @@
+"""The pinned llama.cpp source (vendored in the llama-cpp-python 0.3.36 sdist), from the dev cache,
+and C plugins compiled against its ggml headers for the tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import build_variants
+import devrelease
+
+BADKERNEL = Path(__file__).parent / "data" / "plugins" / "badkernel.c"
+
+
+def pinned_ggml() -> Path:
+    """``vendor/llama.cpp/ggml`` of the sdist, extracted the way build_variants does (src/<sha16>/)."""
+    cache = devrelease.dev_cache()
+    sdist = build_variants.ensure_sdist(cache)
+    return build_variants._extract_vendor(sdist, cache / "src" / build_variants._sha256(sdist)[:16]) / "ggml"
+
+
+def compile_badkernel(out: Path, real: str, *, at_init: bool = False) -> Path:
+    """tests/data/plugins/badkernel.c as ``out``: SIGILL on the first decode (or in its init)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (apt-get install gcc) for the crashing test plugin")
+    ggml = pinned_ggml()
+    cmd = [cc, "-shared", "-fPIC", "-O1", "-I", str(ggml / "include"), "-I", str(ggml / "src"),
+           f'-DREAL="{real}"', *(["-DCRASH_AT_INIT"] if at_init else []), str(BADKERNEL), "-o", str(out), "-ldl"]
+    subprocess.run(cmd, check=True)
+    return out
