@@ -70,7 +70,13 @@ ZIG_DL = (*DL_BASE, "-DGGML_OPENMP=OFF", "-DCMAKE_SHARED_LINKER_FLAGS=-s",
 
 @dataclass(frozen=True)
 class CrossFlavor(bv.Flavor):
-    """A :class:`build_variants.Flavor` built by another toolchain, for ``arch``."""
+    """A :class:`build_variants.Flavor` built by another toolchain, for ``arch``.
+
+    The x86 ones get build_variants' source patches (scripts/patches/: the AMX tile config of
+    issue 14) and its AMX check; the aarch64 ones are built from the pristine source
+    (``patched=False``): the only patch changes ggml-cpu/amx/mmq.cpp inside ``__AMX_INT8__``
+    code that no ARM plugin compiles, so the ARM binaries are the same either way.
+    """
 
     arch: str = "x86_64"
     toolchain: str = "gnu-aarch64"  # or "zig"
@@ -83,7 +89,7 @@ CROSS_FLAVORS: Mapping[str, CrossFlavor] = {
     "aarch64-omp": CrossFlavor(
         name="linux-aarch64-cpu-omp", cmake=(*DL_BASE, "-DGGML_OPENMP=ON"), x86_64_level=0,
         cpu_features=(), openmp=True, backend_dl=True, cpu_variants=GCC12_ARM_CPU_VARIANTS,
-        priority=30, arch="aarch64", toolchain="gnu-aarch64",
+        priority=30, arch="aarch64", toolchain="gnu-aarch64", patched=False,
         summary="GGML_BACKEND_DL with the ARM CPU plugins armv8.0 to armv8.6 (NEON, dotprod, "
                 "fp16, SVE, i8mm, SVE2; ggml picks one at run time), OpenMP"),
     # The old-glibc fallbacks: ranked below every other CPU build (priority), so selection
@@ -103,7 +109,7 @@ CROSS_FLAVORS: Mapping[str, CrossFlavor] = {
     "aarch64-glibc228": CrossFlavor(
         name="linux-aarch64-cpu-glibc228", cmake=ZIG_DL,
         x86_64_level=0, cpu_features=(), openmp=False, backend_dl=True, priority=-50,
-        cpu_variants=tuple(ALL_ARM_CPU_VARIANTS), arch="aarch64", toolchain="zig",
+        cpu_variants=tuple(ALL_ARM_CPU_VARIANTS), arch="aarch64", toolchain="zig", patched=False,
         glibc_target=GLIBC_TARGET,
         summary="GGML_BACKEND_DL with all 8 ARM CPU plugins (up to SVE2/SME), built by zig "
                 "for glibc 2.28, ggml thread pool (no OpenMP), libc++ linked in"),
@@ -308,7 +314,8 @@ def _describe(flavor: CrossFlavor, libs: Mapping[str, Any], stdcxx: str | None) 
 def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, jobs: int,
                       toolchain: Sequence[str], identity: Sequence[str]) -> Path:
     sha = bv._sha256(sdist)
-    source = bv._extract_vendor(sdist, cache / "src" / sha[:16])
+    patches = bv._patches(flavor)
+    source = bv._source_tree(sdist, sha, cache, patches)
     flags = (*bv.BASE_CMAKE, *toolchain, *flavor.cmake)
     started = time.monotonic()
     bin_dir = bv._cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
@@ -326,6 +333,11 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
         _check_arm_plugins(flavor, libs["plugins"])
     else:
         bv._check_plugin_needs(flavor, libs["plugins"])
+    amx = bv.check_amx_plugins(staged, source) if flavor.patched else []
+    if amx:  # the same refusal as build_variants: a wrong tile config SIGILLs on AMX CPUs
+        shutil.rmtree(staged)
+        raise bv.BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
+                                   + "\n".join(amx))
     stdcxx = libstdcxx_floor([staged / n for n in [*libs["libraries"], *libs["plugins"]]])
     bv.write_variant_json(
         staged, os="linux", arch=flavor.arch, backend="cpu",
@@ -338,8 +350,10 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
         llama_cpp=bv._llama_version(source),
         source=f"source build of {bv.VENDOR_DIR} from the {bv.SDIST_REQUIREMENT} sdist "
                f"(sha256 {sha}) with {'; '.join(identity)}; cmake {' '.join(flavor.cmake)}"
-               + (f"; CPU plugins {' '.join(flavor.cpu_variants)}" if flavor.cpu_variants else ""),
+               + (f"; CPU plugins {' '.join(flavor.cpu_variants)}" if flavor.cpu_variants else "")
+               + (f"; patches {' '.join(p.name for p in patches)}" if patches else ""),
         description=_describe(flavor, libs, stdcxx), cache_key=key, libstdcxx=stdcxx,
+        source_patches=[p.name for p in patches],
         toolchain=identity[-1] if flavor.toolchain == "zig" else identity[1],
         build_seconds=round(seconds, 1),
         **({} if flavor.priority is None else {"priority": flavor.priority}))
@@ -354,8 +368,11 @@ def cross_variant(name: str, out_dir: Path, *, cache: Path | None = None, jobs: 
     sdist = bv.ensure_sdist(cache)
     toolchain, identity = toolchain_flags(flavor, cache)
     steps = [t for step in flavor.build_steps() for t in step]
+    import source_patches
+
     key = bv.build_key(bv._sha256(sdist), (f"cross {CROSS_RECIPE}", *identity, *bv.BASE_CMAKE,
-                                           *flavor.cmake, *steps))
+                                           *flavor.cmake, *steps),
+                       source_patches.patches_digest(bv._patches(flavor)))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(flavor, sdist, key, cache, jobs, toolchain, identity)
