@@ -742,11 +742,27 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
     return _replace_dir(staged, final)
 
 
+def _cross_builds() -> Any:
+    """scripts/cross_builds.py (aarch64 and glibc-2.28 builds), which imports this module."""
+    sys.modules.setdefault("build_variants", sys.modules[__name__])  # one module when run as a script
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cross_builds
+    return cross_builds
+
+
+def all_flavors() -> list[str]:
+    """Every ``--source-build`` name: FLAVORS here plus cross_builds.CROSS_FLAVORS."""
+    return sorted([*FLAVORS, *_cross_builds().CROSS_FLAVORS])
+
+
 def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
                    jobs: int = 2) -> Path:
     """Build (or copy from the build cache) one source flavor into ``out_dir/<variant-name>/``."""
+    if flavor not in FLAVORS and flavor in _cross_builds().CROSS_FLAVORS:
+        return _cross_builds().cross_variant(flavor, out_dir, cache=cache, jobs=jobs)  # type: ignore[no-any-return]
     if flavor not in FLAVORS:
-        raise BuildVariantError(f"unknown flavor {flavor!r}; known: {sorted(FLAVORS)}")
+        raise BuildVariantError(f"unknown flavor {flavor!r}; known: {all_flavors()}")
     spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
     sdist = ensure_sdist(cache)
     steps = [t for step in spec.build_steps() for t in step]
@@ -794,10 +810,10 @@ def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     ``DEFAULT_FLAVORS``."""
     given = tuple(f.strip() for f in env.get("LLAMA_RUNTIME_DEV_FLAVORS", "").split(",")
                   if f.strip())
-    unknown = [f for f in given if f not in FLAVORS]
+    unknown = [f for f in given if f not in all_flavors()]
     if unknown:
         raise BuildVariantError(f"LLAMA_RUNTIME_DEV_FLAVORS names {unknown}; "
-                                f"known: {sorted(FLAVORS)}")
+                                f"known: {all_flavors()}")
     return given or DEFAULT_FLAVORS
 
 
@@ -806,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
     parser.add_argument("--npm", action="append", default=[], metavar="PKG@VER")
     parser.add_argument("--source-build", action="append", default=[], metavar="FLAVOR",
-                        choices=sorted(FLAVORS))
+                        choices=all_flavors())
     parser.add_argument("--all-default", action="store_true",
                         help=f"also produce the defaults ({DEFAULT_NPM}, "
                              f"{', '.join(DEFAULT_FLAVORS)})")
