@@ -33,7 +33,14 @@ class UnsafeArchiveError(LlamaRuntimeError, ValueError):
 
 
 class DownloadError(LlamaRuntimeError, OSError):
-    """A file could not be fetched from the hub or the mirror."""
+    """A file could not be fetched from the hub or the mirror.
+
+    ``status`` and ``code``: the HTTP status and ``X-Error-Code`` of the hub's last answer, when
+    it gave one (None after a timeout or a reset), so that a hint can follow the error it fits.
+    """
+
+    status: int | None = None
+    code: str | None = None
 
 
 class OfflineError(DownloadError):

@@ -80,8 +80,22 @@ def download_file(repo: str, filename: str, revision: str, settings: Settings, d
         return fetch(url, dest / filename, headers=request_headers(settings), timeout=settings.timeout,
                      proxy=settings.proxy, progress=progress, size=size)
     except DownloadError as exc:
-        mirror = ("" if settings.revision else " If this endpoint is a mirror that re-committed the"
-                  " release (olah, a git copy), its commits differ from the lock's: set"
-                  " LLAMA_RUNTIME_REVISION to its branch, tag or commit.")
-        raise DownloadError(f"could not download {filename} from {settings.endpoint} ({repo} at"
-                            f" {revision[:12]}): {exc}. {ways_out(settings)}{mirror}") from exc
+        mirror = ("" if settings.revision or not unknown_revision(exc) else " If this endpoint is a"
+                  " mirror that re-committed the release (olah, a git copy), its commits differ from"
+                  " the lock's: set LLAMA_RUNTIME_REVISION to its branch, tag or commit.")
+        error = DownloadError(f"could not download {filename} from {settings.endpoint} ({repo} at"
+                              f" {revision[:12]}): {exc}. {ways_out(settings)}{mirror}")
+        error.status, error.code = exc.status, exc.code
+        raise error from exc
+
+
+def unknown_revision(exc: DownloadError) -> bool:
+    """Whether the hub's last answer is what a mirror says of a commit or repo it does not have.
+
+    The Hub: 404 ``RevisionNotFound``/``RepoNotFound``; olah: 500 for an unknown commit sha and
+    401 ``RepoNotFound`` for an unknown branch or tag; a plain mirror: 404. Not a timeout, a
+    reset or a busy server (no answer, or one about something else).
+    """
+    if exc.status == 500 or exc.status == 404 and exc.code != "EntryNotFound":
+        return True
+    return exc.status == 401 and exc.code in ("RepoNotFound", "RevisionNotFound")
