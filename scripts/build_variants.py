@@ -737,6 +737,17 @@ def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     return given or DEFAULT_FLAVORS
 
 
+def _qualify(folders: Sequence[Path]) -> None:
+    """Every CPU plugin of every folder on every quant type, in children (scripts/qualify_variants.py)."""
+    import qualify_variants
+
+    records, failures = qualify_variants.qualify_and_record(folders)
+    for name, record in records.items():
+        print(qualify_variants.line(name, record))
+    if failures:
+        raise BuildVariantError("qualification refused:\n  " + "\n  ".join(failures))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
@@ -750,6 +761,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
+    parser.add_argument("--no-qualify", action="store_true",
+                        help="skip the qualification (every CPU plugin on every quant type: "
+                             "scripts/qualify_variants.py)")
     args = parser.parse_args(argv)
     default = args.all_default or not (args.npm or args.source_build or args.macos)
     try:
@@ -757,6 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
                                            *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
+        folders = []
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
             folder = (npm_variant(what, args.out) if kind == "npm"
@@ -767,6 +782,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 smoke_load(folder)
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
+            folders.append(folder)
+        if not args.no_qualify:
+            _qualify(folders)
     except BuildVariantError as exc:
         print(f"build_variants: error: {exc}", file=sys.stderr)
         return 1

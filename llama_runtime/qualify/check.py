@@ -192,3 +192,31 @@ def qualify_folders(folders: Sequence[Path], store: Store, *, qemu: bool = True)
         sibling = next((d for d in donors if metas[d.folder][0].get("llama_cpp") == meta.get("llama_cpp")), None)
         out[build.name] = qualify_folder(folder, store, sibling=sibling, qemu=qemu)
     return out
+
+
+def for_publish(cache_dir: Path | None) -> Any:
+    """The ``qualify`` callable of :func:`llama_runtime.publish.build_release`: records, or a
+    :class:`~llama_runtime.errors.QualificationError` naming every failure (nothing is uploaded)."""
+    from ..config import resolve
+    from ..errors import QualificationError
+
+    store = Store.in_cache(cache_dir if cache_dir is not None else resolve().cache_dir)
+
+    def qualify(folders: list[Path]) -> dict[str, dict[str, Any]]:
+        records = qualify_folders(folders, store)
+        for folder in folders:  # a variant this machine cannot run keeps the record of its build
+            earlier = read_build(folder)[0].get("qualification")
+            here = records[folder.name]
+            if here["status"] == NOT_HERE and not here["plugins"] and isinstance(earlier, dict):
+                records[folder.name] = {**earlier, "publish_machine": f"{NOT_HERE}: {here['why']}"}
+        refused = [r for r in records.values() if r.get("status") == REFUSED]
+        failures = [line for r in refused for line in r["failures"]]
+        if failures:
+            raise QualificationError(
+                f"{len(refused)} variant(s) failed their qualification on"
+                f" {host()['machine']} (each CPU plugin on its own, decoding the qualification model in"
+                f" {', '.join(TYPES)}); nothing was uploaded:\n  - " + "\n  - ".join(failures)
+                + "\nRebuild or fix those variants, or leave them out of the release folder, and publish again.")
+        return records
+
+    return qualify

@@ -43,14 +43,14 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def _weights(rng: random.Random, count: int, scale: float) -> array:
+def _weights(rng: random.Random, count: int, scale: float) -> array[float]:
     """``count`` float32 values, uniform in [-scale, scale), from 16 random bits each."""
     raw = array("H", rng.randbytes(2 * count))
     step = 2.0 * scale / 65536.0
     return array("f", [(v - 32768) * step for v in raw])
 
 
-def _tensors(seed: int) -> Iterator[tuple[str, tuple[int, ...], array]]:
+def _tensors(seed: int) -> Iterator[tuple[str, tuple[int, ...], array[float]]]:
     """(name, ggml shape (row length first), F32 data) of every tensor, in file order."""
     s = SHAPE
     e, f, v = s["n_embd"], s["n_ff"], s["n_vocab"]
@@ -76,18 +76,19 @@ def _str(text: str) -> bytes:
     return struct.pack("<Q", len(data)) + data
 
 
-def _kv(key: str, kind: int, value: object) -> bytes:
+def _kv(key: str, kind: int, value: str | float | bool) -> bytes:
     head = _str(key) + struct.pack("<I", kind)
     if kind == _STRING:
         return head + _str(str(value))
-    if kind == _ARRAY:
-        elem, items = value  # type: ignore[misc]
-        code = {_F32: "f", _I32: "i"}.get(elem, "")
-        body = (b"".join(_str(x) for x in items) if elem == _STRING
-                else struct.pack(f"<{len(items)}{code}", *items))
-        return head + struct.pack("<IQ", elem, len(items)) + body
-    fmt = {_U32: "<I", _F32: "<f", _BOOL: "<?"}[kind]
-    return head + struct.pack(fmt, value)
+    return head + struct.pack({_U32: "<I", _F32: "<f", _BOOL: "<?"}[kind], value)
+
+
+def _kv_array(key: str, elem: int, items: list[str] | list[float] | list[int]) -> bytes:
+    if elem == _STRING:
+        body = b"".join(_str(str(x)) for x in items)
+    else:
+        body = struct.pack(f"<{len(items)}{ {_F32: 'f', _I32: 'i'}[elem]}", *items)
+    return _str(key) + struct.pack("<IIQ", _ARRAY, elem, len(items)) + body
 
 
 def _metadata() -> list[bytes]:
@@ -105,9 +106,9 @@ def _metadata() -> list[bytes]:
             _kv("llama.rope.freq_base", _F32, 10000.0),
             _kv("llama.attention.layer_norm_rms_epsilon", _F32, 1e-5),
             _kv("tokenizer.ggml.model", _STRING, "llama"),
-            _kv("tokenizer.ggml.tokens", _ARRAY, (_STRING, tokens)),
-            _kv("tokenizer.ggml.scores", _ARRAY, (_F32, scores)),
-            _kv("tokenizer.ggml.token_type", _ARRAY, (_I32, types)),
+            _kv_array("tokenizer.ggml.tokens", _STRING, tokens),
+            _kv_array("tokenizer.ggml.scores", _F32, scores),
+            _kv_array("tokenizer.ggml.token_type", _I32, types),
             _kv("tokenizer.ggml.add_bos_token", _BOOL, True),
             _kv("tokenizer.ggml.add_eos_token", _BOOL, False)]
 
@@ -135,7 +136,7 @@ def write_base_model(path: Path, seed: int = SEED) -> Path:
     return path
 
 
-def _swapped(data: array) -> bytes:
+def _swapped(data: array[float]) -> bytes:
     copy = array("f", data)
     copy.byteswap()  # GGUF is little-endian
     return copy.tobytes()

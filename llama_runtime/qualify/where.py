@@ -41,7 +41,7 @@ class Run:
 
 
 def qemu_path() -> str | None:
-    return shutil.which(qemu_data()["emulator"])
+    return shutil.which(str(qemu_data()["emulator"]))
 
 
 def qemu_run(model: str, purpose: str, plugin: str | None) -> Run:
