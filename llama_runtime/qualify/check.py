@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .report import NOT_HERE, QUALIFIED, REFUSED, plugin_status, refusals
+from .report import NOT_HERE, QUALIFIED, REFUSED, describe_failure, plugin_status, refusals
 from .run import TYPES, Answer, Build, Store, ensure_models, place_key, run_plugin
 from .where import NATIVE, Run, builtin_runs, plugin_runs, qemu_path, runnable_here
 
@@ -85,28 +85,47 @@ def _plan(meta: Mapping[str, Any], build: Build, qemu: bool) -> tuple[dict[str, 
     return runs, not_here
 
 
-def _reference(build: Build, runs: Mapping[str, list[Run]], sibling: Build | None) -> tuple[Build, Run, str]:
+def _references(build: Build, runs: Mapping[str, list[Run]], sibling: Build | None) -> list[tuple[Build, Run, str]]:
+    """The reference, and the ones to fall back on, best first."""
     if X64 in runs:
-        return build, Run(X64, NATIVE, "reference"), f"{build.name}/{X64} (native)"
+        return [(build, Run(X64, NATIVE, "reference"), f"{build.name}/{X64} (native)")]
     if sibling is not None:
-        return sibling, Run(X64, NATIVE, "reference"), f"{sibling.name}/{X64} (native, another variant)"
-    first = next((r for rs in runs.values() for r in rs if r.where == NATIVE), None) or Run(None, NATIVE, "")
-    what = first.plugin or "its linked-in CPU code"
-    return build, first, f"{build.name}/{what} (native; no x64 plugin of this llama.cpp in reach)"
+        return [(sibling, Run(X64, NATIVE, "reference"), f"{sibling.name}/{X64} (native, another variant)")]
+    from ..plugins.rank import ggml_cpu, plugin_variant
+
+    order = list(ggml_cpu()["x86"]["variants"])  # least demanding first; plugins it does not know last
+    native = [r for rs in runs.values() for r in rs if r.where == NATIVE]
+    native.sort(key=lambda r: order.index(v) if (v := plugin_variant(r.plugin or "", "linux")) in order else len(order))
+    return [(build, r, f"{build.name}/{r.plugin or 'its CPU backend'} (native; no x64 plugin of this llama.cpp"
+                       " in reach)") for r in native]
+
+
+def _reference_run(build: Build, runs: Mapping[str, list[Run]], sibling: Build | None, models: Mapping[str, Path],
+                   store: Store) -> tuple[Answer, str, bool]:
+    """The first reference that decodes every type (else the last one's failure), and whether it
+    is one of the variant's own runs (whose failure its own entry then reports)."""
+    ref, what, own = Answer(setup={"error": "no CPU code of it runs natively here"}), "nothing", False
+    for ref_build, run, what in _references(build, runs, sibling):
+        ref = run_plugin(ref_build, run, models, force=None, place=place_key(run, host()["key"], None),
+                         store=store, run_child=_child, scan=build.backend_dl and run.plugin is None)
+        own = ref_build is build
+        if not ref.setup and not ref.failed:
+            break
+    return ref, what, own
 
 
 def _verdicts(answer: Answer, ref: Answer | None) -> dict[str, Any]:
     """``passed`` (types), ``failed`` (type -> why) and ``near_tie_flips`` (type -> steps)."""
     from .rule import Trace, judge
 
-    out: dict[str, Any] = {"passed": [], "failed": {}, "near_tie_flips": {}}
+    out: dict[str, Any] = {"passed": [], "failed": {}, "near_tie_flips": {}, "unjudged": []}
     for kind in TYPES:
         if kind in answer.failed:
-            out["failed"][kind] = answer.failed[kind]
+            out["failed"][kind] = describe_failure(answer.failed[kind])
         elif kind not in answer.traces:
             out["failed"][kind] = "not run: the child stopped before it"
         elif ref is None or kind not in ref.traces:
-            out["failed"][kind] = "not judged: the reference failed on this type"
+            out["unjudged"].append(kind)  # the reference failed on it: that is the refusal
         else:
             v = judge(Trace.parse(ref.traces[kind]), Trace.parse(answer.traces[kind]), kind)
             if v.ok:
@@ -134,13 +153,13 @@ def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, 
         return {**base, "status": REFUSED, "plugins": {}, "failures": [f"{build.name}: {problem}"]}
     use_qemu = qemu and qemu_path() is not None
     runs, not_here = _plan(meta, build, use_qemu)
-    ref_build, ref_run, ref_what = _reference(build, runs, sibling)
-    place = place_key(ref_run, h["key"], None)
-    ref = run_plugin(ref_build, ref_run, models, force=None, place=place, store=store, run_child=_child)
+    ref, ref_what, own = _reference_run(build, runs, sibling, models, store)
     force = {t: tr["ids"] for t, tr in ref.traces.items()}
     plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name),
                             scan=build.backend_dl and name == build.name) for name, rs in runs.items()}
-    failures = ([f"{build.name}: the reference {ref_what} {ref.setup}"] if ref.setup else [])
+    failures = [] if own else [f"{build.name}: the reference {ref_what} {why}" for why in
+                               ([describe_failure(ref.setup)] if ref.setup else
+                                [f"{describe_failure(f)} the {t} model" for t, f in ref.failed.items()])]
     failures += refusals(build.name, plugins)
     status = REFUSED if failures else QUALIFIED if any(e["status"] == QUALIFIED for e in plugins.values()) else NOT_HERE
     return {**base, "status": status, "reference": ref_what, "qemu": qemu_version() if use_qemu else None,
@@ -154,7 +173,8 @@ def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Map
     for r in runs:
         answer = run_plugin(build, r, models, force=force, place=place_key(r, h["key"], qemu_version()),
                             store=store, run_child=_child, scan=scan)
-        entry_runs[r.where] = {"purpose": r.purpose, "score": answer.score, "setup": answer.setup,
+        setup = describe_failure(answer.setup) if answer.setup else None
+        entry_runs[r.where] = {"purpose": r.purpose, "score": answer.score, "setup": setup,
                                "seconds": round(answer.seconds, 2), "cached": answer.cached,
                                **({} if answer.setup else _verdicts(answer, ref))}
     entry: dict[str, Any] = {"runs": entry_runs}

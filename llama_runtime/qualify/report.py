@@ -9,17 +9,23 @@ QUALIFIED, REFUSED, NOT_HERE = "qualified", "refused", "not qualified here"
 
 
 def _stage(stage: str | None, model_type: str | None) -> str:
-    return {"score": "when dlopened to be scored", "load": "when loaded (ggml_backend_load)",
-            "run": f"while decoding the {model_type} model", "quantize": f"while quantizing to {model_type}",
+    # "while decoding": the type is said by the caller, which groups the types a plugin failed alike
+    return {"score": "when dlopened to be scored", "load": "when loaded",
+            "run": "while decoding", "quantize": f"while quantizing to {model_type}",
             "choose": "while choosing a plugin"}.get(stage or "", "while starting")
 
 
-def describe_failure(out: Any) -> str:
-    """A child's :class:`~llama_runtime.plugins.trial.Outcome` that is not ok, in words."""
-    where = _stage(out.stage, out.model_type)
-    if out.crash:
-        return f"crashed with {out.crash} {where}"
-    return f"failed {where}: {out.error}"
+def failure_facts(out: Any) -> dict[str, Any]:
+    """What a child's :class:`~llama_runtime.plugins.trial.Outcome` that is not ok found (kept in
+    the cache; the words are made from it each time, so rewording needs no new cache)."""
+    return {"crash": out.crash, "error": out.error, "stage": out.stage, "type": out.model_type}
+
+
+def describe_failure(facts: Mapping[str, Any]) -> str:
+    where = _stage(facts.get("stage"), facts.get("type"))
+    if facts.get("crash"):
+        return f"crashed with {facts['crash']} {where}"
+    return f"failed {where}: {facts.get('error')}"
 
 
 def refusals(variant: str, plugins: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -27,11 +33,15 @@ def refusals(variant: str, plugins: Mapping[str, Mapping[str, Any]]) -> list[str
     lines = []
     for file, entry in sorted(plugins.items()):
         for where, run in sorted((entry.get("runs") or {}).items()):
-            head = f"{variant}: CPU plugin {file} ({where})"
+            head = f"{variant}: {'its CPU backend' if file == variant else f'CPU plugin {file}'} ({where})"
             if run.get("setup"):
                 lines.append(f"{head} {run['setup']}")
                 continue
-            lines += [f"{head} on the {kind} model: {why}" for kind, why in (run.get("failed") or {}).items()]
+            alike: dict[str, list[str]] = {}
+            for kind, why in (run.get("failed") or {}).items():
+                alike.setdefault(str(why), []).append(kind)
+            lines += [f"{head} on the {', '.join(kinds)} model{'s' if len(kinds) > 1 else ''}: {why}"
+                      for why, kinds in alike.items()]
     return lines
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from .where import NATIVE, Run
 
-RECIPE = 1  # bump when what a child is asked, or how an answer is read, changes
+RECIPE = 2  # bump when what a child is asked, or how an answer is read, changes
 TYPES = ("F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_1", "Q4_0", "IQ4_NL")
 N_THREADS = 1  # OpenMP's spinning barriers on a busy 2-core machine cost 15x; the kernels are the same
 NATIVE_TIMEOUT_S, QEMU_TIMEOUT_S = 120.0, 600.0
@@ -98,8 +98,8 @@ class Answer:
     """What the children of one run found: per type a trace, or a failure in words."""
 
     traces: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)  # type -> crash or error
-    setup: str | None = None  # a failure before any model ran (scoring, loading): the whole run
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)  # type -> report.failure_facts
+    setup: dict[str, Any] | None = None  # a failure before any model ran (scoring, loading): the whole run
     score: int | None = None
     seconds: float = 0.0
     cached: bool = False
@@ -127,9 +127,9 @@ def ensure_models(build: Build, store: Store, run_child: Any) -> tuple[dict[str,
                "quantize": [[t, str(tmp / f"{t}.gguf")] for t in TYPES]}
         out = run_child(job, (), NATIVE_TIMEOUT_S)
         if not out.ok:
-            from .report import describe_failure
+            from .report import describe_failure, failure_facts
 
-            return {}, f"its own llama_model_quantize {describe_failure(out)}"
+            return {}, f"its own llama_model_quantize {describe_failure(failure_facts(out))}"
         base.unlink()
         if folder.exists():  # another process finished first: theirs is as good
             shutil.rmtree(tmp)
@@ -169,7 +169,7 @@ def run_plugin(build: Build, run: Run, models: Mapping[str, Path], *, force: Map
 
 
 def _children(job: dict[str, Any], run: Run, models: Mapping[str, Path], run_child: Any) -> tuple[Answer, bool]:
-    from .report import describe_failure
+    from .report import failure_facts
 
     answer, start, left = Answer(), time.monotonic(), list(models)
     timeout = NATIVE_TIMEOUT_S if run.where == NATIVE else QEMU_TIMEOUT_S
@@ -182,10 +182,10 @@ def _children(job: dict[str, Any], run: Run, models: Mapping[str, Path], run_chi
         if out.ok:
             break
         if out.stage == "run" and out.model_type in left:  # this type failed: go on with the rest
-            answer.failed[out.model_type] = describe_failure(out)
+            answer.failed[out.model_type] = failure_facts(out)
             left = left[left.index(out.model_type) + 1:]
             continue
-        answer.setup = describe_failure(out)  # scoring or loading failed: no type can run
+        answer.setup = failure_facts(out)  # scoring or loading failed: no type can run
         break
     answer.seconds = time.monotonic() - start
     return answer, timed_out
