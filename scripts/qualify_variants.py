@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,20 @@ def qualify_and_record(folders: Sequence[Path], env: Mapping[str, str] | None = 
     store = Store.in_cache(resolve(environ=dict(env if env is not None else os.environ)).cache_dir)
     records = qualify_folders(list(folders), store, qemu=qemu)
     for folder in folders:
-        path = folder / "variant.json"
-        data = json.loads(path.read_text())
-        data["qualification"] = records[folder.name]
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_record(folder / "variant.json", records[folder.name])
     return records, [line for r in records.values() for line in r["failures"]]
+
+
+def write_record(path: Path, record: Mapping[str, Any]) -> None:
+    """Put ``record`` into the variant.json at ``path``: atomically (tests of other processes
+    read these folders), and not at all when it is already there (the record is deterministic)."""
+    data = json.loads(path.read_text())
+    if data.get("qualification") == record:
+        return
+    data["qualification"] = record
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def line(name: str, record: Mapping[str, Any]) -> str:
@@ -48,10 +58,8 @@ def line(name: str, record: Mapping[str, Any]) -> str:
     where = {w for e in plugins.values() for w in e.get("runs", {})}
     places = " + ".join([*(["native"] if "native" in where else []),
                          *([f"{len(where - {'native'})} qemu model(s)"] if where - {"native"} else [])])
-    cached = all(r.get("cached") for e in plugins.values() for r in e.get("runs", {}).values())
     tail = record.get("why") or f"{done}/{len(plugins)} CPU code(s) qualified ({places or 'nothing ran'})"
-    return (f"  qualification {name:24} {record['status']:18} {tail}"
-            f" ({record.get('seconds', 0):.1f} s{', cached' if cached and plugins else ''})")
+    return f"  qualification {name:24} {record['status']:18} {tail}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,9 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-qemu", action="store_true", help="native runs only")
     args = parser.parse_args(argv)
     folders = sorted(p for p in args.out.iterdir() if (p / "variant.json").is_file())
+    start = time.monotonic()
     records, failures = qualify_and_record(folders, qemu=not args.no_qemu)
     for name, record in records.items():
         print(line(name, record))
+    print(f"  qualification took {time.monotonic() - start:.1f} s")
     for failure in failures:
         print(f"qualify_variants: refused: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -140,11 +139,11 @@ def _verdicts(answer: Answer, ref: Answer | None) -> dict[str, Any]:
 def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, qemu: bool = True) -> dict[str, Any]:
     """The ``qualification`` record of one variant folder (``status``: qualified, refused or
     not qualified here; ``failures``: the refusal lines)."""
-    start = time.monotonic()
     meta, build = read_build(folder)
     h = host()
-    base = {"schema": SCHEMA, "machine": h["machine"], "created": time.strftime("%Y-%m-%d"),
-            "types": list(TYPES), "rule": _rule()}
+    # nothing volatile (no dates, no timings): the same files give the same record, so the same
+    # release publishes to the same bytes and re-publishing it stays a no-op
+    base = {"schema": SCHEMA, "machine": h["machine"], "types": list(TYPES), "rule": _rule()}
     why = runnable_here(meta, h["os"], h["arch"], h["glibc"])
     if why:
         return {**base, "status": NOT_HERE, "why": why, "plugins": {}, "failures": []}
@@ -163,8 +162,7 @@ def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, 
     failures += refusals(build.name, plugins)
     status = REFUSED if failures else QUALIFIED if any(e["status"] == QUALIFIED for e in plugins.values()) else NOT_HERE
     return {**base, "status": status, "reference": ref_what, "qemu": qemu_version() if use_qemu else None,
-            "plugins": plugins, "failures": failures, "gpu_plugins": _gpu(meta),
-            "seconds": round(time.monotonic() - start, 1)}
+            "plugins": plugins, "failures": failures, "gpu_plugins": _gpu(meta)}
 
 
 def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Mapping[str, Sequence[int]],
@@ -175,7 +173,6 @@ def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Map
                             store=store, run_child=_child, scan=scan)
         setup = describe_failure(answer.setup) if answer.setup else None
         entry_runs[r.where] = {"purpose": r.purpose, "score": answer.score, "setup": setup,
-                               "seconds": round(answer.seconds, 2), "cached": answer.cached,
                                **({} if answer.setup else _verdicts(answer, ref))}
     entry: dict[str, Any] = {"runs": entry_runs}
     entry["status"] = plugin_status(entry)

@@ -63,7 +63,7 @@ def summary(record: Mapping[str, Any] | None) -> str:
     plugins = record.get("plugins") or {}
     done = sorted(f for f, e in plugins.items() if e.get("status") == QUALIFIED)
     missing = {f: e.get("why") for f, e in plugins.items() if e.get("status") == NOT_HERE}
-    text = (f"{status} on {record.get('machine')} ({record.get('created')}): {len(done)} of"
+    text = (f"{status} on {record.get('machine')}: {len(done)} of"
             f" {len(plugins)} CPU code(s) ran every type ({', '.join(record.get('types') or [])})"
             f" against {record.get('reference')}")
     if missing:
