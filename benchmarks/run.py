@@ -26,6 +26,8 @@ sys.path.insert(0, str(HERE))
 from common import Row, load  # noqa: E402
 
 ALL = ("B2", "B3", "B4", "B5", "B6", "B7", "B8")  # B1-ours is measured by B2's install
+# only when asked: B2 for captured CUDA machines packs ~2 GB of CUDA archives (b2_cuda.py)
+EXTRA = ("B2C",)
 
 
 def cpu_model() -> str:
@@ -58,7 +60,7 @@ def table(rows: list[Row]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL)
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL + EXTRA)
                     + " (B1: measure the cached llama-cpp-python build baseline again, then B2)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
@@ -109,6 +111,8 @@ def main() -> int:
         step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5))
         step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
         step("B2", lambda: b2_install.run(rel, model_small, b1_baseline.baseline(remeasure="B1" in only)))
+        import b2_cuda
+        step("B2C", lambda: b2_cuda.run(work))
 
     load_after = load()
     text = table(rows)

@@ -16,11 +16,17 @@ Two sources:
     (14 x86 plugins, ggml picks the best at run time), OpenMP with libgomp bundled (RUNPATH
     $ORIGIN on every library and plugin), x86-64 baseline, ``priority`` 30 so selection prefers
     it. Cold: ~600 CPU-s (about 5 min on 2 idle cores).
-  - ``omp-lite``: the same variant with only the haswell, skylakex and sapphirerapids plugins
-    (so it needs x86-64-v3): the development stand-in, ~220 CPU-s cold. ``v3``: AVX2, one CPU
-    backend linked in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread pool
-    (measurements).
-    ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net.
+  - ``omp-lite``: the same variant with only the haswell, skylakex, zen4 and sapphirerapids
+    plugins (so it needs x86-64-v3): the development stand-in, ~270 CPU-s cold. ``v3``: AVX2,
+    one CPU backend linked in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread
+    pool (measurements).
+    ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net. ``amx-unpatched``:
+    the sapphirerapids plugin alone from the unpatched source (tests/test_amx.py's reference).
+
+Every flavor but ``amx-unpatched`` is built from the vendored source with ``scripts/patches/``
+applied (``source_patches.py``: a patched copy per patch set; the patches are part of the build
+key). A patched build whose sapphirerapids plugin does not provably load ggml's AMX tile
+configuration (``amx_tilecfg.py``, issue 14) is refused.
 
 Usage: ``python scripts/build_variants.py OUT [--npm PKG@VER ...] [--source-build FLAVOR ...]``
 (no source flags: ``linux-x86_64-cpu`` (npm) plus the flavors of ``LLAMA_RUNTIME_DEV_FLAVORS``,
@@ -93,6 +99,8 @@ class Flavor:
     ``cpu_variants`` (backend_dl flavors only): the ``ggml-cpu-<tag>`` plugins to build, as CMake
     targets of ``GGML_CPU_ALL_VARIANTS``; ``None`` builds all of them. ``priority`` goes to
     ``variant.json`` (added to the selection score, see llama_runtime/variants/select.py).
+    ``patched``: built from the source with ``scripts/patches/*.patch`` applied (every flavor but
+    the unpatched reference the AMX regression test compares with).
     """
 
     name: str
@@ -104,6 +112,7 @@ class Flavor:
     cpu_variants: tuple[str, ...] | None = None
     priority: int | None = None
     summary: str = ""
+    patched: bool = True
 
     def build_steps(self) -> tuple[tuple[str, ...], ...]:
         """``cmake --build --target`` lists, one build per list (``((),)``: build everything).
@@ -134,12 +143,16 @@ X86_PLUGIN_NEEDS: Mapping[str, tuple[int, tuple[str, ...]]] = {
     "x64": (1, ()), "sse42": (2, ()), "sandybridge": (2, ("avx",)),
     "ivybridge": (2, ("avx", "f16c")), "piledriver": (2, ("avx", "f16c", "fma")),
     "haswell": (3, V3_FEATURES),
+    # only as the sole plugin of the unpatched AMX reference build (tests/test_amx.py)
+    "sapphirerapids": (4, (*V3_FEATURES, "avx512f", "avx512bw", "avx512vl", "avx512vbmi",
+                           "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")),
 }
-# The ones that matter for speed on machines that can run v3 (AVX2, AVX-512, and Sapphire
-# Rapids, whose plugin is 1.18x skylakex's on an f16 prompt here): the development stand-in of
-# the release build, about a third of its cold build time. Without x64 it needs what haswell
-# needs (x86-64-v3), so it does not hide the npm variant on older CPUs.
-LITE_X86_CPU_VARIANTS = ("haswell", "skylakex", "sapphirerapids")
+# The ones that matter for speed on machines that can run v3 (AVX2, AVX-512, AMD Zen 4/5, and
+# Sapphire Rapids): the development stand-in of the release build, so that ggml picks the same
+# plugin as the release (and npm) build on Intel and AMD machines alike; about 40 % of its cold
+# build time. Without x64 it needs what haswell needs (x86-64-v3), so it does not hide the npm
+# variant on older CPUs. See benchmarks/NOTES.md (issue 14) for the measurements.
+LITE_X86_CPU_VARIANTS = ("haswell", "skylakex", "zen4", "sapphirerapids")
 
 FLAVORS: Mapping[str, Flavor] = {
     "v3": Flavor(
@@ -157,12 +170,20 @@ FLAVORS: Mapping[str, Flavor] = {
         openmp=True, backend_dl=True, priority=30,
         summary="GGML_BACKEND_DL with all 14 x86 CPU plugins (ggml picks one at run time), "
                 "OpenMP"),
-    # Same variant name and flags, 2 plugins built: the development stand-in (tests, demo).
+    # Same variant name and flags, 4 plugins built: the development stand-in (tests, demo).
     "omp-lite": Flavor(
         name="linux-x86_64-cpu-omp", cmake=DL_CMAKE, x86_64_level=3, cpu_features=V3_FEATURES,
         openmp=True, backend_dl=True, cpu_variants=LITE_X86_CPU_VARIANTS, priority=30,
-        summary="GGML_BACKEND_DL with the haswell/skylakex/sapphirerapids CPU plugins only "
+        summary="GGML_BACKEND_DL with the haswell/skylakex/zen4/sapphirerapids CPU plugins only "
                 "(ggml picks one at run time), OpenMP"),
+    # The sapphirerapids plugin alone, from the UNPATCHED source: what issue 14's SIGILL came from,
+    # kept (cached like the others) so tests/test_amx.py proves its check catches the defect.
+    "amx-unpatched": Flavor(
+        name="linux-x86_64-cpu-amx-unpatched", cmake=DL_CMAKE, x86_64_level=4,
+        cpu_features=X86_PLUGIN_NEEDS["sapphirerapids"][1], openmp=True, backend_dl=True,
+        cpu_variants=("sapphirerapids",), priority=-100, patched=False,
+        summary="UNPATCHED reference: the sapphirerapids plugin as llama.cpp's source builds it "
+                "with GCC 12 (AMX tile config dropped, SIGILL on AMX CPUs); never publish it"),
     # The safety net: x86-64 baseline (SSE2), nothing the oldest 64-bit CPU lacks.
     "portable": Flavor(
         name="linux-x86_64-cpu-portable",
@@ -437,25 +458,21 @@ def _npm_gpu_facts(staged: Path, gpu: str, plugins: Sequence[str]) -> dict[str, 
     facts["python_requires"] = sorted({BACKEND_EXTERNAL[n] for n in needed
                                        if BACKEND_EXTERNAL.get(n)})
     if gpu == "cuda":
-        major = int(next(n for n in needed if n.startswith("libcudart.so.")).rsplit(".", 1)[1])
-        archs = cuda_architectures(plugin)
-        lowest = min(arch for _, arch in archs)  # PTX of the lowest arch JITs on newer GPUs
-        facts |= {"suffix": f"cuda{major}", "extra": {
-                      "cuda_runtime": str(major),
-                      "min_driver_version": CUDA_MIN_DRIVER[major],
-                      "cuda_architectures": [f"{'compute' if k == 'ptx' else 'sm'}_{a}"
-                                             for k, a in archs]},
-                  # requires.cuda_driver is the CUDA version the *driver* must support
-                  "cuda_driver": f"{major}.0",
-                  "compute_capability": f"{lowest // 10}.{lowest % 10}"}
+        import npm_cuda  # the CUDA facts (fatbin targets, PTX toolkit, wheels) live there
+
+        facts |= npm_cuda.cuda_facts(plugin)
     return facts
 
 
 def npm_variant(package_spec: str, out_dir: Path, *, cache: Path | None = None) -> Path:
     """Turn one node-llama-cpp prebuilt npm package into ``out_dir/<variant-name>/``."""
     cache = cache or cache_root(os.environ)
-    tgz = npm_pack(package_spec, cache)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if "-cuda-ext@" in package_spec:  # a CUDA 12 plugin for the CUDA package's other files
+        import npm_cuda
+
+        return npm_cuda.cuda_ext_variant(package_spec, out_dir, cache)
+    tgz = npm_pack(package_spec, cache)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".npm-") as tmp:
         bins = _unpack_npm_bins(tgz, Path(tmp))
         meta = json.loads((bins / "_nlcBuildMetadata.json").read_text())["buildOptions"]
@@ -596,11 +613,13 @@ def _patchelf() -> str:
     return found
 
 
-def build_key(sdist_sha256: str, flags: Sequence[str]) -> str:
-    """Cache key of one build: the source, the flags, the compiler and this recipe."""
+def build_key(sdist_sha256: str, flags: Sequence[str], patches: str = "") -> str:
+    """Cache key of one build: the source, its patches (``patches_digest``), the flags, the
+    compiler and this recipe."""
     compiler = _run([_tool("c++", "install a C++ compiler (apt-get install g++)"), "--version"],
                     "c++ --version").splitlines()[0]
-    blob = json.dumps([RECIPE, sdist_sha256, list(flags), compiler])
+    blob = json.dumps([RECIPE, sdist_sha256, list(flags), compiler,
+                       *([patches] if patches else [])])  # no patches: the key it always had
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -656,9 +675,43 @@ def _check_plugin_needs(flavor: Flavor, plugins: Sequence[str]) -> None:
                                 f"{needs}, the flavor declares {declared}")
 
 
+def _patches(flavor: Flavor) -> tuple[Path, ...]:
+    """The patches a flavor's source gets (scripts/source_patches.py, beside this script)."""
+    import source_patches
+
+    return source_patches.patch_set() if flavor.patched else ()
+
+
+def _source_tree(sdist: Path, sha: str, cache: Path, patches: Sequence[Path]) -> Path:
+    """The vendored llama.cpp to build: the pristine extraction, or a patched copy of it."""
+    if not patches:
+        return _extract_vendor(sdist, cache / "src" / sha[:16])
+    import source_patches
+
+    relative = f"{sdist.name.removesuffix('.tar.gz')}/{VENDOR_DIR}"
+    try:
+        return source_patches.patched_tree(lambda into: _extract_vendor(sdist, into),
+                                           cache / "src", sha[:16], relative, patches)
+    except RuntimeError as exc:
+        raise BuildVariantError(str(exc)) from exc
+
+
+def check_amx_plugins(folder: Path, source: Path) -> list[str]:
+    """Defects of the AMX tile configuration in ``folder``'s sapphirerapids plugin (issue 14)."""
+    import amx_tilecfg
+
+    mmq = source / "ggml" / "src" / "ggml-cpu" / "amx" / "mmq.cpp"
+    intended = amx_tilecfg.intended_config(mmq.read_text())
+    found: list[str] = []
+    for plugin in sorted(folder.glob("libggml-cpu-sapphirerapids*.so")):
+        found += amx_tilecfg.defects(amx_tilecfg.check_plugin(plugin, mmq), intended, plugin.name)
+    return found
+
+
 def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: int) -> Path:
     sha = _sha256(sdist)
-    source = _extract_vendor(sdist, cache / "src" / sha[:16])
+    patches = _patches(flavor)
+    source = _source_tree(sdist, sha, cache, patches)
     flags = (*BASE_CMAKE, *flavor.cmake)
     started = time.monotonic()
     bin_dir = _cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
@@ -671,6 +724,11 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
     libs = _library_facts(staged, bundled)
     if flavor.backend_dl:
         _check_plugin_needs(flavor, libs["plugins"])
+    amx = check_amx_plugins(staged, source) if flavor.patched else []
+    if amx:  # a patched build that still loads a wrong tile config would SIGILL on AMX CPUs
+        shutil.rmtree(staged)
+        raise BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
+                                + "\n".join(amx))
     extra: dict[str, Any] = {} if flavor.priority is None else {"priority": flavor.priority}
     write_variant_json(
         staged, os="linux", arch="x86_64", backend="cpu",
@@ -682,10 +740,12 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
         llama_cpp=_llama_version(source),
         source=f"source build of {VENDOR_DIR} from the {SDIST_REQUIREMENT} sdist "
                f"(sha256 {sha}); cmake {' '.join(flags)}"
-               + (f"; CPU plugins {' '.join(flavor.cpu_variants)}" if flavor.cpu_variants else ""),
+               + (f"; CPU plugins {' '.join(flavor.cpu_variants)}" if flavor.cpu_variants else "")
+               + (f"; patches {' '.join(p.name for p in patches)}" if patches else
+                  "; NO source patches"),
         description=f"llama.cpp CPU for x86-64-v{flavor.x86_64_level} Linux: {flavor.summary}"
                     + (" (libgomp bundled)" if flavor.openmp else ""),
-        cache_key=key, **extra)
+        cache_key=key, source_patches=[p.name for p in patches], **extra)
     (cache / "cmake" / key / "build-seconds").write_text(f"{seconds:.1f}\n")
     return _replace_dir(staged, final)
 
@@ -698,7 +758,10 @@ def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
     spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
     sdist = ensure_sdist(cache)
     steps = [t for step in spec.build_steps() for t in step]
-    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake, *steps))
+    import source_patches
+
+    key = build_key(_sha256(sdist), (*BASE_CMAKE, *spec.cmake, *steps),
+                    source_patches.patches_digest(_patches(spec)))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(spec, sdist, key, cache, jobs)
@@ -772,6 +835,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
+    parser.add_argument("--cuda-targets", action="store_true",
+                        help="also cut each CUDA variant into one variant per GPU target")
     parser.add_argument("--no-qualify", action="store_true",
                         help="skip the qualification (every CPU plugin on every quant type: "
                              "scripts/qualify_variants.py)")
@@ -794,6 +859,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
             folders.append(folder)
+            if args.cuda_targets and (folder / "libggml-cuda.so").is_file():
+                import npm_cuda
+
+                for one in npm_cuda.target_variants(folder, args.out):
+                    print(f"{one.name:24} cut  {folder.name:40} {_folder_size(one) / 2**20:7.1f} MiB")
+                    folders.append(one)
         if not args.no_qualify:
             _qualify(folders)
     except BuildVariantError as exc:
@@ -803,4 +874,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # npm_cuda imports this module by name: let it find this run's copy, not a second one
+    sys.modules.setdefault("build_variants", sys.modules[__name__])
     sys.exit(main())

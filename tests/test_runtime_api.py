@@ -93,22 +93,28 @@ def test_cache_verify_and_prune(release: Release, tmp_path: Path) -> None:
     assert not (cache / "0.1.0" / "linux-x86_64-cpu-omp").exists()
 
 
-def test_model_from_hub_then_offline_without_sockets(release: Release, tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("model", ["tiny_model", "smollm2_gguf"], ids=["tiny-f32", "smollm2-q4_1"])
+def test_model_from_hub_then_offline_without_sockets(release: Release, tmp_path: Path, model: str,
+                                                     request: pytest.FixtureRequest) -> None:
     from huggingface_hub import HfApi
 
+    path, repo = request.getfixturevalue(model), f"tests/{model.replace('_', '-')}"
     api = HfApi(endpoint=release.hub.url, token=False)
-    api.create_repo("tests/tiny-llama", exist_ok=True)
-    api.upload_file(path_or_fileobj=str(tiny_model), path_in_repo="tiny.gguf", repo_id="tests/tiny-llama")
+    api.create_repo(repo, exist_ok=True)
+    api.upload_file(path_or_fileobj=str(path), path_in_repo="model.gguf", repo_id=repo)
     env = release.env(tmp_path / "cache", HF_HOME=str(tmp_path / "hf"))
-    code = """
-        llm = l.Llama.from_pretrained("tests/tiny-llama", "tiny.gguf", n_threads=1)
-        print(json.dumps({"text": llm.generate("Hello", max_tokens=8, temperature=0)}))
+    code = f"""
+        llm = l.Llama.from_pretrained({repo!r}, "model.gguf", n_threads=1)
+        print(json.dumps({{"text": llm.generate("The capital of France is", max_tokens=8,
+                                                temperature=0)}}))
     """
     online = _py(release, env, code)
     assert online["text"]
+    if model == "smollm2_gguf":  # a real model, downloaded from the hub, answers
+        assert "Paris" in online["text"], online
     offline_env = _guarded(release, {**env, "LLAMA_RUNTIME_OFFLINE": "1"}, tmp_path)
     assert _py(release, offline_env, code) == online  # model and library from the caches, no socket
-    cli = run_source_cli(release, offline_env, "generate", "tests/tiny-llama:tiny.gguf", "Hello", "-n", "8",
+    cli = run_source_cli(release, offline_env, "generate", f"{repo}:model.gguf", "Hello", "-n", "8",
                          "--temp", "0")
     assert cli.returncode == 0, cli.stderr
 

@@ -187,16 +187,20 @@ print(json.dumps(llama_runtime.Llama(sys.argv[1]).generate("Hello", max_tokens=8
 """
 
 
+@pytest.mark.parametrize("model", ["tiny_model", "smollm2_gguf"], ids=["tiny-f32", "smollm2-q4_1"])
 def test_generation_is_deterministic_across_processes_and_cli(release: Release, populated,
-                                                             tiny_model: Path) -> None:
+                                                             model: str,
+                                                             request: pytest.FixtureRequest) -> None:
+    # the variant the chain downloads for this machine, on the toy model and on a quantized one
+    path = request.getfixturevalue(model)
     env = release.env(populated[0])
     texts = []
     for _ in range(2):
-        proc = _run(release, env, "-c", GENERATE, str(tiny_model))
+        proc = _run(release, env, "-c", GENERATE, str(path))
         assert proc.returncode == 0, proc.stderr[-3000:]
         texts.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert texts[0].strip() and texts[0] == texts[1]
-    cli = _cli(release, env, "generate", str(tiny_model), "Hello", "-n", "8", "--temp", "0")
+    cli = _cli(release, env, "generate", str(path), "Hello", "-n", "8", "--temp", "0")
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert cli.stdout == texts[0] + "\n"
 

@@ -20,7 +20,7 @@ from .apple import cpu_from_sysctl, merge_cpu, parse_apple, parse_sysctl
 from .cpu import ggml_features, normalize_arch, parse_cpuinfo, usable_flags, x86_64_level
 from .gpu import parse_nvidia_proc_version
 from .libc import parse_glibc_version, parse_musl_version
-from .nvidia import parse_smi_csv, parse_smi_header, parse_sys_module_version
+from .nvidia import cuda_from_driver, parse_smi_csv, parse_smi_header, parse_sys_module_version
 from .profile import MachineProfile
 from .rocm import parse_kfd_properties, parse_rocminfo
 from .vulkan import parse_vulkaninfo_summary
@@ -75,9 +75,13 @@ def _nvidia(data: dict[str, Any]) -> dict[str, Any]:
     gpus = parse_smi_csv(data.get("nvidia_smi", ""))
     driver = driver or header["driver"] or (gpus[0]["driver"] if gpus else None)
     found = bool(driver or header["cuda_driver"])
-    return {"driver": driver, "cuda_driver": header["cuda_driver"],
+    cuda, source = header["cuda_driver"], "nvidia-smi" if found else None
+    if driver and cuda is None:  # as the live probe does when libcuda and nvidia-smi are silent
+        cuda = cuda_from_driver(driver)
+        source = "driver version table" if cuda else source
+    return {"driver": driver, "cuda_driver": cuda,
             "gpus": [{k: g[k] for k in ("name", "compute_capability", "memory_mib")} for g in gpus],
-            "error": None if found else "none in the captured output", "source": "nvidia-smi" if found else None}
+            "error": None if found else "none in the captured output", "source": source}
 
 
 def _rocm(data: dict[str, Any]) -> dict[str, Any]:

@@ -74,11 +74,22 @@ class Selection:
         others = [x.name for x in self.candidates if x.name != name]
         return f"{name} (score {c.score:g}): {'; '.join(c.reasons)}; other candidates: {', '.join(others) or 'none'}"
 
+    def _refusal_lines(self) -> list[str]:
+        """One line per candidate; a one-target copy of a CUDA build (``<name>-sm86``) refused
+        for its build's own first reason points at that build instead of repeating it."""
+        lines = []
+        for c in self.candidates:
+            parent = next((p for p in self.candidates if c.name.startswith(f"{p.name}-")
+                           and not p.compatible and c.reasons[:1] == p.reasons[:1]), None)
+            why = f"refused as {parent.name} is (a one-target copy of it)" if parent else "; ".join(c.reasons)
+            lines.append(f"  - {c.name}: {why}")
+        return lines
+
     def require(self) -> str:
         """The selected variant's name, or an error listing every candidate and why it was refused."""
         if self.selected is not None:
             return self.selected
-        lines = [f"  - {c.name}: {'; '.join(c.reasons)}" for c in self.candidates]
+        lines = self._refusal_lines()
         raise NoCompatibleVariantError(
             f"no variant fits this machine for LLAMA_BACKEND={self.backend}:\n" + "\n".join(lines)
             + "\nChoose another backend (LLAMA_BACKEND), name a variant (LLAMA_RUNTIME_VARIANT),"
@@ -183,16 +194,30 @@ def _check_cuda(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[
     elif have is None:
         problems.append("no NVIDIA driver detected" + why)
     elif need and _version(have) < _version(need):
-        problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports CUDA {have}")
-    declared = v.requires.get("compute_capability")
-    gpus = [g for g in nv.get("gpus") or [] if g.get("compute_capability")]
-    if declared and gpus and not any(cc_supported(g["compute_capability"], declared) for g in gpus):
-        found = ", ".join(f"{g.get('name')} has {g['compute_capability']}" for g in gpus)
-        problems.append(f"built for {_cc_words(declared)}; {found}")
+        floor = v.extra.get("min_driver_version")
+        problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports"
+                        f" CUDA {have} (upgrade the NVIDIA driver"
+                        + (f" to {floor} or newer" if floor else "") + ", or use another backend)")
+    if v.extra.get("cuda_architectures"):
+        from .cuda import check_targets
+
+        problems += check_targets(v, nv)[0]
+    else:
+        problems += _check_declared_cc(v, nv)
     major = request.get("cuda_major")
     if major and need and _version(need)[0] != major:
         problems.append(f"built for CUDA {need}, not CUDA {major}")
     return problems
+
+
+def _check_declared_cc(v: Variant, nv: dict[str, Any]) -> list[str]:
+    """Manifests without ``cuda_architectures``: the declared compute capability only."""
+    declared = v.requires.get("compute_capability")
+    gpus = [g for g in nv.get("gpus") or [] if g.get("compute_capability")]
+    if declared and gpus and not any(cc_supported(g["compute_capability"], declared) for g in gpus):
+        found = ", ".join(f"{g.get('name')} has {g['compute_capability']}" for g in gpus)
+        return [f"built for {_cc_words(declared)}; {found}"]
+    return []
 
 
 def _check_rocm(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
@@ -265,6 +290,10 @@ def _score(v: Variant, p: MachineProfile | None = None) -> float:
         # the newest CUDA a known driver allows; with no driver seen (a build stage), the oldest
         major = _version(v.requires["cuda_driver"])[0] / 100
         rank += major if p is not None and (p.nvidia or {}).get("cuda_driver") else -major
+        if p is not None:
+            from .cuda import preference
+
+            rank += preference(v, p.nvidia or {}) / 10
     return float(rank * 100 + level * 10 + len(v.requires.get("cpu_features") or ())
                  + float(v.extra.get("priority", 0)))
 
@@ -308,6 +337,12 @@ def _fit_reason(v: Variant, p: MachineProfile) -> str:
 def _gpu_fit(v: Variant, p: MachineProfile) -> list[str]:
     if v.backend == "cuda" and (p.nvidia or {}).get("cuda_driver"):
         gpus = [f"{g.get('name')} (cc {g.get('compute_capability')})" for g in p.nvidia.get("gpus") or []]
+        if v.extra.get("cuda_architectures"):
+            from .cuda import check_targets
+
+            seen = [g for g in p.nvidia.get("gpus") or [] if g.get("compute_capability")]
+            gpus = [f"{g.get('name')} (cc {g['compute_capability']}) {f.words}"
+                    for g, f in zip(seen, check_targets(v, p.nvidia)[1])]
         return [f"driver {p.nvidia.get('driver')} supports CUDA {p.nvidia['cuda_driver']}"] + gpus
     if v.backend == "rocm":
         return [f"AMD {g.get('name') or 'GPU'} {g.get('gfx')}" for g in (p.rocm or {}).get("gpus") or []]
