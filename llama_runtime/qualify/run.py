@@ -102,7 +102,6 @@ class Answer:
     setup: dict[str, Any] | None = None  # a failure before any model ran (scoring, loading): the whole run
     score: int | None = None
     seconds: float = 0.0
-    cached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"traces": self.traces, "failed": self.failed, "setup": self.setup, "score": self.score,
@@ -156,7 +155,7 @@ def run_plugin(build: Build, run: Run, models: Mapping[str, Path], *, force: Map
                list(PROMPT), _n_gen(), N_THREADS, force or {}, scan)
     cached = store.get(key)
     if cached is not None:
-        return Answer(**{k: cached[k] for k in ("traces", "failed", "setup", "score")}, cached=True)
+        return Answer(**{k: cached[k] for k in ("traces", "failed", "setup", "score")})
     job: dict[str, Any] = {"libraries": [str(build.folder / n) for n in build.libraries],
                            "folder": str(build.folder) if run.plugin else None, "plugin": run.plugin,
                            "plugins": [], "backend_dir": str(build.folder) if scan else None,
