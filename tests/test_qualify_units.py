@@ -209,3 +209,24 @@ def test_summary_for_doctor() -> None:
     text = summary(record)
     assert text.startswith("qualified on AMD EPYC (x86-64-v4, linux): 1 of 2 CPU code(s) ran every type (F16, Q4_0)")
     assert "not qualified here: b.so (needs AMX)" in text
+
+
+def test_publish_keeps_the_build_record_of_a_variant_it_cannot_run(tmp_path: Path) -> None:
+    from llama_runtime.qualify.check import for_publish
+
+    folder = tmp_path / "src" / "macos-arm64-metal"
+    folder.mkdir(parents=True)
+    built = {"status": "qualified", "machine": "Apple M2 (macos)", "plugins": {"x.so": {"status": "qualified"}},
+             "failures": []}
+    (folder / "variant.json").write_text(json.dumps({"os": "macos", "arch": "aarch64", "backend": "metal",
+                                                     "requires": {}, "libraries": ["libllama.dylib"],
+                                                     "qualification": built}))
+    bare = tmp_path / "src" / "windows-x86_64-cpu"
+    bare.mkdir()
+    (bare / "variant.json").write_text(json.dumps({"os": "windows", "arch": "x86_64", "backend": "cpu",
+                                                   "requires": {}, "libraries": ["llama.dll"]}))
+    records = for_publish(tmp_path / "cache")([folder, bare])  # nothing here runs them: no child starts
+    kept = records["macos-arm64-metal"]
+    assert {k: kept[k] for k in built} == built and kept["publish_machine"].startswith("not qualified here: a macos")
+    assert records["windows-x86_64-cpu"]["status"] == "not qualified here"
+    assert "windows/x86_64 build" in records["windows-x86_64-cpu"]["why"]
