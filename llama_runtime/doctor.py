@@ -39,7 +39,22 @@ def doctor(target: str | None = None, *, settings: Settings | None = None, load:
     if out["candidates"]:
         lib = out["library"] or {}
         out["plugins"] = _plugins(lib.get("variant") or out["selected"], profile, lib.get("plugin"), settings)
+        out["qualification"] = _qualification(lib.get("variant") or out["selected"])
     return out
+
+
+def _qualification(name: str | None) -> dict[str, Any] | None:
+    """How the release qualified the variant (its manifest entry's ``qualification``, issue 14.3)."""
+    from .qualify.report import summary
+    from .variants import read_lock
+
+    v = read_lock().manifest.variants.get(name or "")
+    if v is None:
+        return None
+    record = v.extra.get("qualification")
+    plugins = (record or {}).get("plugins") or {}
+    return {"variant": v.name, "status": (record or {}).get("status"), "summary": summary(record),
+            "plugins": {f: e.get("why") or e.get("status") for f, e in sorted(plugins.items())}}
 
 
 def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[Any]:

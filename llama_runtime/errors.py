@@ -85,3 +85,7 @@ class GenerationError(LlamaRuntimeError, RuntimeError):
 
 class PublishError(LlamaRuntimeError, RuntimeError):
     """Packing or uploading the release binaries failed."""
+
+
+class QualificationError(PublishError):
+    """A variant crashed or gave wrong tokens in its qualification: it is not published."""

@@ -64,14 +64,25 @@ def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | N
     return ", ".join(sorted(found, key=generations.normalize)) if found else None
 
 
-def build_release(src: Path, staging: Path, llama_cpp: str | None = None) -> dict[str, Any]:
-    """Pack every variant of ``src`` into ``staging``, write ``manifest.json`` and return it."""
+Qualify = Callable[[list[Path]], dict[str, dict[str, Any]]]
+
+
+def build_release(src: Path, staging: Path, llama_cpp: str | None = None, *,
+                  qualify: Qualify | None = None) -> dict[str, Any]:
+    """Pack every variant of ``src`` into ``staging``, write ``manifest.json`` and return it.
+
+    ``qualify`` (what :func:`publish` passes): runs every variant this machine can run and returns
+    each one's ``qualification`` record for its manifest entry, or raises (nothing is uploaded).
+    """
     entries: dict[str, dict[str, Any]] = {}
-    for folder in _variant_folders(src):
+    folders = _variant_folders(src)
+    for folder in folders:
         entry = load_variant(folder)
         archive = f"{folder.name}.tar.gz"
         sha256, size = pack_variant(folder, staging / archive)
         entries[folder.name] = {**entry, "archive": archive, "sha256": sha256, "size": size}
+    for name, record in (qualify(folders) if qualify is not None else {}).items():
+        entries[name]["qualification"] = record
     manifest = {"schema": SCHEMA, "llama_cpp": _llama_cpp(entries, llama_cpp), "variants": entries}
     Manifest.parse(manifest)  # what we publish must be what the runtime can read
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -177,21 +188,6 @@ def _hub_failure(exc: Exception, repo: str, endpoint: str) -> PublishError:
     )
 
 
-Qualify = Callable[[Path, dict[str, Any]], None]
-
-
-def qualify_release(staging: Path, manifest: dict[str, Any]) -> None:
-    """The last check before anything leaves this machine; raise :class:`PublishError` to stop.
-
-    ``staging`` holds the packed archives and ``manifest.json`` exactly as they will be uploaded.
-    This is where every variant the publishing machine can run is to be unpacked from its archive,
-    loaded and made to generate a few tokens from a real quantized model (issue 15 point 2, with
-    issue 14's qualification), so that a release that cannot load is never made. Until then it
-    checks nothing beyond :func:`build_release` (which refuses folders that list their files
-    wrongly, foreign binaries and unchecked llama.cpp generations).
-    """
-
-
 def publish(
     src: Path,
     *,
@@ -201,12 +197,22 @@ def publish(
     lock_path: Path,
     token: str | None = None,
     llama_cpp: str | None = None,
-    qualify: Qualify = qualify_release,
+    qualify_cache: Path | None = None,
+    qualify: bool = True,
 ) -> dict[str, Any]:
-    """Pack ``src``, qualify it, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock."""
+    """Pack ``src``, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock.
+
+    Before anything is uploaded every variant this machine can run is qualified (loaded, and
+    every CPU plugin decodes a model of each quantization type: :mod:`llama_runtime.qualify`),
+    its results cached under ``qualify_cache`` (default: the settings' cache folder); one that
+    fails is refused with a :class:`~llama_runtime.errors.QualificationError`. ``qualify=False``
+    is for tests of the packing and uploading alone.
+    """
+    from .qualify.check import for_publish
+
+    checker = for_publish(qualify_cache) if qualify else None
     with tempfile.TemporaryDirectory(prefix="llama-runtime-publish-") as tmp:
-        manifest = build_release(Path(src), Path(tmp), llama_cpp)
-        qualify(Path(tmp), manifest)  # nothing is uploaded unless the release passes
+        manifest = build_release(Path(src), Path(tmp), llama_cpp, qualify=checker)
         try:
             commit = upload(Path(tmp), repo=repo, revision=revision, endpoint=endpoint, token=token)
         except PublishError:

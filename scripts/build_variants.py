@@ -406,7 +406,16 @@ def _same_files(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.iterdir())
     if names != sorted(p.name for p in b.iterdir()):
         return False
-    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+    return all(_same_variant_json(a / n, b / n) if n == "variant.json" else filecmp.cmp(a / n, b / n, shallow=False)
+               for n in names)
+
+
+def _same_variant_json(a: Path, b: Path) -> bool:
+    """Equal but for ``qualification``, which the qualification (run after) writes into the folder."""
+    def facts(path: Path) -> Any:
+        return {k: v for k, v in json.loads(path.read_text()).items() if k != "qualification"}
+
+    return bool(facts(a) == facts(b))
 
 
 def _folder_size(folder: Path) -> int:
@@ -817,6 +826,19 @@ def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     return given or DEFAULT_FLAVORS
 
 
+def _qualify(folders: Sequence[Path]) -> None:
+    """Every CPU plugin of every folder on every quant type, in children (scripts/qualify_variants.py)."""
+    import qualify_variants
+
+    start = time.monotonic()
+    records, failures = qualify_variants.qualify_and_record(folders)
+    for name, record in records.items():
+        print(qualify_variants.line(name, record))
+    print(f"  qualification took {time.monotonic() - start:.1f} s (cached by file hashes)")
+    if failures:
+        raise BuildVariantError("qualification refused:\n  " + "\n  ".join(failures))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
@@ -832,6 +854,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     parser.add_argument("--cuda-targets", action="store_true",
                         help="also cut each CUDA variant into one variant per GPU target")
+    parser.add_argument("--no-qualify", action="store_true",
+                        help="skip the qualification (every CPU plugin on every quant type: "
+                             "scripts/qualify_variants.py)")
     args = parser.parse_args(argv)
     default = args.all_default or not (args.npm or args.source_build or args.macos)
     try:
@@ -839,6 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
                                            *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
+        folders = []
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
             folder = (npm_variant(what, args.out) if kind == "npm"
@@ -849,11 +875,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 smoke_load(folder)
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
+            folders.append(folder)
             if args.cuda_targets and (folder / "libggml-cuda.so").is_file():
                 import npm_cuda
 
                 for one in npm_cuda.target_variants(folder, args.out):
                     print(f"{one.name:24} cut  {folder.name:40} {_folder_size(one) / 2**20:7.1f} MiB")
+                    folders.append(one)
+        if not args.no_qualify:
+            _qualify(folders)
     except BuildVariantError as exc:
         print(f"build_variants: error: {exc}", file=sys.stderr)
         return 1

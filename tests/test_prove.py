@@ -94,7 +94,8 @@ def release(tmp_path_factory: pytest.TempPathFactory, normal: dict[str, Any]) ->
     _variant_json(allbad, plugins=[BAD_PLUGINS[0]], priority=50)
     with HubServer(work / "hub") as hub:
         tree = devrelease.stage_source(work / "src")
-        devrelease.publish_release(tree, variants, hub.url)
+        # the crashing plugins are the point here: publish's qualification would refuse them
+        devrelease.publish_release(tree, variants, hub.url, qualify=False)
         yield tree, hub.url
 
 

@@ -68,7 +68,9 @@ def src(tmp_path: Path) -> Path:
 
 
 def run(src: Path, hub: HubServer, lock: Path, tag: str = "v0.1.0") -> dict[str, Any]:
-    return publish(src, repo=REPO, revision=tag, endpoint=hub.url, lock_path=lock)
+    # packing and uploading alone: these variants hold random bytes, which the qualification
+    # (every variant is loaded first) refuses; tests/test_qualify_publish.py runs it on real ones
+    return publish(src, repo=REPO, revision=tag, endpoint=hub.url, lock_path=lock, qualify=False)
 
 
 def test_publish_writes_lock_matching_the_hub(src: Path, hub: HubServer, tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ def test_unreachable_hub_is_a_publish_error(src: Path, tmp_path: Path) -> None:
     with HubServer(tmp_path / "gone") as server:
         url = server.url
     with pytest.raises(PublishError, match="failed"):
-        publish(src, repo=REPO, revision="v1", endpoint=url, lock_path=tmp_path / "lock.json")
+        publish(src, repo=REPO, revision="v1", endpoint=url, lock_path=tmp_path / "lock.json", qualify=False)
 
 
 def test_a_release_may_hold_both_checked_generations(tmp_path: Path) -> None:
@@ -277,21 +279,3 @@ def test_invalid_plugins_and_load_order(tmp_path: Path, hub: HubServer, change: 
     make_variant(tmp_path / "src", "linux-x86_64-cpu", {**variant_json("cpu"), **change})
     with pytest.raises(ManifestError, match=message):
         run(tmp_path / "src", hub, tmp_path / "lock.json")
-
-
-def test_the_qualification_hook_runs_before_anything_is_uploaded(src: Path, hub: HubServer,
-                                                                  tmp_path: Path) -> None:
-    seen: list[tuple[list[str], list[str]]] = []
-
-    def refuse(staging: Path, manifest: dict[str, Any]) -> None:
-        seen.append((sorted(p.name for p in staging.iterdir()), sorted(manifest["variants"])))
-        raise PublishError("linux-x86_64-cpu does not generate")
-
-    with pytest.raises(PublishError, match="does not generate"):
-        publish(src, repo=REPO, revision="v1", endpoint=hub.url, lock_path=tmp_path / "lock.json",
-                qualify=refuse)
-    assert seen == [(["linux-x86_64-cpu.tar.gz", "linux-x86_64-cuda12.tar.gz", "manifest.json"],
-                     ["linux-x86_64-cpu", "linux-x86_64-cuda12"])]
-    assert not (tmp_path / "lock.json").exists()
-    with pytest.raises(RepositoryNotFoundError):
-        HfApi(endpoint=hub.url).model_info(REPO)
