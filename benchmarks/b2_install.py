@@ -1,7 +1,11 @@
-"""B1-ours and B2: one `pip install --no-cache-dir` of the sdist into a fresh venv from the hub.
+"""B1-ours and B2: `pip install --no-cache-dir` of the sdist into a fresh venv from the hub.
 
 B2: bytes the hub served during that install vs the selected archive and all archives.
-B1: wall time of the install (phases from pip's timestamped --log), then the first generation.
+B1: wall time of the install (phases from pip's timestamped --log), then the first generation;
+measured twice: with pip's cache as this machine has it (``--no-cache-dir`` does not reach the
+isolated build environment, whose pip installs hatchling and archspec from pip's cache), and
+cold, with ``PIP_CACHE_DIR`` pointing at an empty folder (a user's first install: everything
+from the index).
 The baseline of B1 (building llama-cpp-python==0.3.36 from source, ccache off) comes from
 b1_baseline.py: cached between runs because it takes minutes; the row says when it was measured.
 """
@@ -14,6 +18,7 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from common import Row, timed_run
 
@@ -60,21 +65,39 @@ def _phases(log: Path) -> tuple[dict[str, float], list[str]]:
     return out, hook
 
 
-def run(rel: Release, model: Path, baseline: dict | None) -> list[Row]:
+def _install(rel: Release, name: str, **extra_env: str) -> tuple[Path, float, Any, dict[str, Any], Path]:
+    """One install of the sdist into a fresh venv with an empty llama-runtime cache."""
     httpd = rel.hub.httpd
     assert httpd is not None
-    python = devrelease.make_venv(rel.work / "venv-b2")
-    env = {"LLAMA_RUNTIME_ENDPOINT": rel.hub.url, "LLAMA_RUNTIME_CACHE": str(rel.work / "cache-b2")}
-    shutil.rmtree(rel.work / "cache-b2", ignore_errors=True)  # a fresh machine: nothing cached
-    log = rel.work / "pip-b2.log"
+    python = devrelease.make_venv(rel.work / f"venv-{name}")
+    cache = rel.work / f"cache-{name}"
+    env = {"LLAMA_RUNTIME_ENDPOINT": rel.hub.url, "LLAMA_RUNTIME_CACHE": str(cache), **extra_env}
+    shutil.rmtree(cache, ignore_errors=True)  # a fresh machine: nothing cached
+    log = rel.work / f"pip-{name}.log"
     log.unlink(missing_ok=True)
     httpd.reset_stats()
     t0 = time.perf_counter()
     proc = devrelease.pip_install(python, str(rel.sdist), env, "--log", str(log))
-    t_install = time.perf_counter() - t0
-    stats = httpd.stats()
+    seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"pip install failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return python, seconds, proc, httpd.stats(), log
+
+
+def _cold(rel: Release) -> tuple[float, str, tuple[float, ...]]:
+    """The install with an empty pip cache: seconds, its phase breakdown, load before."""
+    import os
+    import tempfile
+
+    before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="b1-pip-cache-") as empty:
+        _, seconds, _, _, log = _install(rel, "b1-cold", PIP_CACHE_DIR=empty)
+    phases, _ = _phases(log)
+    return seconds, ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()), before
+
+
+def run(rel: Release, model: Path, baseline: dict | None) -> list[Row]:
+    python, t_install, proc, stats, log = _install(rel, "b2")
     # until `import llama_runtime` can generate (offline: nothing more may be fetched)
     gen = ("import time,sys; t=time.perf_counter(); import llama_runtime as l; "
            "m=l.Llama(sys.argv[1], n_ctx=64); s=m.generate('hello world', 8, temperature=0); "
@@ -83,7 +106,41 @@ def run(rel: Release, model: Path, baseline: dict | None) -> list[Row]:
                          {"LLAMA_RUNTIME_CACHE": str(rel.work / "cache-b2"), "LLAMA_RUNTIME_OFFLINE": "1"})
     if g.returncode != 0:
         raise RuntimeError(f"generation after install failed: {g.stderr[-2000:]}")
-    # which variant went into the wheel
+    sel = _selected(python, proc, rel)
+    variants = rel.manifest["variants"]
+    archive = int(variants[sel]["size"])
+    total = sum(int(v["size"]) for v in variants.values())
+    served = int(stats["bytes_served"])
+    phases, hook = _phases(log)
+    breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
+    t_cold, cold_breakdown, cold_load = _cold(rel)
+    base = float(baseline["seconds"]) if baseline else None
+    when = (f"measured {baseline['date']} at load {baseline['load_before'][0]:.1f}, {baseline['cpu_seconds']:.0f} s CPU,"
+            " cached between runs" if baseline else "not measured: run `scripts/dev bench --only B1`")
+    rows = [
+        Row("B2", f"bytes served during install (selected {sel})", served / 1e6, "MB",
+            archive / 1e6, "selected archive", served / archive, "<= 1.01x", served / archive <= 1.01,
+            f"sum of all {len(variants)} archives: {total / 1e6:.2f} MB ({served / total:.2f}x of it); "
+            f"requests: {stats['requests']}"),
+        Row("B1-ours", "pip install --no-cache-dir sdist (fresh venv, pip cache warm)", t_install, "s",
+            base, f"llama-cpp-python 0.3.36 from source, ccache off; {when}",
+            t_install / base if base else None, "<= 1/20 of baseline",
+            t_install / base <= 1 / 20 if base else None,
+            "breakdown (pip --log; the hook's probe/fetch run inside "
+            f"pip's metadata step because hatchling has no prepare_metadata hook, so pip builds the wheel there): {breakdown}; then first generation in a fresh process {t_gen:.2f} s",
+            {"hook": hook, "phases": phases, "t_gen": t_gen}),
+        Row("B1-ours", "the same with an empty pip cache (cold: a user's first install)", t_cold, "s",
+            base, "the same baseline (its pip cache was warm)", t_cold / base if base else None,
+            "<= 1/20 of baseline", t_cold / base <= 1 / 20 if base else None,
+            f"PIP_CACHE_DIR=<empty folder>, so the build environment (hatchling, archspec) and the"
+            f" run-time dependencies (huggingface_hub and its dependencies) come from the index;"
+            f" load before {cold_load[0]:.2f}; breakdown: {cold_breakdown}"),
+    ]
+    return rows
+
+
+def _selected(python: Path, proc: Any, rel: Release) -> str:
+    """Which variant went into the wheel (its build report, else the hook's log line)."""
     sel = None
     found = list((python.parent.parent).glob("lib/python*/site-packages/llama_runtime/**/selection.json"))
     if found:
@@ -93,26 +150,4 @@ def run(rel: Release, model: Path, baseline: dict | None) -> list[Row]:
         m = re.search(r"linux-[\w-]+", " ".join(line for line in (proc.stdout + proc.stderr).splitlines()
                                               if "llama-runtime:" in line and "select" in line))
         sel = m.group(0) if m else next(iter(variants))
-    archive = int(variants[sel]["size"])
-    total = sum(int(v["size"]) for v in variants.values())
-    served = int(stats["bytes_served"])
-    phases, hook = _phases(log)
-    breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
-    base = float(baseline["seconds"]) if baseline else None
-    when = (f"measured {baseline['date']} at load {baseline['load_before'][0]:.1f}, {baseline['cpu_seconds']:.0f} s CPU,"
-            " cached between runs" if baseline else "not measured: run `scripts/dev bench --only B1`")
-    rows = [
-        Row("B2", f"bytes served during install (selected {sel})", served / 1e6, "MB",
-            archive / 1e6, "selected archive", served / archive, "<= 1.01x", served / archive <= 1.01,
-            f"sum of all {len(variants)} archives: {total / 1e6:.2f} MB ({served / total:.2f}x of it); "
-            f"requests: {stats['requests']}"),
-        Row("B1-ours", "pip install --no-cache-dir sdist (fresh venv)", t_install, "s",
-            base, f"llama-cpp-python 0.3.36 from source, ccache off; {when}",
-            t_install / base if base else None, "<= 1/20 of baseline",
-            t_install / base <= 1 / 20 if base else None,
-            "breakdown (pip --log; the hook's probe/fetch run inside "
-            f"pip's metadata step because hatchling has no prepare_metadata hook, so pip builds the wheel there): {breakdown}; then first generation in a fresh process {t_gen:.2f} s",
-            {"hook": hook, "phases": phases, "t_gen": t_gen}),
-    ]
-    return rows
-
+    return sel

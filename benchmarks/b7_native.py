@@ -152,12 +152,14 @@ def run(rel, work: Path, rounds: int = 5, reps: int = 5) -> list[Row]:
             f"{before[0]:.1f} -> {after[0]:.1f}; greedy ids identical: {same}; best-of-samples prompt "
             f"{o['prompt_best']:.0f} vs {n['prompt_best']:.0f}, gen {o['gen_best']:.0f} vs {n['gen_best']:.0f}")
     rp, rg = o["prompt"] / n["prompt"], o["gen"] / n["gen"]
+    from b7_glibc import run as glibc_rows  # what the glibc 2.28 fallback build costs
     return [
         Row("B7", f"prompt tok/s ({name})", o["prompt"], "tok/s", n["prompt"],
             "llama-cpp-python built here", rp, ">= 0.95", rp >= 0.95 and same, note),
         Row("B7", f"generation tok/s ({name})", o["gen"], "tok/s", n["gen"],
             "llama-cpp-python built here", rg, ">= 0.95", rg >= 0.95 and same,
             "" if same else f"greedy ids differ: ours {o['ids'][:12]} native {n['ids'][:12]}"),
+        *glibc_rows(work, rounds, reps),
     ]
 
 

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                         m.tokenize(PROMPT), n, GREEDY, m._vocab, m.n_vocab))
             stream_us, n_str = _python(llm, args.n_gen, args.reps,
                                        lambda m, n: m.stream(PROMPT, n, temperature=0))
+            gated, bare = _gate_cost(llm, args.n_gen, args.reps)
     print(f"library: {libs.libraries[-1]}  threads: {args.threads}  "
           f"tokens: {len(c_runs[0][0][0])}  best of {args.reps}")
     print(f"C greedy loop (decode+sample+piece)     {c_us:8.1f} µs/token")
@@ -88,7 +89,29 @@ def main(argv: list[str] | None = None) -> int:
           f"overhead {tok_us - c_us:+7.1f} µs/token  ({n_tok} tokens)")
     print(f"Python Llama.stream (text pieces)       {stream_us:8.1f} µs/token  "
           f"overhead {stream_us - c_us:+7.1f} µs/token  ({n_str} pieces)")
+    print(f"thread gate (Gate.pause+resume)         {gated - bare:+8.2f} µs/token  "
+          f"(token loop {gated:.1f} with it, {bare:.1f} without, interleaved)")
     return 0
+
+
+def _gate_cost(llm: Llama, n_gen: int, reps: int) -> tuple[float, float]:
+    """The token loop with the Llama's thread gate and with its per-token calls made no-ops,
+    interleaved rep by rep (neighbours in time share the machine's load); best of each."""
+    gate = llm._gate
+
+    def run(m: Llama, n: int) -> Iterable[object]:
+        return m._live_context().sample(m.tokenize(PROMPT), n, GREEDY, m._vocab, m.n_vocab)
+
+    def noop(run: object) -> None:
+        pass
+
+    with_gate, without = [], []
+    for _ in range(reps):
+        with_gate.append(_python(llm, n_gen, 1, run)[0])
+        gate.pause = gate.resume = noop  # type: ignore[method-assign]  # sample() reads them per run
+        without.append(_python(llm, n_gen, 1, run)[0])
+        del gate.pause, gate.resume
+    return min(with_gate), min(without)
 
 
 if __name__ == "__main__":

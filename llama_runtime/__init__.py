@@ -5,7 +5,15 @@ Importing this package is cheap: nothing is probed, downloaded or loaded until y
 
 from __future__ import annotations
 
+import sys
+
 from ._version import __version__
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (B3: import time)
+if TYPE_CHECKING:
+    from types import ModuleType as _ModuleType
+else:
+    _ModuleType = type(sys)  # the same class, without importing types
 
 _LAZY = {
     "configure": "api", "download": "api", "download_best": "api", "load": "api",
@@ -23,3 +31,24 @@ def __getattr__(name: str) -> object:
     value = getattr(import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
+
+class _Package(_ModuleType):
+    """This package, refusing to let a submodule hide the public function of the same name.
+
+    Importing ``llama_runtime.download`` (the module; ``api`` does) makes the import system run
+    ``setattr(llama_runtime, "download", <module>)``, which would replace the proposal's
+    ``llama_runtime.download()`` for the whole process, whenever and by whomever it is imported.
+    That binding is skipped for the public names; the module stays in ``sys.modules``, so
+    ``from llama_runtime.download import fetch`` and ``importlib.import_module`` still reach it
+    (``import llama_runtime.download as m`` reads the attribute, and gets the function).
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _LAZY and isinstance(value, _ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+del TYPE_CHECKING

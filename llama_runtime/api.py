@@ -86,10 +86,11 @@ def download(filename: str | None = None, version: str | None = None, *,
     """
     from .errors import ConfigError
     from .fetch import ensure_variant
-    from .variants import read_lock, select
+    from .trust import trusted_lock
+    from .variants import select
 
     settings = settings or current_settings()
-    lock = read_lock()
+    lock = trusted_lock(settings)
     if version is not None and version not in (lock.revision, lock.commit):
         raise ConfigError(f"this llama-runtime trusts binary release {lock.revision}; {version!r} is"
                           " not it. Install the llama-runtime release that locks it.")

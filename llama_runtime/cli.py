@@ -154,7 +154,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     lock = publish(args.src, repo=args.repo, revision=args.revision, endpoint=settings.endpoint,
-                   lock_path=args.lock or package_lock_path(), token=settings.token)
+                   lock_path=args.lock or package_lock_path(), token=settings.token,
+                   qualify_cache=settings.cache_dir)
     print(f"published {len(lock['manifest']['variants'])} variants to {args.repo}@{args.revision}"
           f" (commit {lock['commit']}); lock written to {args.lock or package_lock_path()}")
     return 0

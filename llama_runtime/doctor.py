@@ -38,8 +38,23 @@ def doctor(target: str | None = None, *, settings: Settings | None = None, load:
         _fill_library(out, steps, settings, profile)
     if out["candidates"]:
         lib = out["library"] or {}
-        out["plugins"] = _plugins(lib.get("variant") or out["selected"], profile, lib.get("plugin"))
+        out["plugins"] = _plugins(lib.get("variant") or out["selected"], profile, lib.get("plugin"), settings)
+        out["qualification"] = _qualification(lib.get("variant") or out["selected"])
     return out
+
+
+def _qualification(name: str | None) -> dict[str, Any] | None:
+    """How the release qualified the variant (its manifest entry's ``qualification``, issue 14.3)."""
+    from .qualify.report import summary
+    from .variants import read_lock
+
+    v = read_lock().manifest.variants.get(name or "")
+    if v is None:
+        return None
+    record = v.extra.get("qualification")
+    plugins = (record or {}).get("plugins") or {}
+    return {"variant": v.name, "status": (record or {}).get("status"), "summary": summary(record),
+            "plugins": {f: e.get("why") or e.get("status") for f, e in sorted(plugins.items())}}
 
 
 def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[Any]:
@@ -60,15 +75,16 @@ def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[An
     return steps
 
 
-def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None) -> dict[str, Any] | None:
+def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None,
+             settings: Settings) -> dict[str, Any] | None:
     """A variant's CPU plugins ranked for this machine: with the scores and crashes of its proof
     record when there is one, else predicted from CPUID and the OS state (nothing is run)."""
     import json
 
     from .plugins.rank import rank
-    from .variants import read_lock
+    from .trust import trusted_lock
 
-    v = read_lock().manifest.variants.get(name or "")
+    v = trusted_lock(settings).manifest.variants.get(name or "")
     if v is None or not v.backend_dl:
         return None
     record: dict[str, Any] = {}
@@ -84,10 +100,10 @@ def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None) -> di
 def _native_dependencies(settings: Settings) -> dict[str, Any]:
     """For each GPU variant: every library it needs but does not ship, and where the loader finds it."""
     from .nativedeps import resolve_all
-    from .variants import read_lock
+    from .trust import trusted_lock
 
     out = {}
-    for v in read_lock().manifest.variants.values():
+    for v in trusted_lock(settings).manifest.variants.values():
         needs = list(v.extra.get("external_libraries") or ())
         if needs and v.backend != "cpu":
             out[v.name] = resolve_all(needs)

@@ -33,7 +33,14 @@ class UnsafeArchiveError(LlamaRuntimeError, ValueError):
 
 
 class DownloadError(LlamaRuntimeError, OSError):
-    """A file could not be fetched from the hub or the mirror."""
+    """A file could not be fetched from the hub or the mirror.
+
+    ``status`` and ``code``: the HTTP status and ``X-Error-Code`` of the hub's last answer, when
+    it gave one (None after a timeout or a reset), so that a hint can follow the error it fits.
+    """
+
+    status: int | None = None
+    code: str | None = None
 
 
 class OfflineError(DownloadError):
@@ -50,6 +57,10 @@ class LibraryLoadError(LlamaRuntimeError, OSError):
 
 class LibraryNotFoundError(LlamaRuntimeError, LookupError):
     """Every step of the load chain was tried and none produced a library."""
+
+
+class NoReleaseError(ManifestError, LibraryNotFoundError):
+    """No lock in the package and no binary release named (LLAMA_RUNTIME_REPO/REVISION)."""
 
 
 class ModelError(LlamaRuntimeError, ValueError):
@@ -74,3 +85,7 @@ class GenerationError(LlamaRuntimeError, RuntimeError):
 
 class PublishError(LlamaRuntimeError, RuntimeError):
     """Packing or uploading the release binaries failed."""
+
+
+class QualificationError(PublishError):
+    """A variant crashed or gave wrong tokens in its qualification: it is not published."""

@@ -21,17 +21,24 @@ from .variants.manifest import Lock, Variant
 log = logging.getLogger(__name__)
 
 
-def verify(path: Path, variant: Variant, origin: str) -> None:
-    """Raise (and delete the file) unless ``path`` hashes to the sha256 the lock trusts."""
+def verify(path: Path, variant: Variant, origin: str, anchor: str = "the lock") -> None:
+    """Raise (and delete the file) unless ``path`` hashes to the sha256 ``anchor`` trusts."""
     actual = sha256_file(path)
     if actual != variant.sha256:
         path.unlink(missing_ok=True)
         raise IntegrityError(
             f"{variant.archive} from {origin} is not the file this release trusts:\n"
-            f"  expected sha256 {variant.sha256} (from the lock)\n  got      sha256 {actual}\n"
+            f"  expected sha256 {variant.sha256} (from {anchor})\n  got      sha256 {actual}\n"
             "It was deleted and nothing was installed. The hub or mirror serves a different or"
             " corrupted file; report it, or use a mirror you trust (LLAMA_RUNTIME_MIRROR)."
         )
+
+
+def anchor_of(lock: Lock) -> str:
+    """What vouches for the sha256 values of ``lock`` (see :mod:`llama_runtime.trust`)."""
+    if lock.trust == "hub":
+        return f"the manifest of {lock.repo} at {lock.revision}, as the hub served it: no lock"
+    return "the lock"
 
 
 def _from_mirror(variant: Variant, mirror: Path, work: Path) -> tuple[Path, dict[str, Any]]:
@@ -51,9 +58,11 @@ def _from_hub(variant: Variant, lock: Lock, settings: Settings, work: Path,
     from .hub import download_file
 
     repo = settings.repo or lock.repo
-    revision = settings.revision or lock.commit
+    # without a lock, the commit the manifest was read at: its archives are the ones it names
+    revision = lock.commit if lock.trust == "hub" else settings.revision or lock.commit
     path = download_file(repo, variant.archive, revision, settings, work, progress, variant.size)
-    return path, {"kind": "hub", "endpoint": settings.endpoint, "repo": repo, "revision": revision}
+    return path, {"kind": "hub", "endpoint": settings.endpoint, "repo": repo, "revision": revision,
+                  "trust": lock.trust}
 
 
 def obtain_archive(variant: Variant, lock: Lock, settings: Settings, work: Path,
@@ -69,7 +78,7 @@ def obtain_archive(variant: Variant, lock: Lock, settings: Settings, work: Path,
         )
     else:
         path, origin = _from_hub(variant, lock, settings, work, progress)
-    verify(path, variant, origin.get("endpoint") or origin.get("path", "?"))
+    verify(path, variant, origin.get("endpoint") or origin.get("path", "?"), anchor_of(lock))
     return path, origin
 
 

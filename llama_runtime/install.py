@@ -17,6 +17,7 @@ from typing import Any
 from ._version import __version__
 from .config import Settings, resolve
 from .errors import ConfigError, NoCompatibleVariantError
+from .trust import HOW_TO_GET_A_LIBRARY
 
 LIBS = "llama_runtime/_libs"
 EDITABLE_LIBS = "llama_runtime_libs"  # an editable install's libraries, in site-packages
@@ -101,15 +102,19 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
                   echo: Callable[[str], Any] = print) -> WheelPlan:
     """Decide and fetch what the wheel ships; see the module docstring."""
     from .probe import probe
-    from .variants import read_lock, select
+    from .trust import names_a_release, trusted_lock
+    from .variants import select
 
     settings = resolve(config_settings=config_settings, environ=os.environ if environ is None else environ,
                        pyproject=_pyproject_settings(root))
-    lock = read_lock(root / "llama_runtime" / "binaries.lock.json")
+    lock_path = root / "llama_runtime" / "binaries.lock.json"
     if settings.skip_download:
         echo("llama-runtime: skip-download is set: the wheel ships no library; it is fetched on first use")
-        report = _report(settings, None, None, selected=None, reason="skip-download was set at install")
-        return _finish(WheelPlan(report=report), staging, editable)
+        return _no_library(settings, staging, editable, "skip-download was set at install")
+    if not lock_path.exists() and not names_a_release(settings):
+        echo(f"llama-runtime: {NO_LOCK} {HOW_TO_GET_A_LIBRARY}")
+        return _no_library(settings, staging, editable, NO_LOCK)
+    lock = trusted_lock(settings, lock_path, echo=echo)
     profile, variant = _target(settings, lock.manifest)
     target_profile = profile
     profile = profile or (None if variant and settings.target else probe())
@@ -131,6 +136,16 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
                             target_profile is not None or settings.target is not None)
 
 
+NO_LOCK = ("no binary lock (llama_runtime/binaries.lock.json) in this source tree: it is a checkout,"
+           " not a release sdist, so the wheel ships no llama.cpp library.")
+
+
+def _no_library(settings: Settings, staging: Path, editable: bool, reason: str) -> WheelPlan:
+    """A pure wheel: no library, and a report that says why (the loader reads it)."""
+    report = _report(settings, None, None, selected=None, reason=reason)
+    return _finish(WheelPlan(report=report), staging, editable)
+
+
 def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, selection: Any,
                      staging: Path, editable: bool, echo: Callable[[str], Any],
                      cross: bool) -> WheelPlan:
@@ -149,6 +164,10 @@ def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, sel
                      files={n: {k: e[k] for k in ("sha256", "size")} for n, e in (record.get("files") or {}).items()},
                      source=source, lock={"repo": lock.repo,
                      "revision": lock.revision, "commit": lock.commit})
+    if lock.trust == "hub":  # no lock in this tree: the release travels with the wheel
+        from .trust import release_record
+
+        report["release"] = release_record(lock, settings.endpoint)
     if settings.target == name:
         # LLAMA_RUNTIME_TARGET=<variant> names the variant the target machine is to run, as
         # LLAMA_RUNTIME_VARIANT would: the loader there keeps it instead of re-selecting

@@ -15,13 +15,14 @@ import contextlib
 import ctypes
 import math
 import os
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .chat import StopMatcher, encode_text, format_chat
 from .errors import ChatTemplateError, GenerationError, ModelError, PromptError
 from .native.context import Context, why
+from .native.gate import Gate
 from .native.sampling import LLAMA_DEFAULT_SEED, Sampling
 
 if TYPE_CHECKING:
@@ -67,7 +68,13 @@ class Llama:
     ...     print(llm.generate("Once upon a time", max_tokens=32, temperature=0))
 
     ``embeddings=True`` makes a context for :meth:`embed` (``pooling``: ``"mean"``, ``"cls"``,
-    ``"last"``, ``"none"``; default: the model's own). One Llama runs one generation at a time.
+    ``"last"``, ``"none"``; default: the model's own); such a Llama generates too.
+
+    Threads: one Llama may be shared. Generations, embeddings and resets run one at a time: a
+    call from another thread waits until the one under way is over (a ``stream()`` counts until
+    it is exhausted or closed), then runs as if alone. Tokenizing never waits. In the thread that
+    consumes an open stream, starting another generation abandons that stream (its next step
+    raises :class:`GenerationError`). See :mod:`llama_runtime.native.gate`.
 
     ``vocab_only=True`` reads the tokenizer and the metadata only (no weights, no context): the
     tokens, chat template and special ids work; :meth:`generate`, :meth:`stream`,
@@ -79,6 +86,7 @@ class Llama:
                  n_threads: int | None = None, n_gpu_layers: int = 0, seed: int = LLAMA_DEFAULT_SEED,
                  embeddings: bool = False, pooling: str | None = None, vocab_only: bool = False,
                  native: Native | None = None) -> None:
+        self._gate = Gate()  # first: close() needs it, whatever fails below
         self._model: int | None = None
         self._context: Context | None = None
         self.model_path = Path(model_path)
@@ -103,7 +111,7 @@ class Llama:
             return
         self._context = Context(native, self._model, n_ctx=n_ctx, n_batch=n_batch,
                                 n_threads=n_threads or _default_threads(),
-                                embeddings=embeddings, pooling=pooling)
+                                embeddings=embeddings, pooling=pooling, gate=self._gate)
         self.n_ctx = self._context.n_ctx
         self.n_batch = self._context.n_batch
         self.n_embd = int(native.llama_model_n_embd(self._model))
@@ -150,25 +158,26 @@ class Llama:
             raise PromptError(f"token id {bad} is not in the vocabulary of "
                               f"{self.model_path.name} (ids 0 to {self.n_vocab - 1})")
 
-    @staticmethod
-    def _special(token: int) -> int | None:
+    def _special(self, read: Callable[[Any], int]) -> int | None:
+        with self._reading() as vocab:
+            token = read(vocab)
         return None if token == _TOKEN_NULL else int(token)
 
     def token_bos(self) -> int | None:
         """The beginning-of-sequence token id, or None when the vocabulary has none."""
-        return self._special(self._native.llama_vocab_bos(self._live_vocab()))
+        return self._special(self._native.llama_vocab_bos)
 
     def token_eos(self) -> int | None:
         """The end-of-sequence token id, or None when the vocabulary has none."""
-        return self._special(self._native.llama_vocab_eos(self._live_vocab()))
+        return self._special(self._native.llama_vocab_eos)
 
     def token_eot(self) -> int | None:
         """The end-of-turn token id (chat models), or None when the vocabulary has none."""
-        return self._special(self._native.llama_vocab_eot(self._live_vocab()))
+        return self._special(self._native.llama_vocab_eot)
 
     def token_nl(self) -> int | None:
         """The newline token id, or None when the vocabulary has none."""
-        return self._special(self._native.llama_vocab_nl(self._live_vocab()))
+        return self._special(self._native.llama_vocab_nl)
 
     def tokenize(self, text: str | bytes, *, add_special: bool = True,
                  special: bool = False) -> list[int]:
@@ -177,17 +186,17 @@ class Llama:
         ``bytes`` must be valid UTF-8 (else :class:`~llama_runtime.chat.PromptError`).
         """
         data = encode_text(text)
-        vocab = self._live_vocab()
-        if not self._has_vocab:
-            raise self._no_vocab_error()
-        capacity = len(data) + 8
-        for _ in range(2):
-            buf = (ctypes.c_int32 * capacity)()
-            n = self._native.llama_tokenize(vocab, data, len(data), buf, capacity,
-                                            add_special, special)
-            if n >= 0:
-                return list(buf[:n])
-            capacity = -n  # llama.cpp says how many tokens it needs
+        with self._reading() as vocab:
+            if not self._has_vocab:
+                raise self._no_vocab_error()
+            capacity = len(data) + 8
+            for _ in range(2):
+                buf = (ctypes.c_int32 * capacity)()
+                n = self._native.llama_tokenize(vocab, data, len(data), buf, capacity,
+                                                add_special, special)
+                if n >= 0:
+                    return list(buf[:n])
+                capacity = -n  # llama.cpp says how many tokens it needs
         raise GenerationError(f"llama_tokenize failed on a text of {len(data)} bytes")
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
@@ -198,33 +207,34 @@ class Llama:
         """
         tokens = list(tokens)
         self._check_ids(tokens)
-        if not special and tokens and tokens[0] == self._native.llama_vocab_bos(self._live_vocab()):
+        if not special and tokens and tokens[0] == self.token_bos():
             tokens = tokens[1:]
         return self._detokenize_bytes(tokens, special=special).decode("utf-8", "replace")
 
     def _detokenize_bytes(self, tokens: Sequence[int], *, special: bool) -> bytes:
         arr = (ctypes.c_int32 * len(tokens))(*tokens)
         capacity = 8 * len(tokens) + 16
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(capacity)
-            n = self._native.llama_detokenize(self._live_vocab(), arr, len(tokens), buf, capacity,
-                                              False, special)
-            if n >= 0:
-                return buf.raw[:n]
-            capacity = -n
+        with self._reading() as vocab:
+            for _ in range(2):
+                buf = ctypes.create_string_buffer(capacity)
+                n = self._native.llama_detokenize(vocab, arr, len(tokens), buf, capacity, False, special)
+                if n >= 0:
+                    return buf.raw[:n]
+                capacity = -n
         raise GenerationError(f"llama_detokenize failed on {len(tokens)} tokens")
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes one token stands for; may be part of a UTF-8 character."""
-        vocab = self._live_vocab()
+        self._live_vocab()
         if not special and token in self._pieces:
             return self._pieces[token]
         self._check_ids([token])
         buf = ctypes.create_string_buffer(64)
-        n = self._native.llama_token_to_piece(vocab, token, buf, 64, 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._native.llama_token_to_piece(vocab, token, buf, -n, 0, special)
+        with self._reading() as vocab:
+            n = self._native.llama_token_to_piece(vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._native.llama_token_to_piece(vocab, token, buf, -n, 0, special)
         piece = buf.raw[: max(n, 0)]
         if not special and n >= 0:
             self._pieces[token] = piece
@@ -299,7 +309,8 @@ class Llama:
     @property
     def chat_template(self) -> str | None:
         """The model's chat template (GGUF ``tokenizer.chat_template``), or None."""
-        raw = self._native.llama_model_chat_template(self._live_model(), None)
+        with self._reading():
+            raw = self._native.llama_model_chat_template(self._live_model(), None)
         return raw.decode("utf-8", "replace") if raw else None
 
     def format_chat(self, messages: Sequence[Mapping[str, str]], *,
@@ -383,14 +394,26 @@ class Llama:
         self._live_model()
         return self._vocab
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """The vocabulary, while :meth:`close` waits: llama.cpp reads it beside a decode (its
+        server tokenizes in its HTTP threads), so no turn is waited for."""
+        self._gate.read()
+        try:
+            yield self._live_vocab()
+        finally:
+            self._gate.done()
+
     def close(self) -> None:
-        """Free the context and the model; safe to call twice."""
-        context, model = self._context, self._model
-        self._context = self._model = None
-        if context is not None:
-            context.free()
-        if model is not None:
-            self._native.llama_model_free(model)
+        """Free the context and the model; safe to call twice, from any thread (it waits for
+        the native call under way; later calls and open streams raise GenerationError)."""
+        with self._gate.closing():
+            context, model = self._context, self._model
+            self._context = self._model = None
+            if context is not None:
+                context.free()
+            if model is not None:
+                self._native.llama_model_free(model)
 
     def __enter__(self) -> Self:
         return self

@@ -106,9 +106,10 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     if settings.library is not None:
         return [Step("explicit", None, settings.library)], None, []
     from .cache import lookup
-    from .variants import read_lock, select
+    from .trust import trusted_lock
+    from .variants import select
 
-    lock = lock or read_lock()
+    lock = lock or trusted_lock(settings)
     report = read_build_report()
     backend, variant = effective_request(settings, report)
     if profile is None:  # selection reads levels/features, never archspec's name: skip it (B6)
@@ -318,9 +319,9 @@ def _fallback(message: str, settings: Settings, attempts: list[str]) -> None:
 def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: Lock | None = None) -> Library:
     """Run the chain once and return the first library that loads."""
     if lock is None and settings.library is None:
-        from .variants import read_lock
+        from .trust import trusted_lock
 
-        lock = read_lock()
+        lock = trusted_lock(settings)
     if profile is None and settings.library is None:  # one probe for the plan and the plugin proof
         from .probe import probe
 

@@ -19,9 +19,10 @@ def write_mirror(dest: Path, settings: Settings, *, variant: str | None = None,
                  backend: str | None = None) -> list[Path]:
     """Fetch the chosen variant (default: the best for this machine) into ``dest``."""
     from .fetch import obtain_archive
-    from .variants import read_lock, select
+    from .trust import trusted_lock
+    from .variants import select
 
-    lock = read_lock()
+    lock = trusted_lock(settings)
     name = variant or select(lock.manifest, backend=backend or settings.backend).require()
     v = lock.manifest.get(name)
     dest.mkdir(parents=True, exist_ok=True)

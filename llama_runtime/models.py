@@ -14,19 +14,17 @@ only links it and writes the ref (one more HEAD, which it retries itself if it f
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .config import Settings, check_endpoint
-from .download import ATTEMPTS, TRANSIENT_STATUS, fetch, parse_retry_after, permanent_transport_error, retry_wait
+from .download import (TRANSIENT_STATUS, Failure, fetch, idle_timeout, parse_retry_after,
+                       permanent_transport_error, retrying)
 from .errors import DownloadError, IntegrityError, ModelError, OfflineError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-HEAD_TIMEOUT = 10.0  # seconds for one metadata request (huggingface_hub's etag timeout)
 
 
 def is_hub_spec(spec: str) -> bool:
@@ -154,28 +152,25 @@ def _check_sha256(path: Path, model: _Model, expected: str | None = None) -> Non
 
 
 def _retrying(model: _Model, deadline: float, call: Callable[[float], T]) -> T:
-    """``call(timeout)`` until it succeeds, a permanent error, ``ATTEMPTS`` tries or the deadline."""
-    last = "no attempt made (LLAMA_RUNTIME_TIMEOUT already passed)"
-    for attempt in range(ATTEMPTS):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            return call(min(HEAD_TIMEOUT, left))
-        except Exception as exc:
-            retry_after = _transient(exc, model)  # raises the permanent ones, explained
-            last = f"{type(exc).__name__}: {_first_line(exc)}"
-        wait = retry_wait(attempt, retry_after, deadline) if attempt < ATTEMPTS - 1 else None
-        if wait is None:
-            if retry_after is not None and attempt < ATTEMPTS - 1:
-                last += f"; the hub asks to retry after {retry_after:g} s, past the deadline"
-            break
-        log.info("%s: %s; retry %d in %.1f s", model, last, attempt + 1, wait)
-        time.sleep(wait)
-    raise DownloadError(f"cannot download {model}: gave up after {attempt + 1} attempt(s) within"
-                        f" {model.settings.timeout:g} s (LLAMA_RUNTIME_TIMEOUT); last: {last}. Check that"
-                        f" {model.settings.endpoint} is reachable (LLAMA_RUNTIME_ENDPOINT or HF_ENDPOINT, and"
-                        " the proxy, if any), then retry; a larger LLAMA_RUNTIME_TIMEOUT helps on a slow link.")
+    """``call(timeout)`` through :func:`~llama_runtime.download.retrying`, the one retry loop.
+
+    Each try may wait for an answer as long as a body may stay silent (``idle_timeout``).
+    """
+    settings = model.settings
+    idle = idle_timeout(settings.timeout)
+
+    def judge(exc: Exception) -> Failure:
+        retry_after = _transient(exc, model)  # raises the permanent ones, explained
+        return Failure(f"{type(exc).__name__}: {_first_line(exc)}", retry_after)
+
+    def give_up(attempts: int, last: Failure) -> DownloadError:
+        return DownloadError(
+            f"cannot download {model}: gave up after {attempts} attempt(s) within {settings.timeout:g} s"
+            f" (LLAMA_RUNTIME_TIMEOUT); last: {last.message}. Check that {settings.endpoint} is reachable"
+            " (LLAMA_RUNTIME_ENDPOINT or HF_ENDPOINT, and the proxy, if any), then retry; a larger"
+            " LLAMA_RUNTIME_TIMEOUT helps on a slow link.")
+
+    return retrying(lambda left: call(min(idle, left)), deadline, judge, give_up, str(model))
 
 
 def _transient(exc: Exception, model: _Model) -> float | None:

@@ -11,78 +11,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .archive import archive_members, pack_variant
+from .archive import pack_variant
 from .errors import ManifestError, PublishError
 from .hashing import sha256_file
-from .variants.manifest import REQUIRE_KEYS, SCHEMA, Manifest, _plain_name
-
-VARIANT_FILE = "variant.json"
-MANIFEST_FILE = "manifest.json"
-REQUIRED_KEYS = ("os", "arch", "backend", "requires", "libraries")
-COMPUTED_KEYS = ("archive", "sha256", "size")
-
-
-def _read_variant_json(folder: Path) -> dict[str, Any]:
-    path = folder / VARIANT_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(
-            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
-            " needs one (see DESIGN.md, manifest schema 1)."
-        ) from None
-    except ValueError as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path} must hold a JSON object, not {type(data).__name__}.")
-    return data
-
+from .variants.entry import VARIANT_FILE, check_folder
+from .variants.manifest import MANIFEST_FILE, SCHEMA, Manifest
 
 def load_variant(folder: Path) -> dict[str, Any]:
-    """Read and check ``folder/variant.json``; return the entry with defaults filled in."""
-    data = _read_variant_json(folder)
-    path = folder / VARIANT_FILE
-    _plain_name(folder.name, "variant folder name")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ManifestError(f"{path} lacks {', '.join(missing)}.")
-    computed = [k for k in COMPUTED_KEYS if k in data]
-    if computed:
-        raise ManifestError(
-            f"{path} sets {', '.join(computed)}; publish computes those, remove them."
-        )
-    if not isinstance(data["requires"], dict):
-        raise ManifestError(f"{path}: requires must be an object.")
-    libraries = data["libraries"]
-    if not isinstance(libraries, list) or not libraries:
-        raise ManifestError(f"{path}: libraries must be a non-empty list (the load order).")
-    names = {name for name, _ in archive_members(folder)}  # also rejects links out and folders
-    listed = [*libraries, *(data.get("plugins") or [])]
-    absent = [str(x) for x in listed if _plain_name(x, f"{path}: library") not in names]
-    if absent:
-        raise PublishError(
-            f"{path} lists {', '.join(absent)}, not found in {folder}; build or"
-            " copy them there, or fix the list."
-        )
-    _check_formats(folder, str(data["os"]), listed)
-    entry = {"backend_dl": False, "python_requires": [], **data}
-    entry["requires"] = {**{k: None for k in REQUIRE_KEYS}, **data["requires"]}
-    return entry
-
-
-def _check_formats(folder: Path, os_name: str, names: list[Any]) -> None:
-    """Every library of a variant is a binary of its OS (no Mach-O in a Linux variant)."""
-    from .binformat import wrong_format
-
-    problems = [p for p in (wrong_format(folder / str(n), os_name) for n in names) if p]
-    if problems:
-        raise PublishError(
-            f"{folder / VARIANT_FILE} says os={os_name}, but " + "; ".join(problems)
-            + ". Put each OS's libraries in a variant folder of that OS."
-        )
+    """Read and check ``folder/variant.json`` against the folder (:func:`~.variants.entry.check_folder`:
+    every file listed and present, nothing unlisted); return the entry with defaults filled in."""
+    return check_folder(folder)
 
 
 def _variant_folders(src: Path) -> list[Path]:
@@ -122,14 +64,25 @@ def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | N
     return ", ".join(sorted(found, key=generations.normalize)) if found else None
 
 
-def build_release(src: Path, staging: Path, llama_cpp: str | None = None) -> dict[str, Any]:
-    """Pack every variant of ``src`` into ``staging``, write ``manifest.json`` and return it."""
+Qualify = Callable[[list[Path]], dict[str, dict[str, Any]]]
+
+
+def build_release(src: Path, staging: Path, llama_cpp: str | None = None, *,
+                  qualify: Qualify | None = None) -> dict[str, Any]:
+    """Pack every variant of ``src`` into ``staging``, write ``manifest.json`` and return it.
+
+    ``qualify`` (what :func:`publish` passes): runs every variant this machine can run and returns
+    each one's ``qualification`` record for its manifest entry, or raises (nothing is uploaded).
+    """
     entries: dict[str, dict[str, Any]] = {}
-    for folder in _variant_folders(src):
+    folders = _variant_folders(src)
+    for folder in folders:
         entry = load_variant(folder)
         archive = f"{folder.name}.tar.gz"
         sha256, size = pack_variant(folder, staging / archive)
         entries[folder.name] = {**entry, "archive": archive, "sha256": sha256, "size": size}
+    for name, record in (qualify(folders) if qualify is not None else {}).items():
+        entries[name]["qualification"] = record
     manifest = {"schema": SCHEMA, "llama_cpp": _llama_cpp(entries, llama_cpp), "variants": entries}
     Manifest.parse(manifest)  # what we publish must be what the runtime can read
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -244,10 +197,22 @@ def publish(
     lock_path: Path,
     token: str | None = None,
     llama_cpp: str | None = None,
+    qualify_cache: Path | None = None,
+    qualify: bool = True,
 ) -> dict[str, Any]:
-    """Pack ``src``, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock."""
+    """Pack ``src``, upload it to ``repo`` at ``endpoint``, tag ``revision``, write the lock.
+
+    Before anything is uploaded every variant this machine can run is qualified (loaded, and
+    every CPU plugin decodes a model of each quantization type: :mod:`llama_runtime.qualify`),
+    its results cached under ``qualify_cache`` (default: the settings' cache folder); one that
+    fails is refused with a :class:`~llama_runtime.errors.QualificationError`. ``qualify=False``
+    is for tests of the packing and uploading alone.
+    """
+    from .qualify.check import for_publish
+
+    checker = for_publish(qualify_cache) if qualify else None
     with tempfile.TemporaryDirectory(prefix="llama-runtime-publish-") as tmp:
-        manifest = build_release(Path(src), Path(tmp), llama_cpp)
+        manifest = build_release(Path(src), Path(tmp), llama_cpp, qualify=checker)
         try:
             commit = upload(Path(tmp), repo=repo, revision=revision, endpoint=endpoint, token=token)
         except PublishError:

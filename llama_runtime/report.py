@@ -28,6 +28,9 @@ def format_doctor(result: dict[str, Any]) -> str:
         lines.append(f"  {mark} {c['name']:<{width}}  score {c['score']:>6g}  {'; '.join(c['reasons'])}")
     lines.append(f"selected: {result['selected'] or 'none'}")
     lines += _plugin_lines(result.get("plugins"))
+    if result.get("qualification"):
+        q = result["qualification"]
+        lines.append(f"qualified: {q['variant']}: {q['summary']}")
     for w in result.get("warnings") or []:
         lines.append(f"warning:  {w}")
     for name, deps in (result.get("native_dependencies") or {}).items():

@@ -346,12 +346,13 @@ def write_variant_json(folder: Path, **facts: Any) -> dict[str, Any]:
     if missing:
         raise BuildVariantError(f"variant facts lack {missing}")
     entry = {k: facts[k] for k in keys} | {k: v for k, v in facts.items() if k not in keys}
-    for name in [*entry["libraries"], *entry["plugins"]]:
-        path = Path(folder) / name
-        if path.is_symlink() or not path.is_file():
-            raise BuildVariantError(f"{path} must be a regular file (no symlinks in a variant)")
-    if not entry["libraries"] or not LIBLLAMA.match(entry["libraries"][-1]):
-        raise BuildVariantError(f"the last library must be libllama: {entry['libraries']}")
+    from llama_runtime.errors import LlamaRuntimeError
+    from llama_runtime.variants.entry import check_folder
+
+    try:  # the checks publish makes, so a folder built here always publishes (one validator)
+        check_folder(Path(folder), entry, strict=True)
+    except LlamaRuntimeError as exc:
+        raise BuildVariantError(str(exc)) from exc
     (Path(folder) / "variant.json").write_text(json.dumps(entry, indent=2) + "\n")
     return entry
 
@@ -406,7 +407,16 @@ def _same_files(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in a.iterdir())
     if names != sorted(p.name for p in b.iterdir()):
         return False
-    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names)
+    return all(_same_variant_json(a / n, b / n) if n == "variant.json" else filecmp.cmp(a / n, b / n, shallow=False)
+               for n in names)
+
+
+def _same_variant_json(a: Path, b: Path) -> bool:
+    """Equal but for ``qualification``, which the qualification (run after) writes into the folder."""
+    def facts(path: Path) -> Any:
+        return {k: v for k, v in json.loads(path.read_text()).items() if k != "qualification"}
+
+    return bool(facts(a) == facts(b))
 
 
 def _folder_size(folder: Path) -> int:
@@ -742,11 +752,27 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
     return _replace_dir(staged, final)
 
 
+def _cross_builds() -> Any:
+    """scripts/cross_builds.py (aarch64 and glibc-2.28 builds), which imports this module."""
+    sys.modules.setdefault("build_variants", sys.modules[__name__])  # one module when run as a script
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import cross_builds
+    return cross_builds
+
+
+def all_flavors() -> list[str]:
+    """Every ``--source-build`` name: FLAVORS here plus cross_builds.CROSS_FLAVORS."""
+    return sorted([*FLAVORS, *_cross_builds().CROSS_FLAVORS])
+
+
 def source_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
                    jobs: int = 2) -> Path:
     """Build (or copy from the build cache) one source flavor into ``out_dir/<variant-name>/``."""
+    if flavor not in FLAVORS and flavor in _cross_builds().CROSS_FLAVORS:
+        return _cross_builds().cross_variant(flavor, out_dir, cache=cache, jobs=jobs)  # type: ignore[no-any-return]
     if flavor not in FLAVORS:
-        raise BuildVariantError(f"unknown flavor {flavor!r}; known: {sorted(FLAVORS)}")
+        raise BuildVariantError(f"unknown flavor {flavor!r}; known: {all_flavors()}")
     spec, cache = FLAVORS[flavor], cache or cache_root(os.environ)
     sdist = ensure_sdist(cache)
     steps = [t for step in spec.build_steps() for t in step]
@@ -794,10 +820,10 @@ def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     ``DEFAULT_FLAVORS``."""
     given = tuple(f.strip() for f in env.get("LLAMA_RUNTIME_DEV_FLAVORS", "").split(",")
                   if f.strip())
-    unknown = [f for f in given if f not in FLAVORS]
+    unknown = [f for f in given if f not in all_flavors()]
     if unknown:
         raise BuildVariantError(f"LLAMA_RUNTIME_DEV_FLAVORS names {unknown}; "
-                                f"known: {sorted(FLAVORS)}")
+                                f"known: {all_flavors()}")
     return given or DEFAULT_FLAVORS
 
 
@@ -811,12 +837,25 @@ def _produce(kind: str, what: str, out: Path, jobs: int) -> Path:
     return source_variant(what, out, jobs=jobs)
 
 
+def _qualify(folders: Sequence[Path]) -> None:
+    """Every CPU plugin of every folder on every quant type, in children (scripts/qualify_variants.py)."""
+    import qualify_variants
+
+    start = time.monotonic()
+    records, failures = qualify_variants.qualify_and_record(folders)
+    for name, record in records.items():
+        print(qualify_variants.line(name, record))
+    print(f"  qualification took {time.monotonic() - start:.1f} s (cached by file hashes)")
+    if failures:
+        raise BuildVariantError("qualification refused:\n  " + "\n  ".join(failures))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
     parser.add_argument("--npm", action="append", default=[], metavar="PKG@VER")
     parser.add_argument("--source-build", action="append", default=[], metavar="FLAVOR",
-                        choices=sorted(FLAVORS))
+                        choices=all_flavors())
     parser.add_argument("--all-default", action="store_true",
                         help=f"also produce the defaults ({DEFAULT_NPM}, "
                              f"{', '.join(DEFAULT_FLAVORS)})")
@@ -829,6 +868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     parser.add_argument("--cuda-targets", action="store_true",
                         help="also cut each CUDA variant into one variant per GPU target")
+    parser.add_argument("--no-qualify", action="store_true",
+                        help="skip the qualification (every CPU plugin on every quant type: "
+                             "scripts/qualify_variants.py)")
     args = parser.parse_args(argv)
     default = args.all_default or not (args.npm or args.source_build or args.macos
                                        or args.windows)
@@ -838,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
         jobs += [("windows", f) for f in args.windows]
+        folders = []
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
             folder = _produce(kind, what, args.out, args.jobs)
@@ -847,11 +890,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 smoke_load(folder)
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
+            folders.append(folder)
             if args.cuda_targets and (folder / "libggml-cuda.so").is_file():
                 import npm_cuda
 
                 for one in npm_cuda.target_variants(folder, args.out):
                     print(f"{one.name:24} cut  {folder.name:40} {_folder_size(one) / 2**20:7.1f} MiB")
+                    folders.append(one)
+        if not args.no_qualify:
+            _qualify(folders)
     except BuildVariantError as exc:
         print(f"build_variants: error: {exc}", file=sys.stderr)
         return 1

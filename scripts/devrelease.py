@@ -85,11 +85,31 @@ def run_cli(tree: Path, *args: str, env: Mapping[str, str] | None = None) -> sub
                           capture_output=True, text=True)
 
 
-def publish_release(tree: Path, variants: Path, endpoint: str, revision: str = "v0.1.0") -> Path:
-    """Publish ``variants`` to the hub and write ``tree``'s lock; return the lock's path."""
+# publish without its qualification: for tests of the run-time defence, whose release must hold
+# the crashing plugins that `llama-runtime publish` (rightly) refuses
+_UNQUALIFIED = """
+import sys
+from pathlib import Path
+from llama_runtime.publish import publish
+publish(Path(sys.argv[1]), repo=sys.argv[2], revision=sys.argv[3], endpoint=sys.argv[4],
+        lock_path=Path(sys.argv[5]), qualify=False)
+"""
+
+
+def publish_release(tree: Path, variants: Path, endpoint: str, revision: str = "v0.1.0", *,
+                    qualify: bool = True) -> Path:
+    """Publish ``variants`` to the hub and write ``tree``'s lock; return the lock's path.
+
+    ``qualify=False``: skip the qualification (only for a release that must hold broken plugins).
+    """
     lock = tree / "llama_runtime" / "binaries.lock.json"
-    proc = run_cli(tree, "publish", str(variants), "--repo", REPO, "--revision", revision,
-                   "--endpoint", endpoint, "--lock", str(lock))
+    if qualify:
+        proc = run_cli(tree, "publish", str(variants), "--repo", REPO, "--revision", revision,
+                       "--endpoint", endpoint, "--lock", str(lock))
+    else:
+        proc = subprocess.run([sys.executable, "-c", _UNQUALIFIED, str(variants), REPO, revision, endpoint,
+                               str(lock)], env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True,
+                              text=True, cwd=tree)
     if proc.returncode != 0:
         raise RuntimeError(f"publish failed:\n{proc.stdout}\n{proc.stderr}")
     return lock

@@ -16,6 +16,8 @@ Just enough of the Hub's HTTP protocol for the real ``huggingface_hub`` 2.4 clie
   GET    /{repo}/resolve/{rev}/{path}            the same, with single-range Range -> 206/416
   GET    /_test/stats, POST /_test/reset         {"requests": {"GET /path": n}, "bytes_served",
                                                  "bytes_by_path"}: file body bytes written
+  GET    /_test/ranges                           {"/path": ["bytes=N-", null, ...]}: the Range
+                                                 header of every file GET, in order
   GET|POST|DELETE /_test/faults                  list / add / clear fault rules
 
 Fault rules (a JSON list): {"path_glob": "*.tar.gz", "method": "GET", "kind": ..., "times": 1}.
@@ -25,7 +27,9 @@ retry_after`` if given), ``redirect`` (``status`` 302 to ``location``, default t
 ``reset`` (close with a TCP RST, no answer), and the body kinds, which apply to file bodies and,
 without a ``method``, to GET only (so the client's HEAD does not use them up): ``corrupt`` (one
 byte flipped, headers unchanged), ``cut`` (half the body, then close), ``stall`` (headers, then
-``seconds`` of silence, default 5; on HEAD the headers come late), ``drip`` (``chunk`` bytes every
+``seconds`` of silence, default 5, after the first ``at`` bytes of the body, default 0; the
+connection stays open, and the silence ends early when the client hangs up; on HEAD the headers
+come late), ``drip`` (``chunk`` bytes every
 ``interval`` seconds), ``wrong_length`` (a body one byte short whose Content-Length agrees).
 
 Quirks worth knowing:
@@ -353,8 +357,14 @@ class Handler(BaseHTTPRequestHandler):
             data = data[: len(data) // 2]
             self.close_connection = True
         if kind == "stall":
+            at = min(max(int(f.get("at", 0)), 0), len(data))
+            self.wfile.write(data[:at])
+            self.server.add_bytes(self.url_path, at)
             self.wfile.flush()
-            self.server.stopping.wait(float(f.get("seconds", 5)))
+            data = data[at:]
+            if not self._silence(float(f.get("seconds", 5))):
+                self.close_connection = True
+                return  # the client gave up on the silent connection: nothing more to serve
         step = int(f.get("chunk", 1024)) if kind == "drip" else len(data) or 1
         for i in range(0, len(data), step):
             self.wfile.write(data[i : i + step])
@@ -363,6 +373,19 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 if self.server.stopping.wait(float(f.get("interval", 0.05))):
                     break
+
+    def _silence(self, seconds: float) -> bool:
+        """Send nothing for ``seconds`` with the connection open; False once the client hung up."""
+        import select
+
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0 and not self.server.stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.1))
+            if readable:
+                if not self.connection.recv(1, socket.MSG_PEEK):
+                    return False  # EOF: the client closed its end
+                self.server.stopping.wait(left)  # a pipelined request: silence without watching
+        return True
 
     # -- routes -----------------------------------------------------------------------------
     def _route(self) -> None:
@@ -530,6 +553,8 @@ class Handler(BaseHTTPRequestHandler):
             status, (start, end) = 206, span
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = end - start + 1
+        if self.command == "GET":
+            self.server.add_range(self.url_path, self.headers.get("Range"))
         if self.fault and self.fault["kind"] == "wrong_length" and self.command == "GET":
             length = max(length - 1, 0)  # a short body whose Content-Length agrees with it
         self.send_response(status)
@@ -547,6 +572,8 @@ class Handler(BaseHTTPRequestHandler):
         srv, key = self.server, (self.command, self.url_path)
         if key == ("GET", "/_test/stats"):
             return self._json(srv.stats())
+        if key == ("GET", "/_test/ranges"):
+            return self._json(srv.range_log())
         if key == ("POST", "/_test/reset"):
             srv.reset_stats()
         elif key == ("POST", "/_test/faults"):
@@ -582,6 +609,11 @@ class HubHTTPServer(ThreadingHTTPServer):
             self.bytes_served += n
             self.bytes_by_path[path] += n
 
+    def add_range(self, path: str, value: str | None) -> None:
+        """Record the ``Range`` header (``None``: none) of a GET of a file, in arrival order."""
+        with self._lock:
+            self.ranges.setdefault(path, []).append(value)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -590,11 +622,17 @@ class HubHTTPServer(ThreadingHTTPServer):
                 "bytes_by_path": dict(self.bytes_by_path),
             }
 
+    def range_log(self) -> dict[str, list[str | None]]:
+        """The ``Range`` header of every file GET since the last reset, per path, in order."""
+        with self._lock:
+            return {path: list(values) for path, values in self.ranges.items()}
+
     def reset_stats(self) -> None:
         with self._lock:
             self.requests: Counter[str] = Counter()
             self.bytes_by_path: Counter[str] = Counter()
             self.bytes_served = 0
+            self.ranges: dict[str, list[str | None]] = {}
 
     def add_faults(self, rules: Any) -> None:
         rules = rules if isinstance(rules, list) else [rules]

@@ -1,6 +1,8 @@
-"""A minimal HTTP forward proxy on 127.0.0.1 that counts what it forwards (plain http only).
+"""A minimal HTTP forward proxy on 127.0.0.1 that counts what it forwards.
 
-Clients send ``GET http://host:port/path`` to it; it refuses any target that is not loopback.
+Clients send ``GET http://host:port/path`` to it (plain http), or ``CONNECT host:port`` and then
+speak TLS through the tunnel (https); it refuses any target that is not loopback. A tunnel is
+counted as ``CONNECT host:port``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,33 @@ class _Handler(BaseHTTPRequestHandler):
         conn.close()
 
     do_GET = do_HEAD = _forward
+
+    def do_CONNECT(self) -> None:  # noqa: N802 - http.server's naming
+        import select
+        import socket
+
+        host, _, port = self.path.rpartition(":")
+        if host not in ("127.0.0.1", "localhost"):
+            self.send_error(403, "this test proxy only tunnels to loopback")
+            return
+        self.server.forwarded.append(f"CONNECT {self.path}")  # type: ignore[attr-defined]
+        upstream = socket.create_connection((host, int(port)), timeout=30)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        sockets = [self.connection, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 30)
+                if not readable:
+                    return
+                for s in readable:
+                    data = s.recv(1 << 16)
+                    if not data:
+                        return
+                    (upstream if s is self.connection else self.connection).sendall(data)
+        finally:
+            upstream.close()
+            self.close_connection = True
 
 
 @contextmanager

@@ -144,6 +144,21 @@ def test_write_variant_json_refuses_symlinks(bv: ModuleType, system_folder: Path
         bv.write_variant_json(system_folder, **(facts | {"libraries": ["libgcc_s.so.1"]}))
 
 
+def test_write_variant_json_refuses_files_it_does_not_list(bv: ModuleType, system_folder: Path) -> None:
+    # the builder checks with publish's own validator (llama_runtime.variants.entry)
+    shutil.copy2(system_folder / "libgcc_s.so.1", system_folder / "libllama.so")
+    facts = {"os": "linux", "arch": "x86_64", "backend": "cpu", "requires": {}, "plugins": [],
+             "libraries": ["libgcc_s.so.1", "libllama.so"], "backend_dl": False,
+             "python_requires": [], "external_libraries": [], "llama_cpp": "0.5.0",
+             "source": "t", "description": "t"}
+    with pytest.raises(bv.BuildVariantError, match=r"holds libstdc\+\+\.so\.6, which .* does not list"):
+        bv.write_variant_json(system_folder, **facts)
+    assert not (system_folder / "variant.json").exists()
+    (system_folder / "libstdc++.so.6").unlink()
+    entry = bv.write_variant_json(system_folder, **facts)
+    assert json.loads((system_folder / "variant.json").read_text()) == entry
+
+
 def test_npm_variant_folder(bv: ModuleType, npm_folder: Path) -> None:
     meta = json.loads((npm_folder / "variant.json").read_text())
     assert npm_folder.name == "linux-x86_64-cpu"

@@ -83,3 +83,28 @@ def test_strict_install_refuses_cuda_where_no_driver_is_visible(gpu_release, tmp
     assert proc.returncode != 0
     assert "LLAMA_RUNTIME_STRICT=1 forbids building with a fallback" in out and "no NVIDIA driver" in out
     assert not (tmp_path / "cache" / "0.1.0" / CUDA).exists()  # refused before any download
+
+
+def test_named_cuda_variant_builds_where_no_driver_is_visible_as_the_backend_does(gpu_release,
+                                                                                 tmp_path: Path) -> None:
+    """`LLAMA_RUNTIME_VARIANT=<the CUDA variant> pip wheel` here (no driver) builds it with a warning,
+    as `LLAMA_BACKEND=cuda` does, instead of refusing with "no variant fits" (issue 15, point 7)."""
+    import sys
+    import zipfile
+
+    _, endpoint, sdist = gpu_release
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "HF_"))}
+    env.update(LLAMA_RUNTIME_ENDPOINT=endpoint, LLAMA_RUNTIME_CACHE=str(tmp_path / "cache"),
+               LLAMA_RUNTIME_VARIANT=CUDA)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-cache-dir",
+                           "--disable-pip-version-check", "-w", str(tmp_path / "wheels"), str(sdist)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert f"kept: LLAMA_RUNTIME_VARIANT={CUDA} asked for it" in log and "no NVIDIA driver" in log
+    (wheel,) = (tmp_path / "wheels").glob("llama_runtime-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "llama_runtime/_libs/libggml-cuda.so" in names
+    report = json.loads(zipfile.ZipFile(wheel).read("llama_runtime/_libs/selection.json"))
+    assert report["selected"] == CUDA and report["request"]["variant"] == CUDA

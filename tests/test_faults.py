@@ -190,6 +190,73 @@ def test_stall_past_the_deadline_fails_inside_it(release, hub, small, lock, tmp_
     assert elapsed >= 2.5 and "within 3 s" in message and "Timeout" in message
 
 
+def test_silent_connection_is_abandoned_and_resumed_with_range(release, hub, small, lock, tmp_path) -> None:
+    # the body stops halfway for longer than the whole deadline while the connection stays open:
+    # only a per-read idle timeout notices, and the resume must ask for the missing half only
+    path, half = archive_path(release, small), small.size // 2
+    seen = len(hub.range_log().get(path, []))
+    meter, elapsed = survive(release, hub, small, lock, tmp_path, "body silent 30 s halfway (deadline 25 s)",
+                             [{"kind": "stall", "seconds": 30, "at": half}], timeout=25)
+    assert meter.gets == 2 and hub.range_log()[path][seen:] == [None, f"bytes={half}-"]
+    assert meter.served == small.size  # no byte twice
+    assert elapsed < 25 / 2  # abandoned after a few seconds, not at the deadline
+
+
+def test_silent_proxied_connection_is_abandoned(release, small, tmp_path) -> None:
+    """The hub client's transport (httpx, used whenever a proxy may apply) has the same idle timeout."""
+    from counting_proxy import counting_proxy
+
+    body = (release.hub.data_dir / "blobs" / small.sha256).read_bytes()
+    with HubServer(tmp_path / "own-hub") as own, counting_proxy() as (proxy, forwarded):
+        # its own hub: the stalled upstream connection the proxy keeps must not feed another test's meter
+        commit = publish_file(own, "org/bins", small.archive, body)
+        private = Lock(repo="org/bins", revision="main", commit=commit,
+                       manifest=dataclasses.replace(read_lock(release.tree / "llama_runtime/binaries.lock.json")
+                                                    .manifest, variants={small.name: small}))
+        assert own.httpd is not None
+        own.httpd.add_faults([{"path_glob": "*.tar.gz", "kind": "stall", "seconds": 30}])
+        settings = resolve(environ={**release.env(tmp_path / "cache"), "LLAMA_RUNTIME_ENDPOINT": own.url,
+                                    "LLAMA_RUNTIME_PROXY": proxy, "LLAMA_RUNTIME_TIMEOUT": "25"})
+        start = time.monotonic()
+        folder, how = ensure_variant(small, private, settings)
+        elapsed = time.monotonic() - start
+        record("silent proxied connection (deadline 25 s)", "survived", elapsed, None)
+        assert how == "download" and verify_entry(folder) == []
+        assert len([u for u in forwarded if u.endswith(small.archive)]) == 2
+        assert elapsed < 25 / 2
+
+
+OLAH_HINT = "re-committed the release"
+
+
+@pytest.mark.parametrize(("faults", "timeout", "hinted"), [
+    ([{"kind": "stall", "seconds": 60, "times": None}], 3, False),
+    ([{"kind": "reset", "times": None, "method": "GET"}], 15, False),
+    ([{"kind": "status", "status": 503, "retry_after": 600}], 10, False),
+    ([{"kind": "status", "status": 500, "times": None}], 15, True),  # olah's answer for a commit it lacks
+], ids=["silent", "reset", "503-busy", "500"])
+def test_the_mirror_hint_follows_only_the_errors_it_explains(release, hub, small, lock, tmp_path,
+                                                            faults, timeout, hinted) -> None:
+    hub.add_faults([{"path_glob": "*" + small.archive, **f} for f in faults])
+    with pytest.raises(DownloadError) as info:
+        ensure_variant(small, lock, settings_for(release, tmp_path / "cache", LLAMA_RUNTIME_TIMEOUT=str(timeout)))
+    message = str(info.value)
+    assert (OLAH_HINT in message) is hinted, message
+    assert "LLAMA_RUNTIME_MIRROR" in message  # the ways out that fit any failure stay
+
+
+def test_the_mirror_hint_follows_a_revision_the_hub_does_not_know(release, hub, small, lock, tmp_path) -> None:
+    settings = settings_for(release, tmp_path / "cache")
+    unknown = dataclasses.replace(lock, commit="0" * 40)  # what a mirror that re-committed says to the lock
+    with pytest.raises(DownloadError, match="the revision does not exist") as info:
+        ensure_variant(small, unknown, settings)
+    assert OLAH_HINT in str(info.value)
+    missing = dataclasses.replace(small, archive="no-such-archive.tar.gz")
+    with pytest.raises(DownloadError, match="the repository has no such file") as info:
+        ensure_variant(missing, lock, settings)
+    assert OLAH_HINT not in str(info.value)
+
+
 def test_fast_drip_succeeds(release, hub, small, lock, tmp_path) -> None:
     meter, _ = survive(release, hub, small, lock, tmp_path, "slow drip (64 KiB / 20 ms)",
                        [{"kind": "drip", "chunk": 65536, "interval": 0.02}])

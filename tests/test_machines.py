@@ -148,3 +148,47 @@ def test_doctor_report_lists_every_gpu() -> None:
                        " 8188 MiB)")
     assert any("Iris(R) Xe" in g and "integrated" in g for g in gpus)
     assert "rocm:" not in text  # no AMD GPU is normal, not a failed probe
+
+
+BACKEND_REQUESTS = ["cpu", "cuda", "cuda12", "cuda13", "rocm", "vulkan", "metal"]
+
+
+@pytest.mark.parametrize("path", MACHINES, ids=[p.stem for p in MACHINES])
+def test_a_named_variant_is_honoured_at_least_as_much_as_its_backend(path: Path) -> None:
+    """Whatever ``LLAMA_BACKEND=B`` builds on a machine, ``LLAMA_RUNTIME_VARIANT=<that variant>``
+    builds too, with the same warning; what the backend refuses here, the name may not rescue
+    beyond an absent device (a driver too old is a refusal for both)."""
+    _, profile = load(path)
+    for backend in BACKEND_REQUESTS:
+        forced = select(MANIFEST, profile, backend=backend)
+        if forced.selected is None:
+            continue
+        named = select(MANIFEST, profile, variant=forced.selected)
+        assert named.selected == forced.selected, (backend, named.candidate(forced.selected).reasons)
+        assert len(named.warnings) == len(forced.warnings), (backend, named.warnings, forced.warnings)
+        if forced.warnings:  # the same fact, said with the setting that asked for it
+            assert f"LLAMA_RUNTIME_VARIANT={forced.selected}" in named.warnings[0], named.warnings
+
+
+def test_named_cuda_variant_on_a_driver_too_old_is_refused_like_the_backend() -> None:
+    _, profile = load(DATA / "machines" / "nvidia-470-pascal-gtx1080.json")
+    for s in (select(MANIFEST, profile, backend="cuda12"),
+              select(MANIFEST, profile, variant="linux-x86_64-cuda12")):
+        assert s.selected is None
+        assert "needs a driver supporting CUDA 12.4" in "; ".join(s.candidate("linux-x86_64-cuda12").reasons)
+
+
+def test_docker_build_stage_with_a_named_cuda_variant_builds_it_with_a_warning() -> None:
+    _, profile = load(DATA / "machines" / "docker-build-stage-forced-cuda.json")
+    s = select(MANIFEST, profile, variant="linux-x86_64-cuda13")
+    assert s.selected == "linux-x86_64-cuda13"
+    [warning] = s.warnings
+    assert warning.startswith("linux-x86_64-cuda13: no NVIDIA driver detected")
+    assert warning.endswith("(kept: LLAMA_RUNTIME_VARIANT=linux-x86_64-cuda13 asked for it)")
+
+
+def test_named_vulkan_variant_on_llvmpipe_is_kept_like_the_backend() -> None:
+    _, profile = load(DATA / "machines" / "container-llvmpipe-only.json")
+    s = select(MANIFEST, profile, variant="linux-x86_64-vulkan")
+    assert s.selected == "linux-x86_64-vulkan"
+    assert any("software renderer" in w and "LLAMA_RUNTIME_VARIANT=linux-x86_64-vulkan" in w for w in s.warnings)

@@ -149,6 +149,21 @@ def test_connection_reset_on_head_and_get(hub: Any, hf_cache: Path, model_file: 
     assert_in_hf_cache(path, hf_cache, model_file)
 
 
+def test_silent_connection_is_abandoned_and_resumed_with_range(hub: Any, hf_cache: Path, model_file: Path,
+                                                               tmp_path: Path) -> None:
+    half = model_file.stat().st_size // 2
+    fault(hub, kind="stall", seconds=30, at=half)  # the connection stays open, silent, past the deadline
+    start = time.monotonic()
+    path = download_model(REPO, FILE, None, settings(hub.url, tmp_path, timeout=25))
+    elapsed = time.monotonic() - start
+    assert_in_hf_cache(path, hf_cache, model_file)
+    _, gets, served = counts(hub)
+    assert gets == 2 and served == model_file.stat().st_size
+    [ranges] = [v for k, v in hub.range_log().items() if k.endswith(FILE)]
+    assert ranges == [None, f"bytes={half}-"]
+    assert elapsed < 25 / 2
+
+
 # -- permanent failures are not retried -----------------------------------------------------------
 
 

@@ -3,10 +3,11 @@ AMX kernel does, beside copies of a real variant's plugins, published to the loo
 
 No real plugin crashes on this AMD machine, so tests/data/plugins/badkernel.c is compiled against
 the pinned ggml headers: it scores above every real plugin (ggml would pick it) and hands out the
-real skylakex registry with graph_compute replaced by ``__builtin_trap()`` (ud2: SIGILL on the
+real registry of the plugin ggml picks here with graph_compute replaced by ``__builtin_trap()`` (ud2: SIGILL on the
 first decode); a second build traps in ``ggml_backend_init``. Variants of the release:
 
-* ``linux-x86_64-cpu-omp``: the real source build (haswell, skylakex, sapphirerapids plugins);
+* ``linux-x86_64-cpu-omp``: the real source build (its plugins; ``pick`` is the one ggml picks here:
+  zen4 on an AMD Zen 4/5, skylakex on an AVX-512 Intel without AMX, sapphirerapids with AMX);
 * ``...-omp-bad``: the same files plus both crashing plugins;
 * ``...-omp-allbad``: the libraries with the init-crashing plugin only (no plugin can run).
 
@@ -75,14 +76,14 @@ def _variant_json(folder: Path, **changes: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def release(tmp_path_factory: pytest.TempPathFactory, normal: dict[str, Any]) -> Iterator[tuple[Path, str]]:
     real = devrelease.build_variant_dirs(devrelease.dev_cache() / "variants") / GOOD
     work = tmp_path_factory.mktemp("prove")
     variants = work / "variants"
     shutil.copytree(real, variants / GOOD)
     bad = shutil.copytree(real, variants / BAD)
-    compile_badkernel(bad / BAD_PLUGINS[0], "libggml-cpu-skylakex.so", at_init=True)
-    compile_badkernel(bad / BAD_PLUGINS[1], "libggml-cpu-skylakex.so")
+    compile_badkernel(bad / BAD_PLUGINS[0], normal["mapped"][0], at_init=True)
+    compile_badkernel(bad / BAD_PLUGINS[1], normal["mapped"][0])
     plugins = json.loads((real / "variant.json").read_text())["plugins"]
     _variant_json(bad, plugins=sorted([*plugins, *BAD_PLUGINS]), priority=40)
     allbad = variants / ALLBAD
@@ -93,7 +94,8 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     _variant_json(allbad, plugins=[BAD_PLUGINS[0]], priority=50)
     with HubServer(work / "hub") as hub:
         tree = devrelease.stage_source(work / "src")
-        devrelease.publish_release(tree, variants, hub.url)
+        # the crashing plugins are the point here: publish's qualification would refuse them
+        devrelease.publish_release(tree, variants, hub.url, qualify=False)
         yield tree, hub.url
 
 
@@ -114,14 +116,26 @@ def run(release: tuple[Path, str], cache: Path, *args: str, **env: str) -> dict[
 
 
 @pytest.fixture(scope="module")
-def reference_ids(release: tuple[Path, str], model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[int]:
+def normal(model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The normal path: the real variant, loaded as given (LLAMA_RUNTIME_LIB: no proof, ggml's own pick)."""
     lib = devrelease.dev_cache() / "variants" / GOOD / "libllama.so"
-    out = run(release, tmp_path_factory.mktemp("ref-cache"), str(model), PROMPT, LLAMA_RUNTIME_LIB=str(lib))
+    out = run((devrelease.ROOT, "http://127.0.0.1:9"), tmp_path_factory.mktemp("ref-cache"), str(model), PROMPT,
+              LLAMA_RUNTIME_LIB=str(lib))
     assert out["ok"] and out["plugin"] is None and out["children"] == 0, out
-    assert out["mapped"] == ["libggml-cpu-skylakex.so"]  # what ggml picks on this machine
-    ids: list[int] = out["ids"]
-    assert len(ids) == 16
+    assert len(out["mapped"]) == 1, out["mapped"]  # ggml maps the one plugin it picks
+    assert len(out["ids"]) == 16
+    return out
+
+
+@pytest.fixture(scope="module")
+def pick(normal: dict[str, Any]) -> str:
+    name: str = normal["mapped"][0]
+    return name
+
+
+@pytest.fixture(scope="module")
+def reference_ids(normal: dict[str, Any]) -> list[int]:
+    ids: list[int] = normal["ids"]
     return ids
 
 
@@ -136,38 +150,38 @@ def proven(release: tuple[Path, str], model: Path, tmp_path_factory: pytest.Temp
 
 
 def test_crashing_plugins_are_named_and_the_next_real_one_runs(proven: tuple[Path, dict[str, Any]],
-                                                               reference_ids: list[int]) -> None:
+                                                               reference_ids: list[int], pick: str) -> None:
     cache, out = proven
     assert out["ok"], out
     plugin = out["plugin"]
     assert plugin["mode"] == "explicit" and plugin["source"] == "child"
-    assert plugin["cpu_plugin"] == "libggml-cpu-skylakex.so"
+    assert plugin["cpu_plugin"] == pick
     assert plugin["failed"] == {"libggml-cpu-badinit.so": "crashed with SIGILL when initialised",
                                 "libggml-cpu-badkernel.so": "crashed with SIGILL while decoding a quantized model"}
-    assert out["children"] == 3  # badinit, badkernel, then skylakex ran the proof model
+    assert out["children"] == 3  # badinit, badkernel, then the real pick ran the proof model
     (warning,) = [m for level, m in out["log"] if level == "WARNING"]
     assert BAD in warning and "SIGILL" in warning
-    assert "libggml-cpu-badkernel.so" in warning and "libggml-cpu-skylakex.so explicitly instead" in warning
+    assert "libggml-cpu-badkernel.so" in warning and f"{pick} explicitly instead" in warning
     # only the proven plugin is in this process, and it computes what the normal path computes
-    assert out["mapped"] == ["libggml-cpu-skylakex.so"]
+    assert out["mapped"] == [pick]
     assert out["ids"] == reference_ids
     (record_path,) = _records(cache)
     record = json.loads(record_path.read_text())
-    assert record["chosen"] == "libggml-cpu-skylakex.so" and record["mode"] == "explicit"
+    assert record["chosen"] == pick and record["mode"] == "explicit"
     assert record["ggml_pick"] in BAD_PLUGINS and record["scores"]["libggml-cpu-badkernel.so"] == 1 << 20
     assert record["library_sha256"] == out["sha256"] and len(record["ids"]) == 4
 
 
 def test_the_record_is_reused_without_a_child(proven: tuple[Path, dict[str, Any]], release: tuple[Path, str],
-                                              model: Path, reference_ids: list[int]) -> None:
+                                              model: Path, reference_ids: list[int], pick: str) -> None:
     cache, _ = proven
     (record_path,) = _records(cache)
     before = record_path.stat().st_mtime_ns
     out = run(release, cache, str(model), PROMPT, LLAMA_RUNTIME_VARIANT=BAD)
     assert out["ok"] and out["children"] == 0, out
-    assert out["plugin"]["source"] == "record" and out["plugin"]["cpu_plugin"] == "libggml-cpu-skylakex.so"
+    assert out["plugin"]["source"] == "record" and out["plugin"]["cpu_plugin"] == pick
     assert any("SIGILL" in m for level, m in out["log"] if level == "WARNING")  # still a fallback, still said
-    assert out["ids"] == reference_ids and out["mapped"] == ["libggml-cpu-skylakex.so"]
+    assert out["ids"] == reference_ids and out["mapped"] == [pick]
     assert record_path.stat().st_mtime_ns == before
 
 
@@ -184,18 +198,18 @@ TAMPER = {
     "another-cpu": lambda r: r["cpu"].update(signature="000806f8", model_name="Intel(R) Xeon(R) Platinum 8480+"),
     "another-library": lambda r: r.update(library_sha256="0" * 64),
     "corrupt-json": lambda r: '{"schema": 1, "mode": "explic',
-    "wrong-types": lambda r: r.update(chosen=["libggml-cpu-skylakex.so"], failed="none"),
+    "wrong-types": lambda r: r.update(chosen=[r["chosen"]], failed="none"),
 }
 
 
 @pytest.mark.parametrize("how", list(TAMPER))
 def test_a_record_that_does_not_match_is_ignored(how: str, proven: tuple[Path, dict[str, Any]],
-                                                 release: tuple[Path, str], tmp_path: Path) -> None:
+                                                 release: tuple[Path, str], tmp_path: Path, pick: str) -> None:
     cache, record_path = _tampered(proven, tmp_path, TAMPER[how])
     out = run(release, cache, LLAMA_RUNTIME_VARIANT=BAD)
     assert out["ok"], out
     assert out["children"] == 3 and out["plugin"]["source"] == "child"  # proved again, the same way
-    assert out["plugin"]["cpu_plugin"] == "libggml-cpu-skylakex.so"
+    assert out["plugin"]["cpu_plugin"] == pick
     assert any("proving again" in m for level, m in out["log"] if level == "INFO")
     fresh = json.loads(record_path.read_text())  # rewritten for this CPU and library
     assert fresh["cpu"] == json.loads(_records(proven[0])[0].read_text())["cpu"]
@@ -221,18 +235,18 @@ def test_a_variant_no_plugin_can_run_is_refused_for_the_next(release: tuple[Path
 
 
 def test_a_good_variant_loads_the_way_ggml_does(release: tuple[Path, str], model: Path, tmp_path: Path,
-                                                reference_ids: list[int]) -> None:
+                                                reference_ids: list[int], pick: str) -> None:
     for source, children in (("child", 1), ("record", 0)):
         out = run(release, tmp_path / "cache", str(model), PROMPT, LLAMA_RUNTIME_VARIANT=GOOD)
         assert out["ok"] and out["children"] == children, out
         plugin = out["plugin"]
         assert (plugin["mode"], plugin["source"], plugin["failed"]) == ("default", source, {})
-        assert plugin["cpu_plugin"] == plugin["ggml_pick"] == "libggml-cpu-skylakex.so"
+        assert plugin["cpu_plugin"] == plugin["ggml_pick"] == pick
         assert not [m for level, m in out["log"] if level == "WARNING"]
         assert out["ids"] == reference_ids
 
 
-def test_doctor_shows_cpuid_os_state_and_the_proof(release: tuple[Path, str], tmp_path: Path) -> None:
+def test_doctor_shows_cpuid_os_state_and_the_proof(release: tuple[Path, str], tmp_path: Path, pick: str) -> None:
     tree, endpoint = release
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_", "HF_"))}
     env.update(PYTHONPATH=str(tree), LLAMA_RUNTIME_ENDPOINT=endpoint, LLAMA_RUNTIME_CACHE=str(tmp_path / "cache"),
@@ -248,11 +262,11 @@ def test_doctor_shows_cpuid_os_state_and_the_proof(release: tuple[Path, str], tm
     assert "cpuid:    " in text.stdout and "avx512f" in text.stdout
     assert "os:       XCR0 0x" in text.stdout and "(xgetbv)" in text.stdout
     assert "ggml would pick libggml-cpu-bad" in text.stdout
-    assert "CPU plugin libggml-cpu-skylakex.so, loaded explicit (proof: record" in text.stdout
+    assert f"CPU plugin {pick}, loaded explicit (proof: record" in text.stdout
     assert "crashed in its test run: libggml-cpu-badinit.so crashed with SIGILL" in text.stdout
     js = json.loads(doctor("--json").stdout)
     cpu = js["profile"]["cpu"]
     assert cpu["cpuid"]["features"] and cpu["os"]["xcr0"].startswith("0x")
     assert set(cpu["os"]["groups"]) == {"avx", "avx512", "amx"}
-    assert js["library"]["plugin"]["cpu_plugin"] == "libggml-cpu-skylakex.so"
+    assert js["library"]["plugin"]["cpu_plugin"] == pick
     assert js["plugins"]["ggml_pick"] in BAD_PLUGINS

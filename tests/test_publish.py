@@ -68,7 +68,9 @@ def src(tmp_path: Path) -> Path:
 
 
 def run(src: Path, hub: HubServer, lock: Path, tag: str = "v0.1.0") -> dict[str, Any]:
-    return publish(src, repo=REPO, revision=tag, endpoint=hub.url, lock_path=lock)
+    # packing and uploading alone: these variants hold random bytes, which the qualification
+    # (every variant is loaded first) refuses; tests/test_qualify_publish.py runs it on real ones
+    return publish(src, repo=REPO, revision=tag, endpoint=hub.url, lock_path=lock, qualify=False)
 
 
 def test_publish_writes_lock_matching_the_hub(src: Path, hub: HubServer, tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ def test_unreachable_hub_is_a_publish_error(src: Path, tmp_path: Path) -> None:
     with HubServer(tmp_path / "gone") as server:
         url = server.url
     with pytest.raises(PublishError, match="failed"):
-        publish(src, repo=REPO, revision="v1", endpoint=url, lock_path=tmp_path / "lock.json")
+        publish(src, repo=REPO, revision="v1", endpoint=url, lock_path=tmp_path / "lock.json", qualify=False)
 
 
 def test_a_release_may_hold_both_checked_generations(tmp_path: Path) -> None:
@@ -241,3 +243,39 @@ def test_a_variant_of_an_unchecked_generation_is_refused(tmp_path: Path) -> None
     assert message.startswith("linux-x86_64-cpu-v010 (llama.cpp 0.1.0)")
     assert "checked only against llama.cpp 0.4.0, 0.5.0" in message
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_files_the_variant_json_does_not_list_are_refused_by_name(tmp_path: Path, hub: HubServer) -> None:
+    # the bug report: variant.json lists only the libraries; the CPU plugins sit beside them
+    plugins = ["libggml-cpu-haswell.so", "libggml-cpu-x64.so"]
+    make_variant(tmp_path / "src", "linux-x86_64-cpu", variant_json("cpu"), [*LIBS, *plugins])
+    with pytest.raises(PublishError) as info:
+        run(tmp_path / "src", hub, tmp_path / "lock.json")
+    message = str(info.value)
+    assert f"holds {', '.join(plugins)}, which " in message and "does not list" in message
+    assert "Add each to `plugins`" in message and "no usable backend" in message
+    assert not (tmp_path / "lock.json").exists()
+    with pytest.raises(RepositoryNotFoundError):  # nothing was uploaded, not even the repo
+        HfApi(endpoint=hub.url).model_info(REPO)
+
+
+def test_listed_plugins_are_published_and_named_by_the_manifest(tmp_path: Path, hub: HubServer) -> None:
+    plugins = ["libggml-cpu-haswell.so", "libggml-cpu-x64.so"]
+    make_variant(tmp_path / "src", "linux-x86_64-cpu", variant_json("cpu", plugins=plugins), [*LIBS, *plugins])
+    lock = run(tmp_path / "src", hub, tmp_path / "lock.json")
+    entry = lock["manifest"]["variants"]["linux-x86_64-cpu"]
+    assert entry["plugins"] == plugins
+    parsed = read_lock(tmp_path / "lock.json").manifest.variants["linux-x86_64-cpu"]
+    assert parsed.files == (*LIBS, *plugins)  # what the wheel and the cache keep: every file
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"plugins": ["../libggml-cpu.so"]}, "plugin '../libggml-cpu.so' is not a plain file name"),
+    ({"plugins": "libggml-cpu.so"}, "plugins must be a list of file names"),
+    ({"libraries": ["libllama.so", "libggml.so"]}, "the last library must be libllama"),
+], ids=["plugin-path", "plugins-not-a-list", "libllama-not-last"])
+def test_invalid_plugins_and_load_order(tmp_path: Path, hub: HubServer, change: dict[str, Any],
+                                        message: str) -> None:
+    make_variant(tmp_path / "src", "linux-x86_64-cpu", {**variant_json("cpu"), **change})
+    with pytest.raises(ManifestError, match=message):
+        run(tmp_path / "src", hub, tmp_path / "lock.json")

@@ -477,3 +477,57 @@ def test_driver_known_but_cuda_unknown_is_explained() -> None:
     s = select(MANIFEST, prof)
     assert "no CUDA version known for NVIDIA driver 550.54.15" in reasons(s, "linux-x86_64-cuda12")
     assert select(MANIFEST, prof, backend="cuda").selected == "linux-x86_64-cuda12"  # kept, with a warning
+
+
+# --- an exact variant is honoured at least as much as a backend (issue 15, point 7) ----------
+
+def test_named_cuda_variant_without_a_driver_is_kept_like_a_forced_backend() -> None:
+    forced = select(MANIFEST, profile(), backend="cuda12")
+    named = select(MANIFEST, profile(), variant="linux-x86_64-cuda12")
+    assert forced.selected == named.selected == "linux-x86_64-cuda12"
+    text = reasons(named, "linux-x86_64-cuda12")
+    assert "no NVIDIA driver detected" in text
+    assert "kept: LLAMA_RUNTIME_VARIANT=linux-x86_64-cuda12 asked for it" in text
+    assert named.ranked[0] == "linux-x86_64-cuda12"  # the CPU builds stay fallbacks
+    assert len(named.warnings) == 1 and "no NVIDIA driver detected" in named.warnings[0]
+
+
+def test_named_cuda_variant_on_a_too_old_driver_is_refused_as_the_backend_is() -> None:
+    old = profile(driver="520.61.05", cuda="11.8")
+    for s in (select(MANIFEST, old, backend="cuda12"), select(MANIFEST, old, variant="linux-x86_64-cuda12")):
+        assert s.selected is None
+        with pytest.raises(NoCompatibleVariantError) as info:
+            s.require()
+        assert "520.61.05" in str(info.value) and "CUDA 11.8" in str(info.value)
+
+
+def test_named_variant_conflicting_with_the_backend_is_refused_naming_both() -> None:
+    s = select(MANIFEST, profile(driver="550.54.15", cuda="12.4"), backend="cpu", variant="linux-x86_64-cuda12")
+    assert s.selected is None
+    with pytest.raises(NoCompatibleVariantError) as info:
+        s.require()
+    assert "LLAMA_RUNTIME_VARIANT=linux-x86_64-cuda12" in str(info.value)
+    assert "LLAMA_BACKEND=cpu" in str(info.value)
+
+
+NO_FIT = [
+    (profile(driver="520.61.05", cuda="11.8"), "cuda12", None),
+    (profile(driver="550.54.15", cuda="12.4"), "cuda11", None),
+    (profile(level=3), "auto", "linux-x86_64-cpu-v4"),
+    (profile(libc=("musl", "1.2.4")), "auto", None),
+    (profile(arch="riscv64", features=[]), "auto", None),
+    (profile(), "metal", None),
+]
+
+
+@pytest.mark.parametrize(("prof", "backend", "variant"), NO_FIT,
+                         ids=["old-driver", "cuda11-request", "v4-on-v3", "musl", "riscv", "metal-on-linux"])
+def test_every_no_variant_fits_message_names_the_target_setting(prof: MachineProfile, backend: str,
+                                                                variant: str | None) -> None:
+    with pytest.raises(NoCompatibleVariantError) as info:
+        select(MANIFEST, prof, backend=backend, variant=variant).require()
+    message = str(info.value)
+    assert message.startswith("no variant fits")
+    assert "LLAMA_RUNTIME_TARGET=" in message and "doctor --json" in message
+    if variant:
+        assert f"LLAMA_RUNTIME_VARIANT={variant}" in message

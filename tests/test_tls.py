@@ -60,3 +60,18 @@ def test_company_ca_bundle_is_honoured(release: Release, tls_hub: str, company_c
     proc = run_source_py(release, env, LOAD)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["source"] == "download"
+
+
+def test_https_through_an_http_proxy_tunnels_with_connect(release: Release, tls_hub: str, company_ca: Path,
+                                                          tmp_path: Path) -> None:
+    # the stdlib transport (the only one pip's build environment has) speaks CONNECT itself
+    from counting_proxy import counting_proxy
+
+    with counting_proxy() as (proxy, forwarded):
+        env = release.env(tmp_path / "cache", LLAMA_RUNTIME_ENDPOINT=tls_hub, HTTPS_PROXY=proxy,
+                          SSL_CERT_FILE=str(company_ca / "ca.pem"))
+        proc = run_source_py(release, env, LOAD)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["source"] == "download"
+    port = tls_hub.rsplit(":", 1)[1]
+    assert forwarded and set(forwarded) == {f"CONNECT 127.0.0.1:{port}"}

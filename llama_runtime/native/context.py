@@ -19,6 +19,7 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import GenerationError, ModelError
+from .gate import CLOSED, Gate
 from .sampling import Sampling, build_chain
 from .structs import GGML_MAX_N_THREADS, llama_batch
 
@@ -59,6 +60,8 @@ def _watch_forks(context: Context) -> None:
     _LIVE.add(context)
 
 
+ABANDONED = ("another generation started on this Llama in the thread consuming this one, and"
+             " replaced its context; consume one at a time")
 POOLING = {None: -1, "none": 0, "mean": 1, "cls": 2, "last": 3}  # enum llama_pooling_type
 _POOLING_NONE = 0
 
@@ -86,17 +89,20 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class Context:
-    """A ``llama_context`` of a loaded model; freed by :meth:`free`. Not thread-safe.
+    """A ``llama_context`` of a loaded model; freed by :meth:`free`.
 
-    ``threadpool=False`` leaves ggml's default threading (for comparisons and tests).
+    Generations, embeddings and resets from several threads take turns through ``gate`` (the
+    Llama's :class:`~llama_runtime.native.gate.Gate`; see there). ``threadpool=False`` leaves
+    ggml's default threading (for comparisons and tests).
     """
 
     def __init__(self, native: Native, model: int, *, n_ctx: int, n_batch: int, n_threads: int,
                  embeddings: bool = False, pooling: str | None = None,
-                 threadpool: bool = True) -> None:
+                 threadpool: bool = True, gate: Gate | None = None) -> None:
         if pooling not in POOLING:
             raise ValueError(f"pooling must be one of {', '.join(map(str, POOLING))}; got {pooling!r}")
         self._native = native
+        self.gate = gate or Gate()
         params = native.llama_context_default_params()
         params.n_ctx, params.n_batch = n_ctx, n_batch
         # A pooled embedding needs the whole text in one micro-batch.
@@ -152,6 +158,7 @@ class Context:
         return pool
 
     def _after_fork(self) -> None:
+        self.gate.after_fork()
         if self.closed:
             return
         if self.threadpool:
@@ -181,7 +188,7 @@ class Context:
         with self._native.capture_errors() as errors:
             rc = self._native.llama_decode(self.ctx, batch)
         if rc != 0:
-            self.reset()  # a failed batch may be half in the cache: start clean next time
+            self._clear()  # a failed batch may be half in the cache: start clean next time
             raise GenerationError(
                 f"llama_decode returned {rc} for {len(chunk)} tokens: {why(errors)} "
                 "(1: no room left in the context, 2: aborted, negative: invalid input or error)"
@@ -191,6 +198,13 @@ class Context:
         self._native.decoded = True
 
     def reset(self) -> None:
+        """Forget the KV cache (after another thread's generation, if one is under way)."""
+        with self.gate.running():
+            if not self.closed:
+                self._generation += 1  # an open stream of this thread must not go on without it
+                self._clear()
+
+    def _clear(self) -> None:
         self._native.llama_memory_clear(self.memory, True)
         self.tokens = []
 
@@ -202,7 +216,7 @@ class Context:
             if self._native.llama_memory_seq_rm(self.memory, 0, keep, -1):
                 del self.tokens[keep:]
             else:  # some memories (recurrent) cannot drop a tail: start over
-                self.reset()
+                self._clear()
                 keep = 0
         self.decode(tokens[keep:])
 
@@ -212,40 +226,56 @@ class Context:
                vocab: int, n_vocab: int) -> Generator[int, None, None]:
         """Decode the prompt ``tokens``, then yield up to ``max_tokens`` sampled tokens.
 
-        Stops before an end-of-generation token and when the context is full. Only one
-        generation runs at a time: starting another abandons this one.
+        Stops before an end-of-generation token and when the context is full. One run of the
+        gate from the first ``next()`` to the end, out of native code while a token is handed
+        out. Starting another generation in the thread consuming this one abandons this one.
         """
+        self._check_prompt(tokens)
+        gate = self.gate
+        run = gate.begin()
+        try:
+            generation = self._start(tokens)
+            n = self._native
+            chain = build_chain(n, sampling, n_vocab)
+            try:
+                if sampling.penalised:  # the penalty sees the prompt's last tokens too
+                    for t in tokens[-sampling.repeat_last_n:]:
+                        n.llama_sampler_accept(chain, t)
+                limit = min(max_tokens, self.n_ctx - len(tokens))
+                sample, is_eog, ctx = n.llama_sampler_sample, n.llama_vocab_is_eog, self.ctx
+                pause, resume = gate.pause, gate.resume
+                for i in range(limit):
+                    token = sample(chain, ctx, -1)
+                    if is_eog(vocab, token):
+                        return
+                    pause(run)
+                    yield token
+                    resume(run)
+                    if self._generation != generation:  # checked after resuming: ctx may be gone
+                        raise GenerationError(CLOSED if self.closed else ABANDONED)
+                    if i + 1 < limit:
+                        self._decode_one(token)
+            finally:
+                n.llama_sampler_free(chain)
+        finally:
+            gate.end(run)
+
+    def _check_prompt(self, tokens: Sequence[int]) -> None:
         if not tokens:
             raise GenerationError("the prompt has no tokens; give some text or add_special=True")
         if len(tokens) > self.n_ctx:
             raise GenerationError(
                 f"the prompt is {len(tokens)} tokens long but the context holds {self.n_ctx}; "
                 "shorten the prompt or create the Llama with a larger n_ctx")
+
+    def _start(self, tokens: Sequence[int]) -> int:
+        """A new generation (its number) with the prompt decoded; inside the gate."""
+        if self.closed:  # closed by another thread while this run waited for its turn
+            raise GenerationError(CLOSED)
         self._generation += 1
-        generation = self._generation
         self._set_embeddings(False)
         self.eval_prompt(tokens)
-        n = self._native
-        chain = build_chain(n, sampling, n_vocab)
-        try:
-            if sampling.penalised:  # the penalty sees the prompt's last tokens too
-                for t in tokens[-sampling.repeat_last_n:]:
-                    n.llama_sampler_accept(chain, t)
-            limit = min(max_tokens, self.n_ctx - len(tokens))
-            sample, is_eog, ctx = n.llama_sampler_sample, n.llama_vocab_is_eog, self.ctx
-            for i in range(limit):
-                token = sample(chain, ctx, -1)
-                if is_eog(vocab, token):
-                    return
-                yield token
-                if self._generation != generation:  # checked after resuming: ctx may be gone
-                    raise GenerationError(
-                        "this Llama is closed" if self.closed else "another generation started "
-                        "on this Llama and replaced this one's context; consume one at a time")
-                if i + 1 < limit:
-                    self._decode_one(token)
-        finally:
-            n.llama_sampler_free(chain)
+        return self._generation
 
     # --- embeddings ---------------------------------------------------------------------------
 
@@ -257,22 +287,25 @@ class Context:
             raise GenerationError(
                 f"the text is {len(tokens)} tokens long; embeddings take at most "
                 f"{min(self.n_batch, self.n_ctx)} (n_batch and n_ctx): create the Llama with larger ones")
-        self._generation += 1
-        self._set_embeddings(True)
-        self.reset()
-        try:
-            self.decode(tokens)
-            n = self._native
-            if self.pooling_type == _POOLING_NONE:
-                ptr = n.llama_get_embeddings_ith(self.ctx, -1)
-            else:
-                ptr = n.llama_get_embeddings_seq(self.ctx, 0)
-            if not ptr:
-                raise GenerationError("llama.cpp returned no embedding (was the context created "
-                                      "with embeddings=True?)")
-            return list(ptr[:n_embd])
-        finally:
-            self.reset()  # embedding-mode state is no prefix a generation should reuse
+        with self.gate.running():
+            if self.closed:
+                raise GenerationError(CLOSED)
+            self._generation += 1
+            self._set_embeddings(True)
+            self._clear()
+            try:
+                self.decode(tokens)
+                n = self._native
+                if self.pooling_type == _POOLING_NONE:
+                    ptr = n.llama_get_embeddings_ith(self.ctx, -1)
+                else:
+                    ptr = n.llama_get_embeddings_seq(self.ctx, 0)
+                if not ptr:
+                    raise GenerationError("llama.cpp returned no embedding (was the context created "
+                                          "with embeddings=True?)")
+                return list(ptr[:n_embd])
+            finally:
+                self._clear()  # embedding-mode state is no prefix a generation should reuse
 
     def _set_embeddings(self, on: bool) -> None:
         if on != self.embeddings:
@@ -280,6 +313,7 @@ class Context:
             self.embeddings = on
 
     def free(self) -> None:
+        """Free the context; the caller holds ``gate.closing()`` (no run is inside native code)."""
         self._generation += 1  # a suspended generation must not touch the freed context
         self.closed = True
         self._native.llama_free(self.ctx)

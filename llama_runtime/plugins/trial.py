@@ -10,7 +10,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,9 @@ class Outcome:
     error: str | None = None  # an error it reported itself
     scores: dict[str, int | None] = field(default_factory=dict)
     ids: list[int] = field(default_factory=list)
+    model_type: str | None = None  # the model it was running (qualification: one per quant type)
+    traces: dict[str, dict[str, Any]] = field(default_factory=dict)  # type -> ids, second, margin, top
+    timed_out: bool = False
 
 
 def crash_name(returncode: int) -> str | None:
@@ -69,7 +72,11 @@ def parse_child(stdout: str, returncode: int, stderr: str = "") -> Outcome:
             continue
         for stage in ("score", "load", "run"):
             if stage in item:
-                out.stage, out.plugin = stage, item[stage]
+                out.stage, out.plugin, out.model_type = stage, item[stage], item.get("type")
+        if "quantize" in item:  # the variant's quantizer, no plugin involved
+            out.stage, out.model_type = "quantize", item["quantize"]
+        if "trace" in item:
+            out.traces[str(item.pop("trace"))] = item
         if "scored" in item:
             out.scores[item["scored"]] = item.get("value")
         if item.get("ok"):
@@ -85,16 +92,17 @@ def parse_child(stdout: str, returncode: int, stderr: str = "") -> Outcome:
     return out
 
 
-def _run_child(job: dict[str, Any]) -> Outcome:
+def _run_child(job: dict[str, Any], prefix: Sequence[str] = (), timeout: float = TIMEOUT_S) -> Outcome:
+    """One child; ``prefix`` runs it under an emulator (``qemu-x86_64 -cpu Haswell``)."""
     root = Path(__file__).resolve().parent.parent.parent  # the folder that holds llama_runtime
     code = "import sys; sys.path.insert(0, sys.argv[1]); from llama_runtime.plugins.child import main; main()"
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(root)], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=TIMEOUT_S)
+        proc = subprocess.run([*prefix, sys.executable, "-c", code, str(root)], input=json.dumps(job),
+                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         text = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
         out = parse_child(text, 0)
-        out.ok, out.crash = False, f"no answer within {TIMEOUT_S:g} s (killed)"
+        out.ok, out.crash, out.timed_out = False, f"no answer within {timeout:g} s (killed)", True
         return out
     except OSError as exc:
         return Outcome(ok=False, stage="setup", error=f"the test process could not start: {exc}")

@@ -10,27 +10,18 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ..errors import ManifestError
+from .entry import OPTIONAL_REQUIRE_KEYS, REQUIRE_KEYS, check_entry, plain_name
+
+__all__ = ["MANIFEST_FILE", "OPTIONAL_REQUIRE_KEYS", "REQUIRE_KEYS", "SCHEMA", "Lock", "Manifest", "Variant",
+           "read_lock"]
 
 SCHEMA = 1
-# requirement keys every schema-1 entry carries (null when unused), then optional ones
-REQUIRE_KEYS = ("glibc", "x86_64_level", "cpu_features", "cuda_driver", "compute_capability", "macos")
-OPTIONAL_REQUIRE_KEYS = ("gfx", "musl")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MANIFEST_FILE = "manifest.json"  # at the root of a release revision on the hub
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-
-def _plain_name(value: Any, what: str) -> str:
-    """A file name with no folder part: archive and library names must stay inside their folder."""
-    # fullmatch: a "$" anchor would let a trailing newline through
-    plain = isinstance(value, str) and _NAME.fullmatch(value) and PurePosixPath(value).name == value
-    if not plain:
-        raise ManifestError(f"{what} {value!r} is not a plain file name.")
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -51,30 +42,16 @@ class Variant:
     @classmethod
     def parse(cls, name: str, data: Any) -> Variant:
         where = f"variant {name!r}"
-        if not isinstance(data, dict):
-            raise ManifestError(f"{where} is not an object.")
-        _plain_name(name, "variant name")
-        missing = [k for k in ("archive", "sha256", "size", "os", "arch", "backend", "libraries")
-                   if k not in data]
-        if missing:
-            raise ManifestError(f"{where} lacks {', '.join(missing)}.")
-        if not isinstance(data["sha256"], str) or not _SHA256.fullmatch(data["sha256"]):
-            raise ManifestError(f"{where}: sha256 {data['sha256']!r} is not 64 lowercase hex digits.")
-        if type(data["size"]) is not int or data["size"] <= 0:  # JSON true is not a size
-            raise ManifestError(f"{where}: size {data['size']!r} is not a positive integer.")
-        libraries = data["libraries"]
-        if not isinstance(libraries, list) or not libraries:
-            raise ManifestError(f"{where}: libraries must be a non-empty list (the load order).")
+        plain_name(name, "variant name")
+        check_entry(data, where, published=True)
         requires = data.get("requires") or {}
-        if not isinstance(requires, dict):
-            raise ManifestError(f"{where}: requires must be an object.")
         known = {"archive", "sha256", "size", "os", "arch", "backend", "requires", "libraries",
                  "backend_dl", "python_requires"}
         return cls(
-            name=name, archive=_plain_name(data["archive"], f"{where}: archive"),
+            name=name, archive=data["archive"],
             sha256=data["sha256"], size=data["size"], os=str(data["os"]), arch=str(data["arch"]),
             backend=str(data["backend"]), requires={k: requires.get(k) for k in {*REQUIRE_KEYS, *requires}},
-            libraries=tuple(_plain_name(x, f"{where}: library") for x in libraries),
+            libraries=tuple(data["libraries"]),
             backend_dl=bool(data.get("backend_dl", False)),
             python_requires=tuple(str(x) for x in data.get("python_requires") or ()),
             extra={k: v for k, v in data.items() if k not in known},
@@ -134,9 +111,12 @@ class Lock:
     commit: str
     manifest: Manifest
     path: Path | None = None
+    # "lock": the sdist's lock vouches for every sha256; "hub": no lock, the manifest was read
+    # from LLAMA_RUNTIME_REPO at LLAMA_RUNTIME_REVISION and is trusted as the hub served it
+    trust: str = "lock"
 
     @classmethod
-    def parse(cls, data: Any, path: Path | None = None) -> Lock:
+    def parse(cls, data: Any, path: Path | None = None, trust: str = "lock") -> Lock:
         where = f"the lock {path}" if path else "the lock"
         if not isinstance(data, dict):
             raise ManifestError(f"{where} is not a JSON object.")
@@ -146,7 +126,7 @@ class Lock:
         if not isinstance(data["commit"], str) or not _COMMIT.fullmatch(data["commit"]):
             raise ManifestError(f"{where}: commit {data['commit']!r} is not a 40-hex commit sha.")
         return cls(repo=str(data["repo"]), revision=str(data["revision"]), commit=data["commit"],
-                   manifest=Manifest.parse(data["manifest"]), path=path)
+                   manifest=Manifest.parse(data["manifest"]), path=path, trust=trust)
 
 
 def package_lock_path() -> Path:

@@ -47,6 +47,7 @@ class Selection:
     candidates: list[Candidate]
     backend: str
     warnings: list[str] = field(default_factory=list)
+    variant: str | None = None  # LLAMA_RUNTIME_VARIANT, when one was named
 
     @property
     def ranked(self) -> list[str]:
@@ -90,10 +91,15 @@ class Selection:
         if self.selected is not None:
             return self.selected
         lines = self._refusal_lines()
+        asked = f"LLAMA_BACKEND={self.backend}"
+        if self.variant is not None:
+            asked = f"LLAMA_RUNTIME_VARIANT={self.variant} with {asked}"
         raise NoCompatibleVariantError(
-            f"no variant fits this machine for LLAMA_BACKEND={self.backend}:\n" + "\n".join(lines)
+            f"no variant fits this machine for {asked}:\n" + "\n".join(lines)
             + "\nChoose another backend (LLAMA_BACKEND), name a variant (LLAMA_RUNTIME_VARIANT),"
-              " or point LLAMA_RUNTIME_LIB at a llama.cpp you built."
+              " build for the machine that will run it (LLAMA_RUNTIME_TARGET=<variant name, or the"
+              " `llama-runtime doctor --json` output of that machine>), or point LLAMA_RUNTIME_LIB at"
+              " a llama.cpp you built."
         )
 
 
@@ -298,8 +304,14 @@ def _score(v: Variant, p: MachineProfile | None = None) -> float:
                  + float(v.extra.get("priority", 0)))
 
 
-def _judge(v: Variant, p: MachineProfile, backend: str) -> Candidate:
+def _judge(v: Variant, p: MachineProfile, backend: str, variant: str | None = None) -> Candidate:
+    named = variant is not None and v.name == variant
     request = hardware()["requests"][backend]
+    asked = f"LLAMA_BACKEND={backend}"
+    if named and request["backend"] is None:
+        # naming a variant asks for its backend more exactly than LLAMA_BACKEND can: honoured at
+        # least as much (an absent device is a warning), never less
+        request, asked = {"backend": v.backend, "cuda_major": None}, f"LLAMA_RUNTIME_VARIANT={variant}"
     wanted = request["backend"]
     requested = wanted is None or v.backend == wanted
     hard = _check_platform(v, p) + _check_macos(v, p) + _check_cpu(v, p)
@@ -311,7 +323,7 @@ def _judge(v: Variant, p: MachineProfile, backend: str) -> Candidate:
         # is there but too old (a driver below the CUDA the build needs) is still a refusal:
         # that library would not load here.
         absent = [g for g in gpu if g.startswith("no ")]
-        notes = [f"{g} (kept: LLAMA_BACKEND={backend} asked for it)" for g in absent]
+        notes = [f"{g} (kept: {asked} asked for it)" for g in absent]
         gpu = [g for g in gpu if g not in absent]
     else:
         notes = []
@@ -390,13 +402,13 @@ def select(manifest: Manifest, profile: MachineProfile | None = None, *,
         profile = probe()
     if variant is not None:
         manifest.get(variant)  # raises with the known names
-    candidates = [_judge(v, profile, backend) for v in manifest.variants.values()]
+    candidates = [_judge(v, profile, backend, variant) for v in manifest.variants.values()]
     for c in candidates:
         if variant is not None and c.name != variant:
             c.requested = False
             if c.compatible:
                 c.reasons = [f"fits, but LLAMA_RUNTIME_VARIANT={variant} was asked for (fallback only)"]
-    selection = Selection(sorted(candidates, key=lambda c: (-c.score, c.name)), backend)
+    selection = Selection(sorted(candidates, key=lambda c: (-c.score, c.name)), backend, variant=variant)
     chosen = selection.selected
     if chosen and selection.candidate(chosen).reasons[0].endswith("asked for it)"):
         selection.warnings.append(f"{chosen}: {selection.candidate(chosen).reasons[0]}")
@@ -409,6 +421,7 @@ def select(manifest: Manifest, profile: MachineProfile | None = None, *,
     if chosen and manifest.variants[chosen].backend == "vulkan":
         best = _vulkan_best(profile, allow_software=True)
         if best and best.get("type") == "cpu":
+            asked = f"LLAMA_RUNTIME_VARIANT={variant}" if variant and backend == "auto" else f"LLAMA_BACKEND={backend}"
             selection.warnings.append(f"{chosen}: Vulkan runs on {best.get('name')}, a software renderer"
-                                      f" (kept: LLAMA_BACKEND={backend} asked for it)")
+                                      f" (kept: {asked} asked for it)")
     return selection

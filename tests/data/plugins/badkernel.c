@@ -5,6 +5,10 @@
  * libggml-cpu-skylakex.so), with the device's init_backend wrapped: every backend it makes runs
  * __builtin_trap() (ud2, "Illegal instruction", SIGILL) on its first graph_compute, i.e. on the
  * first decode. Built with -DCRASH_AT_INIT it traps in ggml_backend_init already.
+ * Built with -DWRONG_LOGITS=1 it does not crash but computes wrong: after the real graph_compute
+ * it shifts each row of the logits (the "result_output" tensor) by one token, an off-by-one in
+ * an index, so every greedy token changes; -DWRONG_LOGITS=2 multiplies them by 3 instead (every
+ * argmax stays, every top-2 margin triples). The qualification must refuse both (issue 14.3).
  *
  *   cc -shared -fPIC -O1 -I ggml/include -I ggml/src -DREAL='"libggml-cpu-skylakex.so"' \
  *      badkernel.c -o libggml-cpu-badkernel.so -ldl
@@ -15,6 +19,9 @@
 #include <string.h>
 
 #include "ggml-backend-impl.h"
+#ifdef WRONG_LOGITS
+#include "ggml-impl.h"
+#endif
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -25,10 +32,42 @@ static enum ggml_status trap_compute(ggml_backend_t backend, struct ggml_cgraph 
     __builtin_trap();
 }
 
+#ifdef WRONG_LOGITS
+static enum ggml_status (*real_compute)(ggml_backend_t backend, struct ggml_cgraph * cgraph);
+
+static enum ggml_status wrong_compute(ggml_backend_t backend, struct ggml_cgraph * cgraph) {
+    enum ggml_status status = real_compute(backend, cgraph);
+    /* struct ggml_cgraph from ggml-impl.h: a plugin cannot call libggml-base (ggml dlopens it RTLD_LOCAL) */
+    struct ggml_tensor * out = cgraph->nodes[cgraph->n_nodes - 1];
+    if (status != GGML_STATUS_SUCCESS || out->type != GGML_TYPE_F32 || strcmp(out->name, "result_output") != 0) {
+        return status;
+    }
+    const int64_t n = out->ne[0];
+    for (int64_t r = 0; r < out->ne[1] * out->ne[2] * out->ne[3]; r++) {
+        float * row = (float *) out->data + r * n;
+#if WRONG_LOGITS == 1
+        float first = row[0];
+        memmove(row, row + 1, sizeof(float) * (size_t) (n - 1));
+        row[n - 1] = first;
+#else
+        for (int64_t i = 0; i < n; i++) {
+            row[i] *= 3.0f;
+        }
+#endif
+    }
+    return status;
+}
+#endif
+
 static ggml_backend_t wrapped_init_backend(ggml_backend_dev_t dev, const char * params) {
     ggml_backend_t backend = real_init_backend(dev, params);
     if (backend) {
+#ifdef WRONG_LOGITS
+        real_compute = backend->iface.graph_compute;
+        backend->iface.graph_compute = wrong_compute;
+#else
         backend->iface.graph_compute = trap_compute;
+#endif
     }
     return backend;
 }
