@@ -171,6 +171,10 @@ def open_step(step: Step, settings: Settings, profile: MachineProfile | None = N
         path = Path(step.folder or "")
         if not path.is_file():
             raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} does not exist.")
+        other_os = foreign_binary(path)
+        if other_os:
+            raise LibraryLoadError(f"LLAMA_RUNTIME_LIB={path} is {other_os}; point it at a"
+                                   " libllama built for this machine, or unset it.")
         check_generation(from_filename(path.name), str(path), settings)
         folder = path.parent
         allow_dll_folder(folder)
@@ -231,6 +235,19 @@ def prove_plugin(v: Variant, folder: Path, sha256: str | None, settings: Setting
     return choice
 
 
+def foreign_binary(path: Path) -> str | None:
+    """"a PE x86_64 DLL or executable, built for windows; this machine runs linux" when
+    ``path`` is a library of another OS (the OS loader would only say "invalid ELF header")."""
+    from .binformat import OS_FORMAT, identify
+    from .probe.cpu import os_name
+
+    here, found = os_name(), identify(path)
+    built = next((name for name, fmt in OS_FORMAT.items() if fmt == found.format), None)
+    if built is None or built == here:
+        return None
+    return f"{found.describe()}, built for {built}; this machine runs {here}"
+
+
 def allow_dll_folder(folder: Path) -> None:
     """On Windows, let the loader find a library's sibling DLLs (never by changing PATH)."""
     import os
@@ -240,8 +257,9 @@ def allow_dll_folder(folder: Path) -> None:
         _DLL_DIRECTORIES.append(os.add_dll_directory(str(folder)))
 
 
-# ggml's backend plugin of each GPU backend (GGML_BACKEND_DL builds)
-GPU_PLUGINS = {"cuda": "libggml-cuda", "vulkan": "libggml-vulkan", "rocm": "libggml-hip", "metal": "libggml-metal"}
+# ggml's backend plugin of each GPU backend (GGML_BACKEND_DL builds): libggml-vulkan.so on
+# Linux, ggml-vulkan.dll on Windows
+GPU_PLUGINS = {"cuda": "ggml-cuda", "vulkan": "ggml-vulkan", "rocm": "ggml-hip", "metal": "ggml-metal"}
 
 
 def preflight(v: Variant, folder: Path) -> None:
@@ -261,7 +279,7 @@ def preflight(v: Variant, folder: Path) -> None:
         return
     deps = resolve_all(list(v.extra.get("external_libraries") or ()))
     for name in v.files:
-        if name.startswith(prefix):
+        if name.removeprefix("lib").startswith(prefix):
             try:
                 ctypes.CDLL(str(folder / name))
             except OSError as exc:

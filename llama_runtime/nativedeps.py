@@ -20,6 +20,7 @@ PROVIDERS = {
     "libcublas.so.12": "nvidia-cublas-cu12", "libcublasLt.so.12": "nvidia-cublas-cu12",
     "libcuda.so.1": "the NVIDIA driver (not a pip package)",
     "libvulkan.so.1": "the Vulkan loader (Debian/Ubuntu: libvulkan1)",
+    "vulkan-1.dll": "the Vulkan loader (Windows: installed with the GPU driver)",
 }
 
 

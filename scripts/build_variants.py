@@ -214,8 +214,9 @@ BACKEND_EXTERNAL: Mapping[str, str | None] = {
 # Minimum Linux driver of each CUDA major (NVIDIA's CUDA toolkit release notes, table 3).
 CUDA_MIN_DRIVER: Mapping[int, str] = {12: "525.60.13", 13: "580.65.06"}
 NPM_ARCH: Mapping[str, str] = {"x64": "x86_64", "arm64": "aarch64"}
-# libllama.so, libllama.cuda.v0.5.0.so, libllama.metal.v0.4.0.dylib
-LIBLLAMA = re.compile(r"^libllama(\.[\w.]+)?\.(so|dylib)$")
+# libllama.so, libllama.cuda.v0.5.0.so, libllama.metal.v0.4.0.dylib; llama.dll on Windows
+# (scripts/windows_build.py)
+LIBLLAMA = re.compile(r"^(libllama(\.[\w.]+)?\.(so|dylib)|llama(\.[\w.]+)?\.dll)$")
 
 
 class BuildVariantError(RuntimeError):
@@ -665,7 +666,7 @@ def _stage_built(bin_dir: Path, staged: Path, bundle: Sequence[str]) -> None:
 
 def _check_plugin_needs(flavor: Flavor, plugins: Sequence[str]) -> None:
     """The CPU requirement of a backend_dl flavor must be that of its least demanding plugin."""
-    tags = {p.removeprefix("libggml-cpu-").removesuffix(".so") for p in plugins}
+    tags = {m[1] for p in plugins if (m := re.match(r"^(?:lib)?ggml-cpu-(\w+)\.(?:so|dll)$", p))}
     lowest = next((t for t in ALL_X86_CPU_VARIANTS if t in tags), None)
     if lowest is None:
         raise BuildVariantError(f"{flavor.name}: the build produced no x86 CPU plugin: {plugins}")
@@ -826,6 +827,16 @@ def default_flavors(env: Mapping[str, str]) -> tuple[str, ...]:
     return given or DEFAULT_FLAVORS
 
 
+def _produce(kind: str, what: str, out: Path, jobs: int) -> Path:
+    if kind == "npm":
+        return npm_variant(what, out)
+    if kind == "windows":
+        from windows_build import windows_variant  # imports this module: see __main__ below
+
+        return windows_variant(what, out, jobs=jobs)
+    return source_variant(what, out, jobs=jobs)
+
+
 def _qualify(folders: Sequence[Path]) -> None:
     """Every CPU plugin of every folder on every quant type, in children (scripts/qualify_variants.py)."""
     import qualify_variants
@@ -850,6 +861,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{', '.join(DEFAULT_FLAVORS)})")
     parser.add_argument("--macos", action="store_true",
                         help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
+    parser.add_argument("--windows", action="append", default=[], metavar="FLAVOR",
+                        help="a Windows x86_64 flavor cross-built with MinGW-w64 "
+                             "(scripts/windows_build.py: windows-cpu[-lite], windows-vulkan[-lite])")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-check", action="store_true", help="skip the ctypes load check")
     parser.add_argument("--cuda-targets", action="store_true",
@@ -858,17 +872,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the qualification (every CPU plugin on every quant type: "
                              "scripts/qualify_variants.py)")
     args = parser.parse_args(argv)
-    default = args.all_default or not (args.npm or args.source_build or args.macos)
+    default = args.all_default or not (args.npm or args.source_build or args.macos
+                                       or args.windows)
     try:
         flavors = default_flavors(os.environ) if default else ()
         jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
                                            *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
+        jobs += [("windows", f) for f in args.windows]
         folders = []
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
-            folder = (npm_variant(what, args.out) if kind == "npm"
-                      else source_variant(what, args.out, jobs=args.jobs))
+            folder = _produce(kind, what, args.out, args.jobs)
             meta = json.loads((folder / "variant.json").read_text())
             here = {"linux": "linux", "darwin": "macos"}.get(sys.platform)
             if not args.no_check and (meta["os"], meta["arch"]) == (here, os.uname().machine):
@@ -891,6 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # npm_cuda imports this module by name: let it find this run's copy, not a second one
+    # npm_cuda and windows_build import this module by name: let them find this run's copy,
+    # not a second one (whose BuildVariantError main() would not catch)
     sys.modules.setdefault("build_variants", sys.modules[__name__])
     sys.exit(main())

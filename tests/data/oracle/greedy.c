@@ -66,7 +66,8 @@ int main(int argc, char **argv) {
     llama_backend_init();
 
     struct llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = 0;
+    /* GREEDY_GPU_LAYERS: layers to offload (a GPU backend's ids, tests/test_windows_build.py) */
+    mp.n_gpu_layers = getenv("GREEDY_GPU_LAYERS") ? atoi(getenv("GREEDY_GPU_LAYERS")) : 0;
     struct llama_model *model = llama_model_load_from_file(path, mp);
     if (!model) return fail("model load failed");
     struct llama_context_params cp = llama_context_default_params();
