@@ -104,12 +104,14 @@ def read_variant_json(folder: Path) -> dict[str, Any]:
 
 def check_folder(folder: Path, entry: dict[str, Any] | None = None, *, strict: bool = False) -> dict[str, Any]:
     """Check a variant folder against its entry (default: its ``variant.json``); return the entry
-    with defaults filled in. ``strict`` (the builder): listed files must not even be links."""
+    with defaults filled in. ``strict`` (the builder, which checks a hidden staging folder before
+    it gets its name): listed files must not even be links, and the folder's name is not checked."""
     from ..archive import archive_members
 
     data = read_variant_json(folder) if entry is None else entry
     path = folder / VARIANT_FILE
-    plain_name(folder.name, "variant folder name")
+    if not strict:
+        plain_name(folder.name, "variant folder name")
     check_entry(data, str(path), published=False)
     libraries, plugins = list(data["libraries"]), list(data.get("plugins") or [])
     if not LIBLLAMA.fullmatch(libraries[-1]):
