@@ -1,15 +1,20 @@
 """B7: the variant `pip install` of our sdist selects vs llama-cpp-python 0.3.36 compiled here.
 
 Both libraries are driven by the same C program (bench_llama.c: same model, threads, prompt ids
-and token count, greedy), so the comparison is of the binaries alone; the greedy ids must match.
-llama-cpp-python is built from source once (`pip install --no-binary llama-cpp-python`, ccache,
--j2) into a virtual environment kept in the dev cache (<dev cache>/llama-cpp-python-0.3.36-native);
-later runs reuse it.
+and token count, greedy), so the comparison is of the binaries alone. The f16 bench llama runs
+against llama-cpp-python's defaults (greedy ids must match); what users run (the bench llama as
+Q4_K_M and Q8_0, SmolLM2 Q4_1: bench_models.py) runs against its defaults and against the same
+build with its AMX kernels compiled out, which also runs where the defaults die (issue 14: a
+crash is recorded as the row's result). llama-cpp-python is built from source once per flavor
+(`pip install --no-binary llama-cpp-python`, ccache, -j2) into a virtual environment kept in the
+dev cache (<dev cache>/llama-cpp-python-0.3.36-FLAVOR-KEY, KEY: the recipe and what
+-march=native means on this CPU); later runs reuse it.
 
-    .venv/bin/python benchmarks/b7_native.py [--variants DIR NAME ...] [--rounds R] [--reps N]
+    .venv/bin/python benchmarks/b7_native.py [--variants DIR ...] [--noamx] [--models f16,Q4_K_M,Q8_0,SmolLM2]
+        [--threads 1 --clock cpu] [--rounds R] [--reps N]
 
 run standalone: compares the given variant folders (default: every folder of the dev cache's
-variants/ plus the native build) on one model, interleaved, and prints medians (the gap study
+variants/ plus the native build) on each model, interleaved, and prints medians (the gap study
 in NOTES.md).
 """
 
