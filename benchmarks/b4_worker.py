@@ -36,15 +36,16 @@ for _ in range(reps):
         llm.reset()
     elif hasattr(getattr(llm, "_context", None), "reset"):
         llm._context.reset()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     it = llm.stream(prompt, n_gen, temperature=0)
     pieces = 1
     next(it)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     for _ in it:
         pieces += 1
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     if want_ids:
         native.llama_sampler_sample = real
-    print(json.dumps({"n_prompt": n_prompt, "prompt_s": t1 - t0, "gen_s": t2 - t1, "pieces": pieces,
+    print(json.dumps({"n_prompt": n_prompt, "prompt_s": t1 - t0, "gen_s": t2 - t1, "prompt_cpu_s": c1 - c0, "gen_cpu_s": c2 - c1,
+                      "pieces": pieces,
                       "ids": ids}), flush=True)

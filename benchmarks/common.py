@@ -63,3 +63,28 @@ def interleave(fns: dict[str, Callable[[], float]], rounds: int, warmup: int = 1
 
 def load() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def crash(proc: subprocess.CompletedProcess[str]) -> str | None:
+    """None for a process that was not killed by a signal; else "SIGILL in FUNCTION (LIBRARY)",
+    from the "CRASH ..." line bench_llama.c prints (function by addr2line, which reads the
+    library's symbol table: the static kernels a crash happens in are not exported)."""
+    import re
+    import shutil
+
+    from llama_runtime.plugins.trial import crash_name  # the product's own signal naming
+
+    name = crash_name(proc.returncode)
+    if name is None:
+        return None
+    m = re.search(r"^CRASH (\S+) lib=(\S+) offset=(\S+) sym=(\S+)$", proc.stderr or "", re.M)
+    if not m:
+        return f"{name} (where: not reported)"
+    lib, offset, sym = m.group(2), m.group(3), m.group(4)
+    func = sym
+    if shutil.which("addr2line") and lib != "?":
+        out = subprocess.run(["addr2line", "-f", "-C", "-e", lib, offset], capture_output=True, text=True)
+        first = out.stdout.splitlines()[0] if out.stdout else "??"
+        func = first if first != "??" else sym
+    func = func if len(func) <= 100 else func[:97] + "..."
+    return f"{name} in {func} ({Path(lib).name}+{offset})"

@@ -1,6 +1,6 @@
 """Run the llama-runtime benchmarks side by side with their baselines (`scripts/dev bench`).
 
-    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7,B8] [--work DIR] [--quick]
+    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7,B8] [--work DIR] [--quick] [--cputime]
 
 Prints one table (median, baseline median, ratio, target, met?) and writes benchmarks/RESULTS.md.
 Every baseline is measured in the same run, interleaved with the candidate, except B1's: building
@@ -64,6 +64,9 @@ def main() -> int:
                     + " (B1: measure the cached llama-cpp-python build baseline again, then B2)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--cputime", action="store_true",
+                    help="B4/B7 with 1 thread, rates per process CPU-second: a cross-check that does "
+                         "not depend on the machine's load (write it elsewhere with --results)")
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = ap.parse_args()
     only = [x.strip().upper() for x in args.only.split(",") if x.strip()]
@@ -90,7 +93,8 @@ def main() -> int:
         def step(name: str, fn) -> None:
             if name not in only:
                 return
-            print(f"==> {name}", flush=True)
+            before = load()
+            print(f"==> {name} (load {before[0]:.1f})", flush=True)
             t = time.perf_counter()
             try:
                 got = fn()
@@ -101,14 +105,17 @@ def main() -> int:
             except Exception as exc:  # one benchmark failing must not hide the others
                 traceback.print_exc()
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:400]}")
-            print(f"    ({time.perf_counter() - t:.0f} s)", flush=True)
+            print(f"    ({time.perf_counter() - t:.0f} s, load {before[0]:.1f} -> {load()[0]:.1f})", flush=True)
 
         import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native, b8_plugin_proof  # noqa: E401
         step("B3", lambda: b3_startup.run(rel, rounds=7 if q else 15))
         step("B6", lambda: b6_first_token.run(rel, model_small, rounds=3 if q else 7))
         step("B8", lambda: b8_plugin_proof.run(rel, rounds=3 if q else 7))
-        step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 12, reps=2 if q else 3))
-        step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5))
+        # --cputime: 1 thread (no barrier partner to wait for), tokens per process CPU-second
+        clk = {"clock": "cpu", "threads": 1} if args.cputime else {}
+        step("B4", lambda: b4_tokens.run(work, libdir, rounds=2 if q else 12, reps=2 if q else 3,
+                                         model_rounds=2 if q else 8, **clk))
+        step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5, **clk))
         step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
         step("B2", lambda: b2_install.run(rel, model_small, b1_baseline.baseline(remeasure="B1" in only)))
         import b2_cuda
@@ -119,7 +126,8 @@ def main() -> int:
     print("\n" + text)
     for e in errors:
         print("ERROR", e)
-    cmd = "scripts/dev bench" + ("" if args.only == ",".join(ALL) else f" --only {args.only}") + (" --quick" if q else "")
+    cmd = ("scripts/dev bench" + ("" if args.only == ",".join(ALL) else f" --only {args.only}")
+           + (" --quick" if q else "") + (" --cputime" if args.cputime else ""))
     notes = [f"- **{r.bench} {r.what}**: {r.note}" for r in rows if r.note]
     hook = next((r.extra.get("hook") for r in rows if r.extra.get("hook")), None)
     md = [
