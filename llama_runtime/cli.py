@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Any:
     """The settings in force, with this command's flags over everything else."""
-    from .api import current_settings
+    from .config import current_settings
 
     given = {k: getattr(args, k, None) for k in ("cache_dir", "endpoint", "proxy", "timeout")}
     if getattr(args, "offline", False):

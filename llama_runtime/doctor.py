@@ -21,7 +21,7 @@ def _target_profile(target: str | None, settings: Settings) -> Any:
 
 def doctor(target: str | None = None, *, settings: Settings | None = None, load: bool = True) -> dict[str, Any]:
     """The same content as ``llama-runtime doctor --json``; never downloads anything."""
-    from .api import current_settings
+    from .config import current_settings
     from .probe import probe
 
     settings = settings or current_settings()

@@ -49,8 +49,9 @@ def _macos_tag_version(floor: Any) -> str:
     minor 0 for 11+); before, the minor is part of the version. Without a floor, 11.0, the first
     macOS that runs on Apple Silicon.
     """
-    parts = [int(p) for p in str(floor or "11.0").split(".")[:2] if p.isdigit()] + [0]
-    major, minor = parts[0], parts[1]
+    from .versions import padded
+
+    major, minor = padded(floor or "11.0", 2)
     return f"10_{minor}" if major == 10 else f"{major}_0"
 
 

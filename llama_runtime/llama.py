@@ -138,7 +138,7 @@ class Llama:
         The proposal's ``new LLamaWeights("Facebook/LLaMA", "llama2.gguf")``; ``kwargs`` go to
         ``Llama(...)``. The endpoint, token and offline mode come from the llama-runtime settings.
         """
-        from .api import current_settings
+        from .config import current_settings
         from .models import download_model
 
         return cls(download_model(repo_id, filename, revision, current_settings()), **kwargs)

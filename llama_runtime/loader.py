@@ -378,7 +378,7 @@ def load(settings: Settings | None = None) -> Library:
     with _lock:
         if _loaded is None:
             if settings is None:
-                from .api import current_settings
+                from .config import current_settings
 
                 settings = current_settings()
             _loaded = resolve(settings)

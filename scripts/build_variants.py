@@ -254,10 +254,12 @@ def parse_dynamic(text: str) -> dict[str, list[str]]:
 
 def parse_glibc_versions(text: str) -> list[tuple[int, ...]]:
     """``GLIBC_x.y[.z]`` versions an object needs, from ``readelf -V`` output."""
+    from llama_runtime.versions import version_tuple
+
     needs = text.split("Version needs section", 1)
     if len(needs) < 2:
         return []
-    return [tuple(int(p) for p in v.split(".")) for v in re.findall(
+    return [version_tuple(v) for v in re.findall(
         r"Name: GLIBC_(\d+(?:\.\d+)+)\b", needs[1])]
 
 

@@ -93,7 +93,7 @@ def runnable_here(meta: Mapping[str, Any], host_os: str, host_arch: str, host_gl
 
     A GPU variant can: its CPU plugins run without the GPU (only the GPU backend goes unproven).
     """
-    from ..variants.select import _version
+    from ..versions import version_tuple as _version
 
     what = f"{meta.get('os')}/{meta.get('arch')}"
     if meta.get("os") == "linux" and meta.get("arch") == "aarch64" and host_arch != "aarch64":
