@@ -10,11 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cache import install, lock_path, lookup, remove_stale_temps, version_dir
+from .cache import held, install, lock_path, lookup, remove_stale_temps, version_dir
 from .config import Settings
 from .download import Progress
 from .errors import CacheError, DownloadError, IntegrityError, OfflineError
-from .filelock import file_lock
 from .hashing import sha256_file
 from .variants.manifest import Lock, Variant
 
@@ -94,7 +93,7 @@ def ensure_variant(variant: Variant, lock: Lock, settings: Settings,
     except OSError as exc:
         raise CacheError(f"cannot create the cache folder {base}: {exc.strerror}; set LLAMA_RUNTIME_CACHE"
                          " to a writable folder.") from exc
-    with file_lock(lock_path(settings.cache_dir, variant.name)):
+    with held(lock_path(settings.cache_dir, variant.name)):
         found = lookup(settings.cache_dir, variant)  # another process may have finished it
         if found is not None:
             return found, "cache"

@@ -90,15 +90,10 @@ def build_release(src: Path, staging: Path, llama_cpp: str | None = None, *,
     return manifest
 
 
-def _git_blob_oid(path: Path) -> str:
-    import hashlib
-
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _same_content(api: Any, repo: str, commit: str, staging: Path) -> bool:
     """Whether ``commit`` already holds every staged file byte for byte."""
+    from huggingface_hub.utils.sha import git_hash  # the hub's own blob id of a non-LFS file
+
     info = api.model_info(repo, revision=commit, files_metadata=True)
     remote = {s.rfilename: s for s in info.siblings or []}
     for path in staging.iterdir():
@@ -107,7 +102,7 @@ def _same_content(api: Any, repo: str, commit: str, staging: Path) -> bool:
             return False
         if sib.lfs is not None and sib.lfs.sha256 != sha256_file(path):
             return False
-        if sib.lfs is None and sib.blob_id != _git_blob_oid(path):
+        if sib.lfs is None and sib.blob_id != git_hash(path.read_bytes()):
             return False
     return True
 
