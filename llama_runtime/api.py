@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings, current_settings, remember, resolve
-from .download import Progress
+from .fetch.download import Progress
 
 
 def configure(*, library: str | os.PathLike[str] | None = None, backend: str | None = None,
@@ -73,8 +73,8 @@ def download(filename: str | None = None, version: str | None = None, *,
         folder = llama_runtime.download(backend="cpu", cpu="avx2")
     """
     from .errors import ConfigError
-    from .fetch import ensure_variant
-    from .trust import trusted_lock
+    from .fetch.ensure import ensure_variant
+    from .fetch.trust import trusted_lock
     from .variants import select
 
     settings = settings or current_settings()
@@ -101,7 +101,7 @@ def download_best(*, progress: Progress | None = None, settings: Settings | None
 
 
 def load() -> Any:
-    """Run the priority chain once (cached) and return the loaded :class:`~llama_runtime.loader.Library`."""
-    from .loader import load as _load
+    """Run the priority chain once (cached) and return the loaded :class:`~llama_runtime.runtime.loader.Library`."""
+    from .runtime.loader import load as _load
 
     return _load(current_settings())

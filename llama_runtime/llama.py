@@ -95,7 +95,7 @@ class Llama:
         self.vocab_only = vocab_only
         _check_model_file(self.model_path)
         if native is None:
-            from .loader import load  # the loader resolves, fetches and opens the library
+            from .runtime.loader import load  # the loader resolves, fetches and opens the library
 
             native = load().native
         self._native = native
@@ -140,7 +140,7 @@ class Llama:
         ``Llama(...)``. The endpoint, token and offline mode come from the llama-runtime settings.
         """
         from .config import current_settings
-        from .models import download_model
+        from .fetch.models import download_model
 
         return cls(download_model(repo_id, filename, revision, current_settings()), **kwargs)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from llama_runtime.cache import held
+from llama_runtime.fetch.cache import held
 from llama_runtime.errors import CacheError
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from llama_runtime.cache import held
+    from llama_runtime.fetch.cache import held
     with held(__import__("pathlib").Path(sys.argv[1])):
         print("held", flush=True)
         time.sleep(float(sys.argv[2]))
@@ -87,7 +87,7 @@ def test_a_lock_file_that_cannot_be_created_is_a_cache_error(tmp_path: Path) -> 
 
 
 def test_filelock_is_imported_only_when_a_lock_is_taken() -> None:
-    code = ("import sys, llama_runtime, llama_runtime.loader, llama_runtime.cache, llama_runtime.fetch;"
+    code = ("import sys, llama_runtime, llama_runtime.runtime.loader, llama_runtime.fetch.cache, llama_runtime.fetch.ensure;"
             " print('filelock' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -106,7 +106,7 @@ def check_folder(folder: Path, entry: dict[str, Any] | None = None, *, strict: b
     """Check a variant folder against its entry (default: its ``variant.json``); return the entry
     with defaults filled in. ``strict`` (the builder, which checks a hidden staging folder before
     it gets its name): listed files must not even be links, and the folder's name is not checked."""
-    from ..archive import archive_members
+    from ..release.pack import archive_members
 
     data = read_variant_json(folder) if entry is None else entry
     path = folder / VARIANT_FILE
@@ -149,7 +149,7 @@ def _check_unlisted(folder: Path, path: Path, unlisted: set[str]) -> None:
 
 def _check_formats(folder: Path, os_name: str, names: list[str]) -> None:
     """Every library of a variant is a binary of its OS (no Mach-O in a Linux variant)."""
-    from ..binformat import wrong_format
+    from ..runtime.binformat import wrong_format
 
     problems = [p for p in (wrong_format(folder / n, os_name) for n in names) if p]
     if problems:

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import CacheError, IntegrityError
+from .._version import __version__
+from ..errors import CacheError, IntegrityError
 from .hashing import sha256_file
-from .variants.manifest import Variant
+from ..variants.manifest import Variant
 
 RECORD = "llama-runtime.json"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .cache import held, install, lock_path, lookup, remove_stale_temps, version_dir
-from .config import Settings
+from ..config import Settings
 from .download import Progress
-from .errors import CacheError, DownloadError, IntegrityError, OfflineError
+from ..errors import CacheError, DownloadError, IntegrityError, OfflineError
 from .hashing import sha256_file
-from .variants.manifest import Lock, Variant
+from ..variants.manifest import Lock, Variant
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def verify(path: Path, variant: Variant, origin: str, anchor: str = "the lock") 
 
 
 def anchor_of(lock: Lock) -> str:
-    """What vouches for the sha256 values of ``lock`` (see :mod:`llama_runtime.trust`)."""
+    """What vouches for the sha256 values of ``lock`` (see :mod:`llama_runtime.fetch.trust`)."""
     if lock.trust == "hub":
         return f"the manifest of {lock.repo} at {lock.revision}, as the hub served it: no lock"
     return "the lock"
