@@ -135,7 +135,8 @@ class Settings:
 
 
 _SETTING_FIELDS = tuple(f for f in fields(Settings) if f.metadata)
-# setting name -> its environment variable (the contract in DESIGN.md; the token is HF_TOKEN's)
+# setting name -> its environment variable: a public contract (the README lists them), names
+# never change; the token is HF_TOKEN's
 ENV_VARS: dict[str, str] = {f.name: f.metadata["env"][0] for f in _SETTING_FIELDS if not f.metadata["secret"]}
 # `-C key=value` spellings accepted by the build backend -> setting name
 CONFIG_SETTING_KEYS: dict[str, str] = {f.name.replace("_", "-"): f.name for f in _SETTING_FIELDS

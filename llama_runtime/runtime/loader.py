@@ -1,4 +1,4 @@
-"""Find and load libllama through the priority chain of DESIGN.md.
+"""Find and load libllama through the priority chain, first match wins:
 
 1. an explicit library (``LLAMA_RUNTIME_LIB`` / ``configure(library=...)``), loaded as is;
 2. the library shipped in the wheel (``_libs/``), if it still fits this machine and settings;

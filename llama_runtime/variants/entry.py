@@ -92,8 +92,9 @@ def read_variant_json(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ManifestError(
-            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
-            " needs one (see DESIGN.md, manifest schema 1)."
+            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and needs one:"
+            " a manifest entry without archive, sha256 and size (os, arch, backend, requires,"
+            " libraries in load order, plugins), as scripts/build_variants.py writes it."
         ) from None
     except ValueError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
