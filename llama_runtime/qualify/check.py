@@ -6,12 +6,15 @@ CPU and every qemu model runs. A variant without one (a build without plugins, a
 plugins) is compared with the ``x64`` plugin of another variant of the same llama.cpp in the same
 folder of variants, decoding *this* variant's models; failing that, with its own least
 demanding CPU code (said so in the record). Each candidate decodes the reference's greedy text
-(:mod:`.rule`), natively and under qemu (:mod:`.where`).
+(:mod:`.rule`), natively and under qemu (:mod:`.where`). A Linux aarch64 variant runs every
+plugin under ``qemu-aarch64`` through the cross-compiled C driver (:mod:`.cross`), against the
+``x64`` plugin of an x86-64 variant of the same llama.cpp decoding the aarch64 build's models.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -40,9 +43,10 @@ def host() -> dict[str, Any]:
             if cpu["arch"] == "x86_64" else f"{cpu.get('model_name') or cpu['arch']} ({os_name()})"}
 
 
-@lru_cache(maxsize=1)
-def qemu_version() -> str | None:
-    path = qemu_path()
+@lru_cache(maxsize=2)
+def qemu_version(emulator: str | None = None) -> str | None:
+    """``qemu-x86_64 --version``'s first line (or ``emulator``'s); None without it."""
+    path = shutil.which(emulator) if emulator else qemu_path()
     if path is None:
         return None
     try:
@@ -56,6 +60,47 @@ def _child(job: dict[str, Any], prefix: Sequence[str], timeout: float) -> Any:
     from ..plugins.trial import _run_child
 
     return _run_child(job, prefix, timeout)
+
+
+def _is_arm(meta: Mapping[str, Any]) -> bool:
+    """An aarch64 variant on a machine that is not: it runs under qemu-aarch64 (:mod:`.cross`)."""
+    return meta.get("arch") == "aarch64" and host()["arch"] != "aarch64"
+
+
+def _arm_plan(meta: Mapping[str, Any], build: Build) -> tuple[dict[str, list[Run]], dict[str, str]]:
+    from ..plugins.rank import cpu_plugins
+    from .cross import arm_runs
+
+    if not build.backend_dl:
+        return {build.name: []}, {build.name: "an aarch64 build without CPU plugins: which qemu-aarch64 model"
+                                              " runs its CPU code is not recorded"}
+    runs, not_here = {}, {}
+    for file in cpu_plugins(meta.get("plugins") or [], "linux"):
+        runs[file], why = arm_runs(file)
+        if why:
+            not_here[file] = why
+    return runs, not_here
+
+
+def _arm_compiler() -> str:
+    from .cross import arm_data
+
+    return str(arm_data()["compiler"])
+
+
+def _arm_child(store: Store) -> Any:
+    from .cross import arm_child
+
+    return arm_child(store.root)
+
+
+def _place(run: Run, arm: str | None) -> str:
+    """What decides a run's outcome besides the files; under qemu-aarch64 the driver's build too."""
+    if run.where == NATIVE or arm is None:
+        return place_key(run, host()["key"], qemu_version())
+    from .cross import driver_hash
+
+    return f"{place_key(run, host()['key'], qemu_version('qemu-aarch64'))} driver {driver_hash(arm)}"
 
 
 def read_build(folder: Path) -> tuple[dict[str, Any], Build]:
@@ -90,6 +135,10 @@ def _references(build: Build, runs: Mapping[str, list[Run]], sibling: Build | No
         return [(build, Run(X64, NATIVE, "reference"), f"{build.name}/{X64} (native)")]
     if sibling is not None:
         return [(sibling, Run(X64, NATIVE, "reference"), f"{sibling.name}/{X64} (native, another variant)")]
+    if any(r.where.startswith("qemu-aarch64") for rs in runs.values() for r in rs):
+        first = min((r for rs in runs.values() for r in rs[:1]), key=lambda r: r.plugin or "")
+        return [(build, first, f"{build.name}/{first.plugin} ({first.where}; no x86-64 {X64} plugin of this"
+                               " llama.cpp in reach)")]
     from ..plugins.rank import ggml_cpu, plugin_variant
 
     order = list(ggml_cpu()["x86"]["variants"])  # least demanding first; plugins it does not know last
@@ -100,14 +149,14 @@ def _references(build: Build, runs: Mapping[str, list[Run]], sibling: Build | No
 
 
 def _reference_run(build: Build, runs: Mapping[str, list[Run]], sibling: Build | None, models: Mapping[str, Path],
-                   store: Store) -> tuple[Answer, str, bool]:
+                   store: Store, child: Any) -> tuple[Answer, str, bool]:
     """The first reference that decodes every type (else the last one's failure), and whether it
     is one of the variant's own runs (whose failure its own entry then reports)."""
     ref, what, own = Answer(setup={"error": "no CPU code of it runs natively here"}), "nothing", False
     for ref_build, run, what in _references(build, runs, sibling):
-        ref = run_plugin(ref_build, run, models, force=None, place=place_key(run, host()["key"], None),
-                         store=store, run_child=_child, scan=build.backend_dl and run.plugin is None)
         own = ref_build is build
+        ref = run_plugin(ref_build, run, models, force=None, place=place_key(run, host()["key"], None),
+                         store=store, run_child=child if own else _child, scan=build.backend_dl and run.plugin is None)
         if not ref.setup and not ref.failed:
             break
     return ref, what, own
@@ -147,30 +196,36 @@ def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, 
     why = runnable_here(meta, h["os"], h["arch"], h["glibc"])
     if why:
         return {**base, "status": NOT_HERE, "why": why, "plugins": {}, "failures": []}
-    models, problem = ensure_models(build, store, _child)
+    arm = _arm_compiler() if _is_arm(meta) else None
+    if arm and not qemu:
+        return {**base, "status": NOT_HERE, "why": "an aarch64 build, and qemu runs are off (--no-qemu)",
+                "plugins": {}, "failures": []}
+    child = _arm_child(store) if arm else _child
+    models, problem = ensure_models(build, store, child)
     if problem:
         return {**base, "status": REFUSED, "plugins": {}, "failures": [f"{build.name}: {problem}"]}
-    use_qemu = qemu and qemu_path() is not None
-    runs, not_here = _plan(meta, build, use_qemu)
-    ref, ref_what, own = _reference_run(build, runs, sibling, models, store)
+    use_qemu = qemu and (arm is not None or qemu_path() is not None)
+    runs, not_here = _arm_plan(meta, build) if arm else _plan(meta, build, use_qemu)
+    ref, ref_what, own = _reference_run(build, runs, sibling, models, store, child)
     force = {t: tr["ids"] for t, tr in ref.traces.items()}
-    plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name),
+    plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name), child, arm,
                             scan=build.backend_dl and name == build.name) for name, rs in runs.items()}
     failures = [] if own else [f"{build.name}: the reference {ref_what} {why}" for why in
                                ([describe_failure(ref.setup)] if ref.setup else
                                 [f"{describe_failure(f)} the {t} model" for t, f in ref.failed.items()])]
     failures += refusals(build.name, plugins)
     status = REFUSED if failures else QUALIFIED if any(e["status"] == QUALIFIED for e in plugins.values()) else NOT_HERE
-    return {**base, "status": status, "reference": ref_what, "qemu": qemu_version() if use_qemu else None,
+    return {**base, "status": status, "reference": ref_what,
+            "qemu": qemu_version("qemu-aarch64" if arm else None) if use_qemu else None,
             "plugins": plugins, "failures": failures, "gpu_plugins": _gpu(meta)}
 
 
 def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Mapping[str, Sequence[int]],
-           ref: Answer, store: Store, why: str | None, scan: bool) -> dict[str, Any]:
-    h, entry_runs = host(), {}
+           ref: Answer, store: Store, why: str | None, child: Any, arm: str | None, scan: bool) -> dict[str, Any]:
+    entry_runs = {}
     for r in runs:
-        answer = run_plugin(build, r, models, force=force, place=place_key(r, h["key"], qemu_version()),
-                            store=store, run_child=_child, scan=scan)
+        answer = run_plugin(build, r, models, force=force, place=_place(r, arm), store=store, run_child=child,
+                            scan=scan)
         setup = describe_failure(answer.setup) if answer.setup else None
         entry_runs[r.where] = {"purpose": r.purpose, "score": answer.score, "setup": setup,
                                **({} if answer.setup else _verdicts(answer, ref))}
