@@ -155,9 +155,16 @@ def test_a_build_without_plugins_runs_at_its_level() -> None:
     assert v4 == [] and why is not None and "x86-64-v4" in why
 
 
-def test_what_cannot_run_here_at_all() -> None:
-    arm = {"os": "linux", "arch": "aarch64", "requires": {}}
-    assert "qemu-aarch64" in str(runnable_here(arm, "linux", "x86_64", "2.36"))
+def test_what_cannot_run_here_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llama_runtime.qualify import cross
+
+    arm = {"os": "linux", "arch": "aarch64", "requires": {"glibc": "2.36"}}
+    monkeypatch.setattr(cross, "missing_tools", lambda: [])  # its own test: tests/test_qualify_cross_units.py
+    assert runnable_here(arm, "linux", "x86_64", "2.31") is None  # the cross sysroot's glibc, not the host's
+    monkeypatch.setattr(cross, "missing_tools", lambda: ["qemu-user", "gcc-aarch64-linux-gnu"])
+    assert str(runnable_here(arm, "linux", "x86_64", "2.36")).endswith(
+        "under qemu-aarch64 with the cross-compiled driver needs apt-get install qemu-user gcc-aarch64-linux-gnu")
+    assert "Linux x86-64 only" in str(runnable_here(arm, "macos", "x86_64", None))
     mac = {"os": "macos", "arch": "aarch64", "requires": {}}
     assert "macos/aarch64 build" in str(runnable_here(mac, "linux", "x86_64", "2.36"))
     new = {"os": "linux", "arch": "x86_64", "requires": {"glibc": "2.39"}}

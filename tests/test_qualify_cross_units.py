@@ -1,0 +1,84 @@
+"""The aarch64 side of the qualification without running anything (issue 14.3): which qemu-aarch64
+model runs which ARM plugin, the data against the build's own list of plugins, the driver's job,
+what is missing. The runs themselves: tests/test_qualify_arm.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cross_builds
+from llama_runtime.qualify import check, cross
+from llama_runtime.qualify.run import Build, Store
+
+
+def test_the_plugin_table_is_what_the_cross_build_compiles() -> None:
+    """qemu_aarch64.json's features per plugin are the -march extensions cross_builds.py builds."""
+    plugins = cross.arm_data()["plugins"]
+    assert list(plugins) == list(cross_builds.ALL_ARM_CPU_VARIANTS)
+    for tag, march in cross_builds.ALL_ARM_CPU_VARIANTS.items():
+        assert set(plugins[tag]) == set(march.split("+")[1:]), tag
+
+
+def test_each_plugin_runs_under_the_least_capable_model_that_has_its_features() -> None:
+    models = cross.arm_data()["models"]
+    seen = set()
+    for tag, needs in cross.arm_data()["plugins"].items():
+        runs, why = cross.arm_runs(f"libggml-cpu-{tag}.so")
+        assert why is None and runs
+        model = runs[0].where.removeprefix("qemu-aarch64 -cpu ")
+        assert set(needs) <= set(models[model]), tag
+        assert all(not set(needs) <= set(f) or len(f) >= len(models[model]) for f in models.values()), tag
+        seen.add(model)
+    assert seen == set(models)  # every measured model is some plugin's floor
+
+
+def test_an_sve_plugin_also_runs_at_128_and_256_bits() -> None:
+    runs, _ = cross.arm_runs("libggml-cpu-armv8.2_3.so")
+    assert [r.where for r in runs] == ["qemu-aarch64 -cpu max,sme=off",
+                                       "qemu-aarch64 -cpu max,sme=off,sve-default-vector-length=16",
+                                       "qemu-aarch64 -cpu max,sme=off,sve-default-vector-length=32"]
+    assert [r.prefix for r in runs][1] == ("qemu-aarch64", "-cpu", "max,sme=off,sve-default-vector-length=16")
+    neon, _ = cross.arm_runs("libggml-cpu-armv8.2_2.so")
+    assert [r.where for r in neon] == ["qemu-aarch64 -cpu neoverse-n1"]
+
+
+def test_a_plugin_the_data_does_not_know_is_not_qualified_here_with_the_reason() -> None:
+    runs, why = cross.arm_runs("libggml-cpu-armv9.5_1.so")
+    assert runs == [] and why is not None and "armv9.5_1" in why and "qemu_aarch64.json" in why
+    meta = {"plugins": ["libggml-base.so", "libggml-cpu-armv8.0_1.so", "libggml-cpu-armv9.5_1.so"]}
+    runs_of, not_here = check._arm_plan(meta, Build("v", Path("/nonexistent"), ("libllama.so",), True))
+    assert sorted(runs_of) == ["libggml-cpu-armv8.0_1.so", "libggml-cpu-armv9.5_1.so"]
+    assert list(not_here) == ["libggml-cpu-armv9.5_1.so"]
+
+
+def test_the_driver_job_is_the_childs_job_in_lines() -> None:
+    job = {"libraries": ["/v/libgomp.so.1", "/v/libllama.so"], "folder": "/v", "plugin": "libggml-cpu-armv8.0_1.so",
+           "plugins": [], "backend_dir": None, "prompt": [1, 259], "n_gen": 32, "n_threads": 1,
+           "force": {"Q4_0": [5, 6]}, "models": [["Q4_0", "/m/Q4 0.gguf"], ["F16", "/m/F16.gguf"]]}
+    assert cross.job_text(job).splitlines() == [
+        "lib /v/libgomp.so.1", "lib /v/libllama.so", "plugin /v/libggml-cpu-armv8.0_1.so", "prompt 1 259",
+        "n_gen 32", "threads 1", "model Q4_0 /m/Q4 0.gguf", "model F16 /m/F16.gguf", "force Q4_0 5 6"]
+    quant = {"libraries": ["/v/libllama.so"], "source": "/t/F32.gguf", "quantize": [["Q4_K_M", "/t/Q4_K_M.gguf"]]}
+    assert cross.job_text(quant).splitlines() == ["lib /v/libllama.so", "source /t/F32.gguf",
+                                                  "quantize Q4_K_M 15 /t/Q4_K_M.gguf"]
+
+
+def test_missing_tools_name_the_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    assert cross.missing_tools()[:2] == ["qemu-user", "gcc-aarch64-linux-gnu"]
+
+
+def test_no_qemu_leaves_an_aarch64_variant_not_qualified_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if check.host()["arch"] == "aarch64":
+        pytest.skip("an aarch64 machine runs it natively")
+    monkeypatch.setattr(cross, "missing_tools", lambda: [])  # the tools are not what this is about
+    folder = tmp_path / "linux-aarch64-cpu-omp"
+    folder.mkdir()
+    (folder / "variant.json").write_text(json.dumps({"os": "linux", "arch": "aarch64", "requires": {},
+                                                     "libraries": ["libllama.so"], "backend_dl": True}))
+    rec = check.qualify_folder(folder, Store(tmp_path / "store"), qemu=False)
+    assert rec["status"] == "not qualified here" and "--no-qemu" in rec["why"]
+    assert not (tmp_path / "store").exists()  # nothing ran
