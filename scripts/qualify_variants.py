@@ -3,8 +3,9 @@
 
 What ``scripts/build_variants.py`` runs after producing its folders (and ``llama-runtime publish``
 again before uploading, from the same cache): every CPU plugin, on its own, on the
-qualification model in every quantization type, natively and under qemu, against the ``x64``
-reference (llama_runtime/qualify/). The results are cached by file hashes under
+qualification model in every quantization type, natively and under qemu (``qemu-x86_64 -cpu
+MODEL``; a Linux aarch64 variant under ``qemu-aarch64 -cpu MODEL`` through the cross-compiled C
+driver, llama_runtime/qualify/cross.py), against the ``x64`` reference (llama_runtime/qualify/). The results are cached by file hashes under
 ``<LLAMA_RUNTIME_CACHE>/<version>/.qualify/``, so a second run takes about a second.
 
     python scripts/qualify_variants.py OUT [--no-qemu]     # every OUT/<variant>/

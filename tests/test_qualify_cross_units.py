@@ -82,3 +82,15 @@ def test_no_qemu_leaves_an_aarch64_variant_not_qualified_here(tmp_path: Path, mo
     rec = check.qualify_folder(folder, Store(tmp_path / "store"), qemu=False)
     assert rec["status"] == "not qualified here" and "--no-qemu" in rec["why"]
     assert not (tmp_path / "store").exists()  # nothing ran
+
+
+def test_doctor_says_where_each_plugin_ran() -> None:
+    from llama_runtime.qualify.report import summary
+
+    record = {"status": "qualified", "machine": "AMD EPYC (x86-64-v4, linux)", "types": ["Q4_0"], "failures": [],
+              "reference": "linux-x86_64-cpu/libggml-cpu-x64.so (native, another variant)",
+              "plugins": {"libggml-cpu-armv8.0_1.so": {"status": "qualified", "runs": {"qemu-aarch64 -cpu cortex-a53": {}}},
+                          "libggml-cpu-armv9.5_1.so": {"status": "not qualified here", "runs": {}, "why": "unknown"}}}
+    text = summary(record)
+    assert "1 of 2 CPU code(s)" in text and "; where: qemu-aarch64 -cpu cortex-a53;" in text
+    assert text.endswith("not qualified here: libggml-cpu-armv9.5_1.so (unknown)")
