@@ -11,7 +11,8 @@ import pytest
 
 import cross_builds
 from llama_runtime.qualify import check, cross
-from llama_runtime.qualify.run import Build, Store
+from llama_runtime.qualify.run import Store
+from llama_runtime.qualify.targets import Target
 
 
 def test_the_plugin_table_is_what_the_cross_build_compiles() -> None:
@@ -49,7 +50,7 @@ def test_a_plugin_the_data_does_not_know_is_not_qualified_here_with_the_reason()
     runs, why = cross.arm_runs("libggml-cpu-armv9.5_1.so")
     assert runs == [] and why is not None and "armv9.5_1" in why and "qemu_aarch64.json" in why
     meta = {"plugins": ["libggml-base.so", "libggml-cpu-armv8.0_1.so", "libggml-cpu-armv9.5_1.so"]}
-    runs_of, not_here = check._arm_plan(meta, Build("v", Path("/nonexistent"), ("libllama.so",), True))
+    runs_of, not_here = Target("aarch64").plan(meta, check.host()["cpu"], True, "v")
     assert sorted(runs_of) == ["libggml-cpu-armv8.0_1.so", "libggml-cpu-armv9.5_1.so"]
     assert list(not_here) == ["libggml-cpu-armv9.5_1.so"]
 
@@ -77,7 +78,7 @@ def test_no_qemu_leaves_an_aarch64_variant_not_qualified_here(tmp_path: Path, mo
     monkeypatch.setattr(cross, "missing_tools", lambda: [])  # the tools are not what this is about
     folder = tmp_path / "linux-aarch64-cpu-omp"
     folder.mkdir()
-    (folder / "variant.json").write_text(json.dumps({"os": "linux", "arch": "aarch64", "requires": {},
+    (folder / "variant.json").write_text(json.dumps({"os": "linux", "arch": "aarch64", "requires": {}, "llama_cpp": "0.5.0",
                                                      "libraries": ["libllama.so"], "backend_dl": True}))
     rec = check.qualify_folder(folder, Store(tmp_path / "store"), qemu=False)
     assert rec["status"] == "not qualified here" and "--no-qemu" in rec["why"]

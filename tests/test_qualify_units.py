@@ -158,13 +158,17 @@ def test_a_build_without_plugins_runs_at_its_level() -> None:
 def test_what_cannot_run_here_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     from llama_runtime.qualify import cross
 
-    arm = {"os": "linux", "arch": "aarch64", "requires": {"glibc": "2.36"}}
+    arm = {"os": "linux", "arch": "aarch64", "requires": {"glibc": "2.36"}, "llama_cpp": "0.5.0"}
     monkeypatch.setattr(cross, "missing_tools", lambda: [])  # its own test: tests/test_qualify_cross_units.py
     assert runnable_here(arm, "linux", "x86_64", "2.31") is None  # the cross sysroot's glibc, not the host's
     monkeypatch.setattr(cross, "missing_tools", lambda: ["qemu-user", "gcc-aarch64-linux-gnu"])
     assert str(runnable_here(arm, "linux", "x86_64", "2.36")).endswith(
         "under qemu-aarch64 with the cross-compiled driver needs apt-get install qemu-user gcc-aarch64-linux-gnu")
     assert "Linux x86-64 only" in str(runnable_here(arm, "macos", "x86_64", None))
+    monkeypatch.setattr(cross, "missing_tools", lambda: [])
+    old = str(runnable_here({**arm, "llama_cpp": "0.4.0"}, "linux", "x86_64", "2.36"))
+    assert old.endswith("build of llama.cpp 0.4.0: the driver that runs it under qemu-aarch64 is compiled against"
+                        " the 0.5.0 headers")
     mac = {"os": "macos", "arch": "aarch64", "requires": {}}
     assert "macos/aarch64 build" in str(runnable_here(mac, "linux", "x86_64", "2.36"))
     new = {"os": "linux", "arch": "x86_64", "requires": {"glibc": "2.39"}}

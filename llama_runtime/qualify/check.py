@@ -8,7 +8,8 @@ folder of variants, decoding *this* variant's models; failing that, with its own
 demanding CPU code (said so in the record). Each candidate decodes the reference's greedy text
 (:mod:`.rule`), natively and under qemu (:mod:`.where`). A Linux aarch64 variant runs every
 plugin under ``qemu-aarch64`` through the cross-compiled C driver (:mod:`.cross`), against the
-``x64`` plugin of an x86-64 variant of the same llama.cpp decoding the aarch64 build's models.
+``x64`` plugin of an x86-64 variant of the same llama.cpp decoding the aarch64 build's models; a
+Windows one the same way under Wine (:mod:`.wine`, :mod:`.targets`).
 """
 
 from __future__ import annotations
@@ -62,47 +63,6 @@ def _child(job: dict[str, Any], prefix: Sequence[str], timeout: float) -> Any:
     return _run_child(job, prefix, timeout)
 
 
-def _is_arm(meta: Mapping[str, Any]) -> bool:
-    """An aarch64 variant on a machine that is not: it runs under qemu-aarch64 (:mod:`.cross`)."""
-    return meta.get("arch") == "aarch64" and host()["arch"] != "aarch64"
-
-
-def _arm_plan(meta: Mapping[str, Any], build: Build) -> tuple[dict[str, list[Run]], dict[str, str]]:
-    from ..plugins.rank import cpu_plugins
-    from .cross import arm_runs
-
-    if not build.backend_dl:
-        return {build.name: []}, {build.name: "an aarch64 build without CPU plugins: which qemu-aarch64 model"
-                                              " runs its CPU code is not recorded"}
-    runs, not_here = {}, {}
-    for file in cpu_plugins(meta.get("plugins") or [], "linux"):
-        runs[file], why = arm_runs(file)
-        if why:
-            not_here[file] = why
-    return runs, not_here
-
-
-def _arm_compiler() -> str:
-    from .cross import arm_data
-
-    return str(arm_data()["compiler"])
-
-
-def _arm_child(store: Store) -> Any:
-    from .cross import arm_child
-
-    return arm_child(store.root)
-
-
-def _place(run: Run, arm: str | None) -> str:
-    """What decides a run's outcome besides the files; under qemu-aarch64 the driver's build too."""
-    if run.where == NATIVE or arm is None:
-        return place_key(run, host()["key"], qemu_version())
-    from .cross import driver_hash
-
-    return f"{place_key(run, host()['key'], qemu_version('qemu-aarch64'))} driver {driver_hash(arm)}"
-
-
 def read_build(folder: Path) -> tuple[dict[str, Any], Build]:
     meta: dict[str, Any] = json.loads((folder / "variant.json").read_text(encoding="utf-8"))
     return meta, Build(folder.name, folder, tuple(meta["libraries"]), bool(meta.get("backend_dl")))
@@ -135,9 +95,10 @@ def _references(build: Build, runs: Mapping[str, list[Run]], sibling: Build | No
         return [(build, Run(X64, NATIVE, "reference"), f"{build.name}/{X64} (native)")]
     if sibling is not None:
         return [(sibling, Run(X64, NATIVE, "reference"), f"{sibling.name}/{X64} (native, another variant)")]
-    if any(r.where.startswith("qemu-aarch64") for rs in runs.values() for r in rs):
-        first = min((r for rs in runs.values() for r in rs[:1]), key=lambda r: r.plugin or "")
-        return [(build, first, f"{build.name}/{first.plugin} ({first.where}; no x86-64 {X64} plugin of this"
+    driven = [rs[0] for rs in runs.values() if rs and rs[0].where != NATIVE]  # qemu-aarch64, Wine
+    if driven:  # its x64 plugin (Windows), else its least demanding one (armv8.0)
+        first = min(driven, key=lambda r: ("x64" not in (r.plugin or ""), r.plugin or ""))
+        return [(build, first, f"{build.name}/{first.plugin} ({first.where}; no Linux {X64} plugin of this"
                                " llama.cpp in reach)")]
     from ..plugins.rank import ggml_cpu, plugin_variant
 
@@ -196,19 +157,22 @@ def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, 
     why = runnable_here(meta, h["os"], h["arch"], h["glibc"])
     if why:
         return {**base, "status": NOT_HERE, "why": why, "plugins": {}, "failures": []}
-    arm = _arm_compiler() if _is_arm(meta) else None
-    if arm and not qemu:
+    from .targets import target_for
+
+    target = target_for(meta, h["os"], h["arch"])
+    if target and target.kind == "aarch64" and not qemu:
         return {**base, "status": NOT_HERE, "why": "an aarch64 build, and qemu runs are off (--no-qemu)",
                 "plugins": {}, "failures": []}
-    child = _arm_child(store) if arm else _child
+    child = target.child(store.root) if target else _child
     models, problem = ensure_models(build, store, child)
     if problem:
         return {**base, "status": REFUSED, "plugins": {}, "failures": [f"{build.name}: {problem}"]}
-    use_qemu = qemu and (arm is not None or qemu_path() is not None)
-    runs, not_here = _arm_plan(meta, build) if arm else _plan(meta, build, use_qemu)
+    use_qemu = qemu and qemu_path() is not None
+    runs, not_here = target.plan(meta, h["cpu"], build.backend_dl, build.name) if target else \
+        _plan(meta, build, use_qemu)
     ref, ref_what, own = _reference_run(build, runs, sibling, models, store, child)
     force = {t: tr["ids"] for t, tr in ref.traces.items()}
-    plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name), child, arm,
+    plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name), child, target,
                             scan=build.backend_dl and name == build.name) for name, rs in runs.items()}
     failures = [] if own else [f"{build.name}: the reference {ref_what} {why}" for why in
                                ([describe_failure(ref.setup)] if ref.setup else
@@ -216,15 +180,16 @@ def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, 
     failures += refusals(build.name, plugins)
     status = REFUSED if failures else QUALIFIED if any(e["status"] == QUALIFIED for e in plugins.values()) else NOT_HERE
     return {**base, "status": status, "reference": ref_what,
-            "qemu": qemu_version("qemu-aarch64" if arm else None) if use_qemu else None,
+            "qemu": target.version() if target else qemu_version() if use_qemu else None,
             "plugins": plugins, "failures": failures, "gpu_plugins": _gpu(meta)}
 
 
 def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Mapping[str, Sequence[int]],
-           ref: Answer, store: Store, why: str | None, child: Any, arm: str | None, scan: bool) -> dict[str, Any]:
+           ref: Answer, store: Store, why: str | None, child: Any, target: Any, scan: bool) -> dict[str, Any]:
     entry_runs = {}
     for r in runs:
-        answer = run_plugin(build, r, models, force=force, place=_place(r, arm), store=store, run_child=child,
+        place = target.place(r, host()["key"]) if target else place_key(r, host()["key"], qemu_version())
+        answer = run_plugin(build, r, models, force=force, place=place, store=store, run_child=child,
                             scan=scan)
         setup = describe_failure(answer.setup) if answer.setup else None
         entry_runs[r.where] = {"purpose": r.purpose, "score": answer.score, "setup": setup,

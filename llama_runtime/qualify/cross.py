@@ -112,7 +112,7 @@ def build_driver(root: Path, cc: str | None = None, suffix: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
         cmd = [cc, "-std=gnu11", "-O2", "-Wall", "-I", str(INCLUDE), str(DRIVER), "-o", str(tmp / exe.name),
-               *([] if suffix == ".exe" else ["-ldl"])]
+               *(["-static"] if suffix == ".exe" else ["-ldl"])]  # MinGW: no runtime DLL to find under Wine
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -125,8 +125,8 @@ def build_driver(root: Path, cc: str | None = None, suffix: str = "") -> Path:
 def job_text(job: Mapping[str, Any]) -> str:
     """The child's JSON job (:mod:`llama_runtime.plugins.child`) as the driver's lines."""
     lines = [f"lib {p}" for p in job["libraries"]]
-    if job.get("plugin"):
-        lines.append(f"plugin {Path(job['folder']) / job['plugin']}")
+    if job.get("plugin"):  # a Windows job (.wine) has it as Wine sees it
+        lines.append(f"plugin {job.get('plugin_path') or Path(job['folder']) / job['plugin']}")
     if job.get("backend_dir"):
         lines.append(f"backend_dir {job['backend_dir']}")
     if job.get("quantize"):
@@ -141,13 +141,15 @@ def job_text(job: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_driver(exe: Path, job: Mapping[str, Any], prefix: Sequence[str], timeout: float) -> Any:
-    """One driver child under ``prefix`` (``qemu-aarch64 -cpu max``): a
+def run_driver(exe: Path, job: Mapping[str, Any], prefix: Sequence[str], timeout: float,
+               env: Mapping[str, str] | None = None) -> Any:
+    """One driver child under ``prefix`` (``qemu-aarch64 -cpu max``, Wine): a
     :class:`~llama_runtime.plugins.trial.Outcome`, as :func:`~llama_runtime.plugins.trial._run_child`."""
     from ..plugins.trial import Outcome, parse_child
 
-    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    env["QEMU_LD_PREFIX"] = str(sysroot())  # the aarch64 glibc and loader the variant links to
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        env["QEMU_LD_PREFIX"] = str(sysroot())  # the aarch64 glibc and loader the variant links to
     try:
         proc = subprocess.run([*prefix, str(exe)], input=job_text(job), capture_output=True, text=True,
                               timeout=timeout, env=env, check=False)
