@@ -95,3 +95,42 @@ def test_doctor_says_where_each_plugin_ran() -> None:
     text = summary(record)
     assert "1 of 2 CPU code(s)" in text and "; where: qemu-aarch64 -cpu cortex-a53;" in text
     assert text.endswith("not qualified here: libggml-cpu-armv9.5_1.so (unknown)")
+
+
+# --------------------------------------------------------------------------- Windows, under Wine
+def test_a_windows_job_has_every_path_as_wine_sees_it() -> None:
+    from llama_runtime.qualify.wine import windows_job
+
+    job = {"libraries": ["/v/llama.dll"], "folder": "/v", "plugin": "ggml-cpu-zen4.dll", "backend_dir": None,
+           "models": [["Q4_0", "/m/Q4_0.gguf"]], "prompt": [1], "n_gen": 2, "n_threads": 1}
+    lines = cross.job_text(windows_job(job)).splitlines()
+    assert lines[:2] == ["lib Z:\\v\\llama.dll", "plugin Z:\\v\\ggml-cpu-zen4.dll"]
+    assert "model Q4_0 Z:\\m\\Q4_0.gguf" in lines
+
+
+def test_wine_runs_what_this_cpu_runs_and_names_what_it_lacks() -> None:
+    from llama_runtime.probe.capture import profile_from_captures
+    from llama_runtime.qualify.wine import WINE, wine_runs
+
+    captures = Path(__file__).parent / "data" / "x86" / "this-machine-zen5-kvm.json"
+    cpu = profile_from_captures(json.loads(captures.read_text(encoding="utf-8"))).cpu
+    runs, why = wine_runs("ggml-cpu-zen4.dll", cpu)
+    assert [r.where for r in runs] == [WINE] and why is None
+    runs, why = wine_runs("ggml-cpu-sapphirerapids.dll", cpu)
+    assert runs == [] and why is not None and "amx" in why and "Wine runs it on this CPU only" in why
+
+
+def test_a_crash_wine_reports_is_named_by_its_ntstatus() -> None:
+    from llama_runtime.plugins.trial import parse_child
+
+    out = parse_child('{"load": "ggml-cpu-zen4.dll"}\n{"ntstatus": 3221225501}\n', 3)
+    assert out.crash == "STATUS_ILLEGAL_INSTRUCTION (SIGILL)" and out.stage == "load" and not out.ok
+
+
+def test_which_variants_run_through_the_driver() -> None:
+    from llama_runtime.qualify.targets import target_for
+
+    assert target_for({"os": "linux", "arch": "aarch64"}, "linux", "x86_64") == Target("aarch64")
+    assert target_for({"os": "windows", "arch": "x86_64"}, "linux", "x86_64") == Target("windows")
+    assert target_for({"os": "linux", "arch": "x86_64"}, "linux", "x86_64") is None
+    assert target_for({"os": "windows", "arch": "x86_64"}, "macos", "aarch64") is None
