@@ -57,8 +57,9 @@ def line(name: str, record: Mapping[str, Any]) -> str:
     plugins = record.get("plugins") or {}
     done = sum(e["status"] == "qualified" for e in plugins.values())
     where = {w for e in plugins.values() for w in e.get("runs", {})}
+    qemu = {w for w in where if w.startswith("qemu")}
     places = " + ".join([*(["native"] if "native" in where else []),
-                         *([f"{len(where - {'native'})} qemu model(s)"] if where - {"native"} else [])])
+                         *([f"{len(qemu)} qemu model(s)"] if qemu else []), *(["Wine"] if "wine" in where else [])])
     tail = record.get("why") or f"{done}/{len(plugins)} CPU code(s) qualified ({places or 'nothing ran'})"
     return f"  qualification {name:24} {record['status']:18} {tail}"
 
