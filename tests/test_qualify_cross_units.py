@@ -134,3 +134,8 @@ def test_which_variants_run_through_the_driver() -> None:
     assert target_for({"os": "windows", "arch": "x86_64"}, "linux", "x86_64") == Target("windows")
     assert target_for({"os": "linux", "arch": "x86_64"}, "linux", "x86_64") is None
     assert target_for({"os": "windows", "arch": "x86_64"}, "macos", "aarch64") is None
+
+
+def test_a_windows_gpu_plugin_is_named_apart_from_the_cpu_ones() -> None:
+    meta = {"os": "windows", "backend": "vulkan", "plugins": ["ggml-cpu-haswell.dll", "ggml-vulkan.dll"]}
+    assert list(check._gpu(meta)) == ["ggml-vulkan.dll"]

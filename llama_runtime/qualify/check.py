@@ -204,7 +204,7 @@ def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Map
 def _gpu(meta: Mapping[str, Any]) -> dict[str, str]:
     from ..plugins.rank import cpu_plugins
 
-    cpu = set(cpu_plugins(meta.get("plugins") or [], "linux"))
+    cpu = set(cpu_plugins(meta.get("plugins") or [], "windows" if meta.get("os") == "windows" else "linux"))
     return {f: f"{NOT_HERE}: only the CPU code is qualified; the {meta.get('backend')} backend needs its device"
             for f in meta.get("plugins") or [] if f not in cpu}
 
