@@ -3,8 +3,9 @@
 
 What ``scripts/build_variants.py`` runs after producing its folders (and ``llama-runtime publish``
 again before uploading, from the same cache): every CPU plugin, on its own, on the
-qualification model in every quantization type, natively and under qemu, against the ``x64``
-reference (llama_runtime/qualify/). The results are cached by file hashes under
+qualification model in every quantization type, natively and under qemu (``qemu-x86_64 -cpu
+MODEL``; a Linux aarch64 variant under ``qemu-aarch64 -cpu MODEL`` through the cross-compiled C
+driver, llama_runtime/qualify/cross.py), against the ``x64`` reference (llama_runtime/qualify/). The results are cached by file hashes under
 ``<LLAMA_RUNTIME_CACHE>/<version>/.qualify/``, so a second run takes about a second.
 
     python scripts/qualify_variants.py OUT [--no-qemu]     # every OUT/<variant>/
@@ -56,8 +57,9 @@ def line(name: str, record: Mapping[str, Any]) -> str:
     plugins = record.get("plugins") or {}
     done = sum(e["status"] == "qualified" for e in plugins.values())
     where = {w for e in plugins.values() for w in e.get("runs", {})}
+    qemu = {w for w in where if w.startswith("qemu")}
     places = " + ".join([*(["native"] if "native" in where else []),
-                         *([f"{len(where - {'native'})} qemu model(s)"] if where - {"native"} else [])])
+                         *([f"{len(qemu)} qemu model(s)"] if qemu else []), *(["Wine"] if "wine" in where else [])])
     tail = record.get("why") or f"{done}/{len(plugins)} CPU code(s) qualified ({places or 'nothing ran'})"
     return f"  qualification {name:24} {record['status']:18} {tail}"
 

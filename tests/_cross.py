@@ -19,24 +19,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llama_runtime.qualify import cross as qualify_cross
+
 REPO = Path(__file__).resolve().parent.parent
 GREEDY = REPO / "tests" / "data" / "oracle" / "greedy.c"
 HWCAPS = REPO / "tests" / "data" / "cross" / "hwcaps.c"
 INCLUDE = REPO / "llama_runtime" / "native" / "include"
-AARCH64_ROOT = Path("/usr/aarch64-linux-gnu")
+AARCH64_ROOT = qualify_cross.sysroot()  # one copy with the qualification's (llama_runtime/qualify/cross.py)
 # What each HWCAP feature adds to a plugin's score (ggml/src/ggml-cpu/arch/arm/cpu-feats.cpp).
 ARM_SCORE_BITS: Mapping[str, int] = {"dotprod": 2, "fp16": 4, "sve": 8, "i8mm": 16, "sve2": 32,
                                      "sme": 64}
 
 
 def missing_tools() -> list[str]:
-    """The Debian packages this machine lacks for the aarch64 tests (scripts/dev installs them)."""
-    need = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "qemu-aarch64": "qemu-user",
-            "gcc": "gcc"}
-    lacking = [pkg for tool, pkg in need.items() if shutil.which(tool) is None]
-    if not (AARCH64_ROOT / "lib" / "libgomp.so.1").exists():
-        lacking.append("libgomp1-arm64-cross")
-    return lacking
+    """The Debian packages this machine lacks for the aarch64 tests (scripts/dev installs them):
+    the qualification's (qemu-user, the cross gcc, its libc and libgomp) and gcc for x86."""
+    return [*qualify_cross.missing_tools(), *(["gcc"] if shutil.which("gcc") is None else [])]
 
 
 def cross_gcc(source: Path, out: Path, *link: str) -> Path:

@@ -20,14 +20,16 @@ def pinned_ggml() -> Path:
     return build_variants._extract_vendor(sdist, cache / "src" / build_variants._sha256(sdist)[:16]) / "ggml"
 
 
-def compile_badkernel(out: Path, real: str, *, at_init: bool = False, wrong: int = 0) -> Path:
+def compile_badkernel(out: Path, real: str, *, at_init: bool = False, wrong: int = 0,
+                      cc: str | None = None, flags: tuple[str, ...] = ()) -> Path:
     """tests/data/plugins/badkernel.c as ``out``: SIGILL on the first decode (or in its init);
-    ``wrong`` 1 or 2: no crash, wrong logits instead (noise, or every logit tripled)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
+    ``wrong`` 1 or 2: no crash, wrong logits instead (noise, or every logit tripled).
+    ``cc``: another compiler (``aarch64-linux-gnu-gcc``), ``flags`` added to its command."""
+    cc = cc or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (apt-get install gcc) for the crashing test plugin")
     ggml = pinned_ggml()
-    cmd = [cc, "-shared", "-fPIC", "-O1", "-I", str(ggml / "include"), "-I", str(ggml / "src"),
+    cmd = [cc, *flags, "-shared", "-fPIC", "-O1", "-I", str(ggml / "include"), "-I", str(ggml / "src"),
            f'-DREAL="{real}"', *(["-DCRASH_AT_INIT"] if at_init else []),
            *([f"-DWRONG_LOGITS={wrong}"] if wrong else []), str(BADKERNEL), "-o", str(out), "-ldl"]
     subprocess.run(cmd, check=True)

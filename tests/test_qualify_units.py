@@ -78,6 +78,24 @@ def test_a_near_tie_may_flip_to_the_runner_up_only() -> None:
     assert not bad.ok and "step 5: token 999, neither the reference's 15 nor its runner-up 16" in bad.why
 
 
+def test_a_three_way_near_tie_may_flip_to_a_third_token_the_candidate_ties_too() -> None:
+    """Measured under qemu-aarch64 (rule.py): the reference 4 over 86 by 0.031, the plugin 20 over 86 by 0.036."""
+    eps = EPSILON["Q6_K"]
+    margins = [2.0] * N_GEN
+    margins[17] = 0.031
+    ref = trace(REF.ids, margins)
+    got_ids, got_margins = list(REF.ids), list(margins)
+    got_ids[17], got_margins[17] = 999, 0.036
+    got = Trace(got_ids, [*ref.second[:17], ref.second[17], *ref.second[18:]], got_margins)
+    verdict = judge(ref, got, "Q6_K")
+    assert verdict.ok and verdict.flips == [17]
+    far = Trace(got_ids, got.second, [*got_margins[:17], eps * 1.5, *got_margins[18:]])  # it is sure of 999
+    bad = judge(ref, far, "Q6_K")
+    assert not bad.ok and "nor within 0.5 of them in its own logits" in bad.why
+    other = Trace(got_ids, [*ref.second[:17], 777, *ref.second[18:]], got_margins)  # ties with neither
+    assert not judge(ref, other, "Q6_K").ok
+
+
 def test_a_sure_step_may_not_change() -> None:
     got = list(REF.ids)
     got[7] = REF.second[7]
@@ -155,9 +173,20 @@ def test_a_build_without_plugins_runs_at_its_level() -> None:
     assert v4 == [] and why is not None and "x86-64-v4" in why
 
 
-def test_what_cannot_run_here_at_all() -> None:
-    arm = {"os": "linux", "arch": "aarch64", "requires": {}}
-    assert "qemu-aarch64" in str(runnable_here(arm, "linux", "x86_64", "2.36"))
+def test_what_cannot_run_here_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llama_runtime.qualify import cross
+
+    arm = {"os": "linux", "arch": "aarch64", "requires": {"glibc": "2.36"}, "llama_cpp": "0.5.0"}
+    monkeypatch.setattr(cross, "missing_tools", lambda: [])  # its own test: tests/test_qualify_cross_units.py
+    assert runnable_here(arm, "linux", "x86_64", "2.31") is None  # the cross sysroot's glibc, not the host's
+    monkeypatch.setattr(cross, "missing_tools", lambda: ["qemu-user", "gcc-aarch64-linux-gnu"])
+    assert str(runnable_here(arm, "linux", "x86_64", "2.36")).endswith(
+        "under qemu-aarch64 with the cross-compiled driver needs apt-get install qemu-user gcc-aarch64-linux-gnu")
+    assert "Linux x86-64 only" in str(runnable_here(arm, "macos", "x86_64", None))
+    monkeypatch.setattr(cross, "missing_tools", lambda: [])
+    old = str(runnable_here({**arm, "llama_cpp": "0.4.0"}, "linux", "x86_64", "2.36"))
+    assert old.endswith("build of llama.cpp 0.4.0: the driver that runs it under qemu-aarch64 is compiled against"
+                        " the 0.5.0 headers")
     mac = {"os": "macos", "arch": "aarch64", "requires": {}}
     assert "macos/aarch64 build" in str(runnable_here(mac, "linux", "x86_64", "2.36"))
     new = {"os": "linux", "arch": "x86_64", "requires": {"glibc": "2.39"}}

@@ -62,7 +62,7 @@ def crash_name(returncode: int) -> str | None:
 
 def parse_child(stdout: str, returncode: int, stderr: str = "") -> Outcome:
     """The child's JSON lines and exit status -> what happened (pure)."""
-    out = Outcome(ok=False)
+    out, status = Outcome(ok=False), 0
     for line in stdout.splitlines():
         try:
             item = json.loads(line)
@@ -84,7 +84,9 @@ def parse_child(stdout: str, returncode: int, stderr: str = "") -> Outcome:
         if "error" in item:
             out.error, out.stage = str(item["error"]), item.get("stage", out.stage)
             out.plugin = item.get("plugin", out.plugin)
-    out.crash = crash_name(returncode)
+        if "ntstatus" in item:  # a Windows child under Wine says its crash (Linux keeps 8 bits of the status)
+            status = int(item["ntstatus"])
+    out.crash = crash_name(returncode) or (crash_name(status) if status else None)
     if returncode != 0 and out.crash is None and out.error is None:
         tail = (stderr.strip().splitlines() or [""])[-1]
         out.error, out.stage = f"the test process exited with status {returncode}: {tail}", "setup"

@@ -6,12 +6,16 @@ CPU and every qemu model runs. A variant without one (a build without plugins, a
 plugins) is compared with the ``x64`` plugin of another variant of the same llama.cpp in the same
 folder of variants, decoding *this* variant's models; failing that, with its own least
 demanding CPU code (said so in the record). Each candidate decodes the reference's greedy text
-(:mod:`.rule`), natively and under qemu (:mod:`.where`).
+(:mod:`.rule`), natively and under qemu (:mod:`.where`). A Linux aarch64 variant runs every
+plugin under ``qemu-aarch64`` through the cross-compiled C driver (:mod:`.cross`), against the
+``x64`` plugin of an x86-64 variant of the same llama.cpp decoding the aarch64 build's models; a
+Windows one the same way under Wine (:mod:`.wine`, :mod:`.targets`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -40,9 +44,10 @@ def host() -> dict[str, Any]:
             if cpu["arch"] == "x86_64" else f"{cpu.get('model_name') or cpu['arch']} ({os_name()})"}
 
 
-@lru_cache(maxsize=1)
-def qemu_version() -> str | None:
-    path = qemu_path()
+@lru_cache(maxsize=2)
+def qemu_version(emulator: str | None = None) -> str | None:
+    """``qemu-x86_64 --version``'s first line (or ``emulator``'s); None without it."""
+    path = shutil.which(emulator) if emulator else qemu_path()
     if path is None:
         return None
     try:
@@ -90,6 +95,11 @@ def _references(build: Build, runs: Mapping[str, list[Run]], sibling: Build | No
         return [(build, Run(X64, NATIVE, "reference"), f"{build.name}/{X64} (native)")]
     if sibling is not None:
         return [(sibling, Run(X64, NATIVE, "reference"), f"{sibling.name}/{X64} (native, another variant)")]
+    driven = [rs[0] for rs in runs.values() if rs and rs[0].where != NATIVE]  # qemu-aarch64, Wine
+    if driven:  # its x64 plugin (Windows), else its least demanding one (armv8.0)
+        first = min(driven, key=lambda r: ("x64" not in (r.plugin or ""), r.plugin or ""))
+        return [(build, first, f"{build.name}/{first.plugin} ({first.where}; no Linux {X64} plugin of this"
+                               " llama.cpp in reach)")]
     from ..plugins.rank import ggml_cpu, plugin_variant
 
     order = list(ggml_cpu()["x86"]["variants"])  # least demanding first; plugins it does not know last
@@ -100,14 +110,14 @@ def _references(build: Build, runs: Mapping[str, list[Run]], sibling: Build | No
 
 
 def _reference_run(build: Build, runs: Mapping[str, list[Run]], sibling: Build | None, models: Mapping[str, Path],
-                   store: Store) -> tuple[Answer, str, bool]:
+                   store: Store, child: Any) -> tuple[Answer, str, bool]:
     """The first reference that decodes every type (else the last one's failure), and whether it
     is one of the variant's own runs (whose failure its own entry then reports)."""
     ref, what, own = Answer(setup={"error": "no CPU code of it runs natively here"}), "nothing", False
     for ref_build, run, what in _references(build, runs, sibling):
-        ref = run_plugin(ref_build, run, models, force=None, place=place_key(run, host()["key"], None),
-                         store=store, run_child=_child, scan=build.backend_dl and run.plugin is None)
         own = ref_build is build
+        ref = run_plugin(ref_build, run, models, force=None, place=place_key(run, host()["key"], None),
+                         store=store, run_child=child if own else _child, scan=build.backend_dl and run.plugin is None)
         if not ref.setup and not ref.failed:
             break
     return ref, what, own
@@ -147,30 +157,40 @@ def qualify_folder(folder: Path, store: Store, *, sibling: Build | None = None, 
     why = runnable_here(meta, h["os"], h["arch"], h["glibc"])
     if why:
         return {**base, "status": NOT_HERE, "why": why, "plugins": {}, "failures": []}
-    models, problem = ensure_models(build, store, _child)
+    from .targets import target_for
+
+    target = target_for(meta, h["os"], h["arch"])
+    if target and target.kind == "aarch64" and not qemu:
+        return {**base, "status": NOT_HERE, "why": "an aarch64 build, and qemu runs are off (--no-qemu)",
+                "plugins": {}, "failures": []}
+    child = target.child(store.root) if target else _child
+    models, problem = ensure_models(build, store, child)
     if problem:
         return {**base, "status": REFUSED, "plugins": {}, "failures": [f"{build.name}: {problem}"]}
     use_qemu = qemu and qemu_path() is not None
-    runs, not_here = _plan(meta, build, use_qemu)
-    ref, ref_what, own = _reference_run(build, runs, sibling, models, store)
+    runs, not_here = target.plan(meta, h["cpu"], build.backend_dl, build.name) if target else \
+        _plan(meta, build, use_qemu)
+    ref, ref_what, own = _reference_run(build, runs, sibling, models, store, child)
     force = {t: tr["ids"] for t, tr in ref.traces.items()}
-    plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name),
+    plugins = {name: _entry(build, rs, models, force, ref, store, not_here.get(name), child, target,
                             scan=build.backend_dl and name == build.name) for name, rs in runs.items()}
     failures = [] if own else [f"{build.name}: the reference {ref_what} {why}" for why in
                                ([describe_failure(ref.setup)] if ref.setup else
                                 [f"{describe_failure(f)} the {t} model" for t, f in ref.failed.items()])]
     failures += refusals(build.name, plugins)
     status = REFUSED if failures else QUALIFIED if any(e["status"] == QUALIFIED for e in plugins.values()) else NOT_HERE
-    return {**base, "status": status, "reference": ref_what, "qemu": qemu_version() if use_qemu else None,
+    return {**base, "status": status, "reference": ref_what,
+            "qemu": target.version() if target else qemu_version() if use_qemu else None,
             "plugins": plugins, "failures": failures, "gpu_plugins": _gpu(meta)}
 
 
 def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Mapping[str, Sequence[int]],
-           ref: Answer, store: Store, why: str | None, scan: bool) -> dict[str, Any]:
-    h, entry_runs = host(), {}
+           ref: Answer, store: Store, why: str | None, child: Any, target: Any, scan: bool) -> dict[str, Any]:
+    entry_runs = {}
     for r in runs:
-        answer = run_plugin(build, r, models, force=force, place=place_key(r, h["key"], qemu_version()),
-                            store=store, run_child=_child, scan=scan)
+        place = target.place(r, host()["key"]) if target else place_key(r, host()["key"], qemu_version())
+        answer = run_plugin(build, r, models, force=force, place=place, store=store, run_child=child,
+                            scan=scan)
         setup = describe_failure(answer.setup) if answer.setup else None
         entry_runs[r.where] = {"purpose": r.purpose, "score": answer.score, "setup": setup,
                                **({} if answer.setup else _verdicts(answer, ref))}
@@ -184,7 +204,7 @@ def _entry(build: Build, runs: list[Run], models: Mapping[str, Path], force: Map
 def _gpu(meta: Mapping[str, Any]) -> dict[str, str]:
     from ..plugins.rank import cpu_plugins
 
-    cpu = set(cpu_plugins(meta.get("plugins") or [], "linux"))
+    cpu = set(cpu_plugins(meta.get("plugins") or [], "windows" if meta.get("os") == "windows" else "linux"))
     return {f: f"{NOT_HERE}: only the CPU code is qualified; the {meta.get('backend')} backend needs its device"
             for f in meta.get("plugins") or [] if f not in cpu}
 

@@ -66,6 +66,9 @@ def summary(record: Mapping[str, Any] | None) -> str:
     text = (f"{status} on {record.get('machine')}: {len(done)} of"
             f" {len(plugins)} CPU code(s) ran every type ({', '.join(record.get('types') or [])})"
             f" against {record.get('reference')}")
+    places = sorted({w for e in plugins.values() for w in e.get("runs") or {}})
+    if places:
+        text += f"; where: {', '.join(places)}"
     if missing:
         text += "; not qualified here: " + "; ".join(f"{f} ({why})" for f, why in sorted(missing.items()))
     if record.get("failures"):

@@ -13,7 +13,8 @@ the same context and not only the steps before a first legitimate flip):
 * a **sure** step (the reference's top-1/top-2 logit margin is at least ``EPSILON[type]``): the
   candidate's greedy token is the reference's;
 * a **near-tie** step (margin below ``EPSILON``): the candidate's token is the reference's top-1
-  or top-2;
+  or top-2, or a third token it ranks within ``EPSILON`` of one of those two (its own runner-up
+  is the reference's top-1 or top-2 and its own margin is below ``EPSILON``: a three-way tie);
 * wherever the candidate picks the reference's token, its own top-2 margin is within
   ``DRIFT[type]`` of the reference's (a wrong scale can keep the argmax and still be wrong);
 * at least ``MIN_SURE`` of the ``N_GEN`` steps are sure (else the check proved too little, and
@@ -28,7 +29,9 @@ x86 plugins of the npm build that run here, our omp build's and the v3 build, ag
 difference at agreeing steps was 0.006 (F16), 0.047 (BF16), 0.11 (Q8_0), 0.16 (Q6_K), 0.095
 (Q5_K_M), 0.12 (Q4_K_M), 0.23 (Q4_1), 0.26 (Q4_0), 0.14 (IQ4_NL); every disagreement (3 steps,
 on every SIMD plugin alike) was a flip to the reference's runner-up at a reference margin of
-0.041-0.119. EPSILON is about twice the largest measured difference of its type group, DRIFT
+0.041-0.119. Under qemu-aarch64 (2026-12) the zig build's armv8.2_2 plugin took a third token
+at a three-way tie on Q6_K (reference: 4 over 86 by 0.031; the plugin: 20 over 86 by 0.036, all
+three within 0.1), which the three-way clause admits. EPSILON is about twice the largest measured difference of its type group, DRIFT
 twice EPSILON; the reference's median margin is about 1.2-1.5, so a kernel that is wrong
 by more than a few percent of the logits fails on sure steps.
 """
@@ -91,9 +94,10 @@ def judge(ref: Trace, got: Trace, kind: str) -> Verdict:
         elif margin >= eps:
             return _fail(out, f"step {i}: token {have} where the reference chose {want} with a margin of"
                               f" {margin:.3g} (runner-up {ref.second[i]}; a tie below {eps:g} may flip)")
-        elif have != ref.second[i]:
+        elif have != ref.second[i] and not (got.second[i] in (want, ref.second[i]) and got.margin[i] < eps):
             return _fail(out, f"step {i}: token {have}, neither the reference's {want} nor its runner-up"
-                              f" {ref.second[i]} (margin {margin:.3g})")
+                              f" {ref.second[i]} (margin {margin:.3g}), nor within {eps:g} of them in its own"
+                              f" logits (its runner-up {got.second[i]}, margin {got.margin[i]:.3g})")
         else:
             out.flips.append(i)
     if out.sure < MIN_SURE:

@@ -92,13 +92,19 @@ def runnable_here(meta: Mapping[str, Any], host_os: str, host_arch: str, host_gl
     """Why a variant cannot be qualified on this machine at all; None when it can.
 
     A GPU variant can: its CPU plugins run without the GPU (only the GPU backend goes unproven).
+    A Linux aarch64 one can on Linux x86-64, under qemu-aarch64 (:mod:`.cross`), and a Windows
+    x86-64 one under Wine (:mod:`.wine`), when the tools are installed.
     """
     from ..versions import version_tuple as _version
 
     what = f"{meta.get('os')}/{meta.get('arch')}"
+    from .targets import target_for, why_not
+
+    target = target_for(meta, host_os, host_arch)
+    if target is not None:  # run through the driver: its libc is the sysroot's or Wine's, not the host's
+        return why_not(target, meta)
     if meta.get("os") == "linux" and meta.get("arch") == "aarch64" and host_arch != "aarch64":
-        return (f"a {what} build: the qemu-aarch64 driver it needs (a C program cross-compiled with"
-                " gcc-aarch64-linux-gnu) is not part of this llama-runtime yet")
+        return f"a {what} build: qemu-aarch64 runs it on Linux x86-64 only, and this is a {host_os}/{host_arch} machine"
     if meta.get("os") != host_os or meta.get("arch") != host_arch:
         return f"a {what} build, and this is a {host_os}/{host_arch} machine"
     need = (meta.get("requires") or {}).get("glibc")
