@@ -1,4 +1,4 @@
-"""B5: a ~200 MB file from the loopback hub through llama_runtime.download.fetch vs curl;
+"""B5: a ~200 MB file from the loopback hub through llama_runtime.fetch.download.fetch vs curl;
 then the bytes re-fetched after the hub cuts the body once (fault injection)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ SIZE = 200 * 1024 * 1024
 _FETCH = r"""
 import sys, time
 from pathlib import Path
-from llama_runtime.download import fetch
+from llama_runtime.fetch.download import fetch
 t = time.perf_counter()
 fetch(sys.argv[1], Path(sys.argv[2]), headers={}, timeout=300)
 print(time.perf_counter() - t)

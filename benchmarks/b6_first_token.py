@@ -27,7 +27,7 @@ _SPLIT = r"""
 import json, sys, time
 import llama_runtime
 t = time.perf_counter()
-from llama_runtime import loader
+from llama_runtime.runtime import loader
 t_imp = time.perf_counter()
 loader.load()
 t_load = time.perf_counter()

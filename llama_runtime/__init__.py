@@ -17,7 +17,7 @@ else:
 
 _LAZY = {
     "configure": "api", "download": "api", "download_best": "api", "load": "api",
-    "doctor": "doctor", "Llama": "llama", "quantize": "quant",
+    "doctor": "diagnostics.doctor", "Llama": "llama", "quantize": "quant",
 }
 __all__ = ["__version__", *_LAZY]
 
@@ -36,12 +36,12 @@ def __getattr__(name: str) -> object:
 class _Package(_ModuleType):
     """This package, refusing to let a submodule hide the public function of the same name.
 
-    Importing ``llama_runtime.download`` (the module; ``api`` does) makes the import system run
-    ``setattr(llama_runtime, "download", <module>)``, which would replace the proposal's
-    ``llama_runtime.download()`` for the whole process, whenever and by whomever it is imported.
-    That binding is skipped for the public names; the module stays in ``sys.modules``, so
-    ``from llama_runtime.download import fetch`` and ``importlib.import_module`` still reach it
-    (``import llama_runtime.download as m`` reads the attribute, and gets the function).
+    Importing a direct submodule ``llama_runtime.<name>`` makes the import system run
+    ``setattr(llama_runtime, "<name>", <module>)``; a module named like a public function would
+    replace it for the whole process, whenever and by whomever imported (issue 15: the flat
+    layout's ``download.py`` hid ``llama_runtime.download()``). Those modules now live in
+    subpackages (``fetch/download.py``, ``diagnostics/doctor.py``); this guard keeps a future
+    one from bringing the bug back. The module itself stays in ``sys.modules``.
     """
 
     def __setattr__(self, name: str, value: object) -> None:

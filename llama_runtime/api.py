@@ -7,15 +7,11 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, resolve
-from .download import Progress
-
-_overrides: dict[str, Any] = {}
-_guard = threading.Lock()
+from .config import Settings, current_settings, remember, resolve
+from .fetch.download import Progress
 
 
 def configure(*, library: str | os.PathLike[str] | None = None, backend: str | None = None,
@@ -32,16 +28,8 @@ def configure(*, library: str | os.PathLike[str] | None = None, backend: str | N
     """
     given = {k: v for k, v in locals().items() if v is not None}
     resolve(arguments=given, environ={})  # validate before storing anything
-    with _guard:
-        _overrides.update(given)
+    remember(given)
     return current_settings()
-
-
-def current_settings(environ: Any = None, **arguments: Any) -> Settings:
-    """The settings in force now: ``arguments`` (CLI flags) over ``configure()`` over the environment."""
-    with _guard:
-        given = {**_overrides, **arguments}
-    return resolve(arguments=given, environ=os.environ if environ is None else environ)
 
 
 CPU_LEVELS = {"v1": 1, "sse": 1, "none": 1, "v2": 2, "sse4": 2, "avx": 2, "v3": 3, "avx2": 3,
@@ -85,8 +73,8 @@ def download(filename: str | None = None, version: str | None = None, *,
         folder = llama_runtime.download(backend="cpu", cpu="avx2")
     """
     from .errors import ConfigError
-    from .fetch import ensure_variant
-    from .trust import trusted_lock
+    from .fetch.ensure import ensure_variant
+    from .fetch.trust import trusted_lock
     from .variants import select
 
     settings = settings or current_settings()
@@ -113,7 +101,7 @@ def download_best(*, progress: Progress | None = None, settings: Settings | None
 
 
 def load() -> Any:
-    """Run the priority chain once (cached) and return the loaded :class:`~llama_runtime.loader.Library`."""
-    from .loader import load as _load
+    """Run the priority chain once (cached) and return the loaded :class:`~llama_runtime.runtime.loader.Library`."""
+    from .runtime.loader import load as _load
 
     return _load(current_settings())

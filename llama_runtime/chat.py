@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import ChatTemplateError, PromptError
+from .native.buffer import call_sized
 from .native.structs import llama_chat_message
 
 if TYPE_CHECKING:
@@ -56,20 +57,18 @@ def format_chat(native: Native, template: str, messages: Sequence[Mapping[str, s
                for m in _checked(messages)]
     arr = (llama_chat_message * len(encoded))(*(llama_chat_message(r, c) for r, c in encoded))
     tmpl = encode_text(template, "chat template")
-    capacity = 2 * sum(len(r) + len(c) for r, c in encoded) + 256
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(capacity)
-        n = native.llama_chat_apply_template(tmpl, arr, len(encoded), add_assistant, buf, capacity)
-        if n < 0:
-            shown = template if len(template) <= 80 else template[:77] + "..."
-            raise ChatTemplateError(
-                f"llama.cpp does not support this chat template: {shown!r}. It only knows its "
-                f"built-in ones ({', '.join(builtin_templates(native))}); pass one of these names "
-                "as chat(..., template=NAME), or format the prompt yourself and call generate()"
-            )
-        if n <= capacity:
-            return buf.raw[:n].decode("utf-8", "replace")
-        capacity = n + 1
+    buf, n = call_sized(lambda out, size: native.llama_chat_apply_template(
+        tmpl, arr, len(encoded), add_assistant, out, size), ctypes.create_string_buffer,
+        2 * sum(len(r) + len(c) for r, c in encoded) + 256, returns_length=True)
+    if n < 0:
+        shown = template if len(template) <= 80 else template[:77] + "..."
+        raise ChatTemplateError(
+            f"llama.cpp does not support this chat template: {shown!r}. It only knows its "
+            f"built-in ones ({', '.join(builtin_templates(native))}); pass one of these names "
+            "as chat(..., template=NAME), or format the prompt yourself and call generate()"
+        )
+    if n <= len(buf):
+        return buf.raw[:n].decode("utf-8", "replace")
     raise ChatTemplateError("llama_chat_apply_template kept asking for a larger buffer")
 
 

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Any:
     """The settings in force, with this command's flags over everything else."""
-    from .api import current_settings
+    from .config import current_settings
 
     given = {k: getattr(args, k, None) for k in ("cache_dir", "endpoint", "proxy", "timeout")}
     if getattr(args, "offline", False):
@@ -79,8 +79,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor
-    from .report import format_doctor
+    from .diagnostics.doctor import doctor
+    from .diagnostics.report import format_doctor
 
     result = doctor(args.target, settings=_settings(args))
     print(json.dumps(result, indent=2) if args.json else format_doctor(result))
@@ -89,7 +89,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .api import download
-    from .mirror import write_mirror
+    from .fetch.mirror import write_mirror
 
     settings = _settings(args)
     if args.dest is not None:
@@ -101,7 +101,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from . import cache
+    from .fetch import cache
 
     settings = _settings(args)
     if args.action == "prune":
@@ -126,7 +126,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .llama import Llama
-    from .models import resolve_model
+    from .fetch.models import resolve_model
 
     with Llama(resolve_model(args.model, _settings(args))) as llm:
         for piece in llm.stream(args.prompt, args.max_tokens, temperature=args.temp, top_k=args.top_k,
@@ -149,7 +149,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .release.publish import publish
     from .variants.manifest import package_lock_path
 
     settings = _settings(args)

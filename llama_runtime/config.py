@@ -11,7 +11,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,83 +22,126 @@ from .errors import ConfigError
 BACKENDS = ("auto", "cpu", "cuda", "cuda11", "cuda12", "cuda13", "rocm", "vulkan", "metal")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_TIMEOUT = 600.0
+Parser = Callable[[Any, str], Any]  # (raw value, label for messages) -> the typed value
 
-# setting name -> environment variable (the contract in DESIGN.md)
-ENV_VARS: dict[str, str] = {
-    "backend": "LLAMA_BACKEND",
-    "variant": "LLAMA_RUNTIME_VARIANT",
-    "library": "LLAMA_RUNTIME_LIB",
-    "target": "LLAMA_RUNTIME_TARGET",
-    "skip_download": "LLAMA_RUNTIME_SKIP_DOWNLOAD",
-    "auto_download": "LLAMA_RUNTIME_AUTO_DOWNLOAD",
-    "endpoint": "LLAMA_RUNTIME_ENDPOINT",
-    "repo": "LLAMA_RUNTIME_REPO",
-    "revision": "LLAMA_RUNTIME_REVISION",
-    "cache_dir": "LLAMA_RUNTIME_CACHE",
-    "mirror": "LLAMA_RUNTIME_MIRROR",
-    "offline": "LLAMA_RUNTIME_OFFLINE",
-    "timeout": "LLAMA_RUNTIME_TIMEOUT",
-    "proxy": "LLAMA_RUNTIME_PROXY",
-    "strict": "LLAMA_RUNTIME_STRICT",
-    "abi_check": "LLAMA_RUNTIME_ABI_CHECK",
-    "allow_http": "LLAMA_RUNTIME_ALLOW_HTTP",
-}
-# `-C key=value` spellings accepted by the build backend
-CONFIG_SETTING_KEYS: dict[str, str] = {
-    "backend": "backend",
-    "variant": "variant",
-    "target": "target",
-    "skip-download": "skip_download",
-    "endpoint": "endpoint",
-    "repo": "repo",
-    "revision": "revision",
-    "cache-dir": "cache_dir",
-    "mirror": "mirror",
-    "offline": "offline",
-    "timeout": "timeout",
-    "proxy": "proxy",
-    "strict": "strict",
-}
+def _parse_bool(raw: Any, label: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{label}={raw!r} is not a boolean; use 1 or 0.")
+
+
+def _parse_timeout(raw: Any, label: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label}={raw!r} is not a number of seconds.") from None
+    if not value > 0:  # also refuses nan
+        raise ConfigError(f"{label}={raw!r} must be a positive number of seconds.")
+    return value
+
+
+def _parse_backend(raw: Any, label: str) -> str:
+    backend = str(raw).strip().lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"{label}={raw!r} is not a known backend; valid values: {', '.join(BACKENDS)}.")
+    return backend
+
+
+def _parse_endpoint(raw: Any, label: str) -> str:
+    text = str(raw).strip()
+    if not text.startswith(("http://", "https://")):
+        raise ConfigError(f"{label}={raw!r} must be an http:// or https:// URL.")
+    return text.rstrip("/")
+
+
+def _parse_path(raw: Any, label: str) -> Path | None:
+    return Path(os.path.expanduser(str(raw))) if str(raw) else None
+
+
+def _parse_text(raw: Any, label: str) -> str | None:
+    return str(raw).strip() or None
+
+
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _setting(default: Any = None, *, env: tuple[str, ...], parse: Parser, build: bool = False,
+             pyproject: bool = True, secret: bool = False,
+             default_factory: Callable[[], Any] | None = None) -> Any:
+    """A settings field whose metadata says where the value comes from and how it is parsed.
+
+    ``env``: the environment variables read, first one set wins (ours, then Hugging Face's
+    fallback); ``build``: also a ``-C key=value`` of the build backend (the key is the name with
+    dashes); ``pyproject``: allowed in ``[tool.llama-runtime]``; ``secret``: never shown.
+    """
+    meta = {"env": env, "parse": parse, "build": build, "pyproject": pyproject, "secret": secret}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
 class Settings:
-    backend: str = "auto"
-    variant: str | None = None
-    library: Path | None = None
-    target: str | None = None
-    skip_download: bool = False
-    auto_download: bool = True
-    endpoint: str = DEFAULT_ENDPOINT
-    repo: str | None = None
-    revision: str | None = None
-    cache_dir: Path = field(default_factory=lambda: default_cache_dir({}))
-    mirror: Path | None = None
-    offline: bool = False
-    timeout: float = DEFAULT_TIMEOUT
-    proxy: str | None = None
-    strict: bool = False
-    abi_check: bool = True
-    allow_http: bool = False
-    token: str | None = field(default=None, repr=False)
+    """Every setting; each field's metadata (see :func:`_setting`) names its sources and parser.
+
+    One rule for every environment variable: an empty (or blank) value counts as unset, so the
+    next source (pyproject, then the default) decides. ``LLAMA_RUNTIME_OFFLINE=""`` is therefore
+    the default (online), exactly as ``LLAMA_RUNTIME_AUTO_DOWNLOAD=""`` is the default (on).
+    """
+
+    backend: str = _setting("auto", env=("LLAMA_BACKEND",), parse=_parse_backend, build=True)
+    variant: str | None = _setting(env=("LLAMA_RUNTIME_VARIANT",), parse=_parse_text, build=True)
+    library: Path | None = _setting(env=("LLAMA_RUNTIME_LIB",), parse=_parse_path)
+    target: str | None = _setting(env=("LLAMA_RUNTIME_TARGET",), parse=_parse_text, build=True)
+    skip_download: bool = _setting(False, env=("LLAMA_RUNTIME_SKIP_DOWNLOAD",), parse=_parse_bool,
+                                   build=True)
+    auto_download: bool = _setting(True, env=("LLAMA_RUNTIME_AUTO_DOWNLOAD",), parse=_parse_bool)
+    endpoint: str = _setting(DEFAULT_ENDPOINT, env=("LLAMA_RUNTIME_ENDPOINT", "HF_ENDPOINT"),
+                             parse=_parse_endpoint, build=True)
+    repo: str | None = _setting(env=("LLAMA_RUNTIME_REPO",), parse=_parse_text, build=True)
+    revision: str | None = _setting(env=("LLAMA_RUNTIME_REVISION",), parse=_parse_text, build=True)
+    cache_dir: Path = _setting(env=("LLAMA_RUNTIME_CACHE",), parse=_parse_path, build=True,
+                               default_factory=lambda: default_cache_dir({}))
+    mirror: Path | None = _setting(env=("LLAMA_RUNTIME_MIRROR",), parse=_parse_path, build=True)
+    offline: bool = _setting(False, env=("LLAMA_RUNTIME_OFFLINE", "HF_HUB_OFFLINE"), parse=_parse_bool,
+                             build=True)
+    timeout: float = _setting(DEFAULT_TIMEOUT, env=("LLAMA_RUNTIME_TIMEOUT",), parse=_parse_timeout,
+                              build=True)
+    proxy: str | None = _setting(env=("LLAMA_RUNTIME_PROXY",), parse=_parse_text, build=True)
+    strict: bool = _setting(False, env=("LLAMA_RUNTIME_STRICT",), parse=_parse_bool, build=True)
+    abi_check: bool = _setting(True, env=("LLAMA_RUNTIME_ABI_CHECK",), parse=_parse_bool)
+    allow_http: bool = _setting(False, env=("LLAMA_RUNTIME_ALLOW_HTTP",), parse=_parse_bool)
+    token: str | None = _setting(env=("HF_TOKEN",), parse=_parse_text, pyproject=False, secret=True)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def report(self) -> dict[str, Any]:
-        """The settings as JSON-ready data, each with its source; the token is never shown."""
+        """The settings as JSON-ready data, each with its source; a secret (the token) is never shown."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name in ("sources", "token"):
-                continue
+        for f in _SETTING_FIELDS:
             value = getattr(self, f.name)
+            if f.metadata["secret"]:
+                value = "***" if value else None
             out[f.name] = {
                 "value": str(value) if isinstance(value, Path) else value,
                 "source": self.sources.get(f.name, "default"),
             }
-        out["token"] = {"value": "***" if self.token else None,
-                        "source": self.sources.get("token", "default")}
         return out
+
+
+_SETTING_FIELDS = tuple(f for f in fields(Settings) if f.metadata)
+# setting name -> its environment variable: a public contract (the README lists them), names
+# never change; the token is HF_TOKEN's
+ENV_VARS: dict[str, str] = {f.name: f.metadata["env"][0] for f in _SETTING_FIELDS if not f.metadata["secret"]}
+# `-C key=value` spellings accepted by the build backend -> setting name
+CONFIG_SETTING_KEYS: dict[str, str] = {f.name.replace("_", "-"): f.name for f in _SETTING_FIELDS
+                                       if f.metadata["build"]}
+_BY_NAME = {f.name: f for f in _SETTING_FIELDS}
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -109,47 +153,6 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
         return Path.home() / "Library" / "Caches" / "llama-runtime"
     base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "llama-runtime"
-
-
-def _parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean; use 1 or 0.")
-
-
-def _parse(name: str, raw: Any, label: str) -> Any:
-    """Turn one raw value (a string from the environment, or a Python value) into its type."""
-    kind = {f.name: f.type for f in fields(Settings)}[name]
-    if raw is None:
-        return None
-    if "bool" in str(kind):
-        return raw if isinstance(raw, bool) else _parse_bool(label, str(raw))
-    if name == "timeout":
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{label}={raw!r} is not a number of seconds.") from None
-        if not value > 0:
-            raise ConfigError(f"{label}={raw!r} must be a positive number of seconds.")
-        return value
-    if name == "backend":
-        backend = str(raw).strip().lower()
-        if backend not in BACKENDS:
-            raise ConfigError(
-                f"{label}={raw!r} is not a known backend; valid values: {', '.join(BACKENDS)}."
-            )
-        return backend
-    if "Path" in str(kind):
-        return Path(os.path.expanduser(str(raw))) if str(raw) else None
-    text = str(raw).strip()
-    if name == "endpoint":
-        if not text.startswith(("http://", "https://")):
-            raise ConfigError(f"{label}={raw!r} must be an http:// or https:// URL.")
-        return text.rstrip("/")
-    return text or None
 
 
 def parse_config_settings(config_settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -187,28 +190,24 @@ def resolve(
     def offer(name: str, raw: Any, source: str, label: str) -> None:
         if name in values or raw is None:
             return
-        values[name] = _parse(name, raw, label)
+        values[name] = _BY_NAME[name].metadata["parse"](raw, label)
         sources[name] = source
 
     for name, raw in (arguments or {}).items():
-        if name not in ENV_VARS and name != "token":
+        if name not in _BY_NAME:
             raise ConfigError(f"unknown setting {name!r}; valid: {', '.join(ENV_VARS)}.")
         offer(name, raw, "argument", name)
     for name, raw in parse_config_settings(config_settings).items():
         offer(name, raw, "config-settings", f"-C {name.replace('_', '-')}")
-    for name, var in ENV_VARS.items():
-        raw = env.get(var)
-        if raw is not None and (raw.strip() or name in ("skip_download", "offline", "strict", "abi_check",
-                                                          "allow_http")):
-            offer(name, raw, f"env:{var}", var)
-    # the Hugging Face variables are honoured as fallbacks
-    offer("endpoint", env.get("HF_ENDPOINT") or None, "env:HF_ENDPOINT", "HF_ENDPOINT")
-    if env.get("HF_HUB_OFFLINE"):
-        offer("offline", env["HF_HUB_OFFLINE"], "env:HF_HUB_OFFLINE", "HF_HUB_OFFLINE")
-    offer("token", env.get("HF_TOKEN") or None, "env:HF_TOKEN", "HF_TOKEN")
+    for f in _SETTING_FIELDS:
+        for var in f.metadata["env"]:
+            raw = env.get(var)
+            if raw is not None and raw.strip():  # empty or blank: unset (see Settings)
+                offer(f.name, raw, f"env:{var}", var)
+                break
     for key, raw in (pyproject or {}).items():
         name = key.replace("-", "_")
-        if name not in ENV_VARS:
+        if name not in _BY_NAME or not _BY_NAME[name].metadata["pyproject"]:
             raise ConfigError(f"unknown key {key!r} in [tool.llama-runtime].")
         offer(name, raw, "pyproject", f"[tool.llama-runtime] {key}")
     if "cache_dir" not in values:
@@ -245,6 +244,24 @@ def check_endpoint(settings: Settings) -> None:
             f"endpoint {settings.endpoint} ({where}) uses plain http:// to another machine; use"
             " https://, or set LLAMA_RUNTIME_ALLOW_HTTP=1 if you trust the network to it."
         )
+
+
+# configure()'s values for this process: they win over the environment, lose to CLI flags
+_configured: dict[str, Any] = {}
+_configured_guard = threading.Lock()
+
+
+def remember(arguments: Mapping[str, Any]) -> None:
+    """Keep ``configure()``'s arguments (already validated) for every later :func:`current_settings`."""
+    with _configured_guard:
+        _configured.update(arguments)
+
+
+def current_settings(environ: Mapping[str, str] | None = None, **arguments: Any) -> Settings:
+    """The settings in force now: ``arguments`` (CLI flags) over ``configure()`` over the environment."""
+    with _configured_guard:
+        given = {**_configured, **arguments}
+    return resolve(arguments=given, environ=os.environ if environ is None else environ)
 
 
 def with_overrides(settings: Settings, **changes: Any) -> Settings:

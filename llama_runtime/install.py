@@ -17,7 +17,7 @@ from typing import Any
 from ._version import __version__
 from .config import Settings, resolve
 from .errors import ConfigError, NoCompatibleVariantError
-from .trust import HOW_TO_GET_A_LIBRARY
+from .fetch.trust import HOW_TO_GET_A_LIBRARY
 
 LIBS = "llama_runtime/_libs"
 EDITABLE_LIBS = "llama_runtime_libs"  # an editable install's libraries, in site-packages
@@ -49,8 +49,9 @@ def _macos_tag_version(floor: Any) -> str:
     minor 0 for 11+); before, the minor is part of the version. Without a floor, 11.0, the first
     macOS that runs on Apple Silicon.
     """
-    parts = [int(p) for p in str(floor or "11.0").split(".")[:2] if p.isdigit()] + [0]
-    major, minor = parts[0], parts[1]
+    from .versions import padded
+
+    major, minor = padded(floor or "11.0", 2)
     return f"10_{minor}" if major == 10 else f"{major}_0"
 
 
@@ -102,7 +103,7 @@ def prepare_wheel(*, root: Path, config_settings: Mapping[str, Any] | None, stag
                   echo: Callable[[str], Any] = print) -> WheelPlan:
     """Decide and fetch what the wheel ships; see the module docstring."""
     from .probe import probe
-    from .trust import names_a_release, trusted_lock
+    from .fetch.trust import names_a_release, trusted_lock
     from .variants import select
 
     settings = resolve(config_settings=config_settings, environ=os.environ if environ is None else environ,
@@ -149,8 +150,8 @@ def _no_library(settings: Settings, staging: Path, editable: bool, reason: str) 
 def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, selection: Any,
                      staging: Path, editable: bool, echo: Callable[[str], Any],
                      cross: bool) -> WheelPlan:
-    from .cache import read_record
-    from .fetch import ensure_variant
+    from .fetch.cache import read_record
+    from .fetch.ensure import ensure_variant
 
     v = lock.manifest.variants[name]
     start = time.perf_counter()
@@ -165,7 +166,7 @@ def _fetch_into_plan(settings: Settings, lock: Any, name: str, profile: Any, sel
                      source=source, lock={"repo": lock.repo,
                      "revision": lock.revision, "commit": lock.commit})
     if lock.trust == "hub":  # no lock in this tree: the release travels with the wheel
-        from .trust import release_record
+        from .fetch.trust import release_record
 
         report["release"] = release_record(lock, settings.endpoint)
     if settings.target == name:

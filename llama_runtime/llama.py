@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .chat import StopMatcher, encode_text, format_chat
 from .errors import ChatTemplateError, GenerationError, ModelError, PromptError
+from .native.buffer import call_sized, int32_array
 from .native.context import Context, why
 from .native.gate import Gate
 from .native.sampling import LLAMA_DEFAULT_SEED, Sampling
@@ -94,7 +95,7 @@ class Llama:
         self.vocab_only = vocab_only
         _check_model_file(self.model_path)
         if native is None:
-            from .loader import load  # the loader resolves, fetches and opens the library
+            from .runtime.loader import load  # the loader resolves, fetches and opens the library
 
             native = load().native
         self._native = native
@@ -138,8 +139,8 @@ class Llama:
         The proposal's ``new LLamaWeights("Facebook/LLaMA", "llama2.gguf")``; ``kwargs`` go to
         ``Llama(...)``. The endpoint, token and offline mode come from the llama-runtime settings.
         """
-        from .api import current_settings
-        from .models import download_model
+        from .config import current_settings
+        from .fetch.models import download_model
 
         return cls(download_model(repo_id, filename, revision, current_settings()), **kwargs)
 
@@ -189,14 +190,10 @@ class Llama:
         with self._reading() as vocab:
             if not self._has_vocab:
                 raise self._no_vocab_error()
-            capacity = len(data) + 8
-            for _ in range(2):
-                buf = (ctypes.c_int32 * capacity)()
-                n = self._native.llama_tokenize(vocab, data, len(data), buf, capacity,
-                                                add_special, special)
-                if n >= 0:
-                    return list(buf[:n])
-                capacity = -n  # llama.cpp says how many tokens it needs
+            buf, n = call_sized(lambda out, size: self._native.llama_tokenize(
+                vocab, data, len(data), out, size, add_special, special), int32_array, len(data) + 8)
+        if n >= 0:
+            return list(buf[:n])
         raise GenerationError(f"llama_tokenize failed on a text of {len(data)} bytes")
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
@@ -213,14 +210,12 @@ class Llama:
 
     def _detokenize_bytes(self, tokens: Sequence[int], *, special: bool) -> bytes:
         arr = (ctypes.c_int32 * len(tokens))(*tokens)
-        capacity = 8 * len(tokens) + 16
         with self._reading() as vocab:
-            for _ in range(2):
-                buf = ctypes.create_string_buffer(capacity)
-                n = self._native.llama_detokenize(vocab, arr, len(tokens), buf, capacity, False, special)
-                if n >= 0:
-                    return buf.raw[:n]
-                capacity = -n
+            buf, n = call_sized(lambda out, size: self._native.llama_detokenize(
+                vocab, arr, len(tokens), out, size, False, special), ctypes.create_string_buffer,
+                8 * len(tokens) + 16)
+        if n >= 0:
+            return buf.raw[:n]
         raise GenerationError(f"llama_detokenize failed on {len(tokens)} tokens")
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
@@ -229,12 +224,9 @@ class Llama:
         if not special and token in self._pieces:
             return self._pieces[token]
         self._check_ids([token])
-        buf = ctypes.create_string_buffer(64)
         with self._reading() as vocab:
-            n = self._native.llama_token_to_piece(vocab, token, buf, 64, 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = self._native.llama_token_to_piece(vocab, token, buf, -n, 0, special)
+            buf, n = call_sized(lambda out, size: self._native.llama_token_to_piece(
+                vocab, token, out, size, 0, special), ctypes.create_string_buffer, 64)
         piece = buf.raw[: max(n, 0)]
         if not special and n >= 0:
             self._pieces[token] = piece

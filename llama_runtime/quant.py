@@ -178,7 +178,7 @@ def quantize(input_path: str | os.PathLike[str], output_path: str | os.PathLike[
     if threads < 1:
         raise QuantizeError(f"n_threads must be at least 1, got {n_threads}")
     if native is None:
-        from .loader import load
+        from .runtime.loader import load
 
         native = load().native
     partial = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.partial")

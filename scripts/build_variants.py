@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 # scripts/ is not a package yet (issue 15): its siblings (npm_macos, macho) and the package's
-# pure helpers (llama_runtime.binformat, the binding's function table) are found from here.
+# pure helpers (llama_runtime.runtime.binformat, the binding's function table) are found from here.
 for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]):
     if str(_path) not in sys.path:
         sys.path.append(str(_path))
@@ -254,10 +254,12 @@ def parse_dynamic(text: str) -> dict[str, list[str]]:
 
 def parse_glibc_versions(text: str) -> list[tuple[int, ...]]:
     """``GLIBC_x.y[.z]`` versions an object needs, from ``readelf -V`` output."""
+    from llama_runtime.versions import version_tuple
+
     needs = text.split("Version needs section", 1)
     if len(needs) < 2:
         return []
-    return [tuple(int(p) for p in v.split(".")) for v in re.findall(
+    return [version_tuple(v) for v in re.findall(
         r"Name: GLIBC_(\d+(?:\.\d+)+)\b", needs[1])]
 
 
@@ -363,7 +365,7 @@ def _library_facts(folder: Path, bundled: Sequence[str] = ()) -> dict[str, Any]:
     ``bundled`` (e.g. ``libgomp.so.1``) are outside libraries copied in; one that only plugins
     NEED comes first in ``libraries``, so the loader maps the shipped copy before ggml opens them.
     """
-    from llama_runtime.binformat import wrong_format
+    from llama_runtime.runtime.binformat import wrong_format
 
     problems = [w for w in (wrong_format(p, "linux", strict=True)
                             for p in sorted(folder.iterdir()) if p.name != "variant.json") if w]
@@ -516,7 +518,7 @@ def _npm_macos_variant(package_spec: str, bins: Path, staged: Path, meta: dict[s
     import macho
     import npm_macos
 
-    from llama_runtime.binformat import wrong_format
+    from llama_runtime.runtime.binformat import wrong_format
     from llama_runtime.native.functions import FUNCTIONS
 
     for lib in [*bins.glob("*.dylib"), *bins.glob("*.so")]:

@@ -204,8 +204,10 @@ def toolchain_flags(flavor: CrossFlavor, cache: Path) -> tuple[list[str], list[s
 # --------------------------------------------------------------------------- facts
 def parse_glibcxx_versions(text: str) -> list[tuple[int, ...]]:
     """``GLIBCXX_3.4.x`` versions an object needs from libstdc++, from ``readelf -V`` output."""
+    from llama_runtime.versions import version_tuple
+
     needs = text.split("Version needs section", 1)
-    return [tuple(int(p) for p in v.split(".")) for v in re.findall(
+    return [version_tuple(v) for v in re.findall(
         r"Name: GLIBCXX_(\d+(?:\.\d+)+)\b", needs[1])] if len(needs) == 2 else []
 
 

@@ -107,15 +107,13 @@ def images(path: Path) -> list[Image]:
 
 def ptx_driver_cuda(found: list[Image]) -> str | None:
     """The CUDA version a driver must support to JIT-compile the PTX of ``found`` (None: no PTX)."""
+    from llama_runtime.versions import version_tuple
+
     isas = {i.isa for i in found if i.kind == 1}
     unknown = isas - set(PTX_ISA_CUDA)
     if unknown:
         raise FatbinError(f"PTX ISA {sorted(unknown)} is not in PTX_ISA_CUDA: add it")
-    return max((PTX_ISA_CUDA[isa] for isa in isas), key=_vt, default=None)
-
-
-def _vt(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split("."))
+    return max((PTX_ISA_CUDA[isa] for isa in isas), key=version_tuple, default=None)
 
 
 def targets(found: list[Image]) -> list[str]:

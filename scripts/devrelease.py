@@ -90,7 +90,7 @@ def run_cli(tree: Path, *args: str, env: Mapping[str, str] | None = None) -> sub
 _UNQUALIFIED = """
 import sys
 from pathlib import Path
-from llama_runtime.publish import publish
+from llama_runtime.release.publish import publish
 publish(Path(sys.argv[1]), repo=sys.argv[2], revision=sys.argv[3], endpoint=sys.argv[4],
         lock_path=Path(sys.argv[5]), qualify=False)
 """

@@ -61,7 +61,7 @@ t0 = time.perf_counter()
 try:
     import llama_runtime as lr
     if explicit_deps:  # a forced run (LLAMA_RUNTIME_LIB): NVIDIA's wheels first, as the loader does
-        from llama_runtime.nativedeps import resolve_all
+        from llama_runtime.runtime.nativedeps import resolve_all
         out["deps"] = resolve_all(explicit_deps)
     else:
         doc = lr.doctor()
@@ -174,7 +174,7 @@ def _child(python: Path, folder: Path, env: dict[str, str], ngl: int,
 
 def _unpack(folder: Path, name: str) -> Path:
     sys.path.insert(0, str(folder / "src"))
-    from llama_runtime.archive import safe_extract
+    from llama_runtime.fetch.archive import safe_extract
 
     manifest = json.loads((folder / "mirror" / "manifest.json").read_text())["variants"]
     dest = folder / "run" / "forced" / name

@@ -60,6 +60,8 @@ def variant_facts(staged: Path, meta: Mapping[str, Any], *, required_symbols: Se
                   x86_needs: Mapping[str, tuple[int, tuple[str, ...]]],
                   x86_order: Sequence[str]) -> dict[str, Any]:
     """Everything ``write_variant_json`` needs for a staged macOS npm folder."""
+    from llama_runtime.versions import version_tuple
+
     arch = NPM_ARCH[meta["arch"]]
     names = sorted(p.name for p in staged.iterdir() if p.is_file() and p.name != "variant.json")
     files = macho.folder_facts(staged, names, arch)
@@ -75,7 +77,7 @@ def variant_facts(staged: Path, meta: Mapping[str, Any], *, required_symbols: Se
         raise macho.MachOError(f"{root} and its libraries do not export {missing}, which the "
                                "binding needs: another llama.cpp than the binding's?")
     level, features = cpu_requirement(plugins, arch, x86_needs, x86_order)
-    floor = max((f.minos for f in files.values()), key=lambda v: tuple(map(int, v.split("."))))
+    floor = max((f.minos for f in files.values()), key=version_tuple)
     return {"arch": arch, "libraries": libraries, "plugins": plugins, "macos": floor,
             "x86_64_level": level, "cpu_features": features,
             "frameworks": macho.frameworks(files.values()),

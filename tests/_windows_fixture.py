@@ -29,9 +29,9 @@ try:
 except ImportError:
     from _native_fixture import NativeLibs, build_oracle
 
-from llama_runtime.archive import pack_variant
-from llama_runtime.cache import install, lookup
-from llama_runtime.publish import load_variant
+from llama_runtime.release.pack import pack_variant
+from llama_runtime.fetch.cache import install, lookup
+from llama_runtime.release.publish import load_variant
 from llama_runtime.variants import Variant
 
 # The development flavors; LLAMA_RUNTIME_TEST_WINDOWS_CPU=windows-cpu runs the release build.

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llama_runtime.archive import pack_variant, safe_extract
+from llama_runtime.fetch.archive import safe_extract
+from llama_runtime.release.pack import pack_variant
 from llama_runtime.errors import PublishError, UnsafeArchiveError
-from llama_runtime.hashing import sha256_file
+from llama_runtime.fetch.hashing import sha256_file
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo], data: bytes = b"payload") -> Path:

@@ -22,7 +22,7 @@ import pytest
 from _tarballs import tarball
 from release_fixtures import Release
 
-from llama_runtime.archive import safe_extract
+from llama_runtime.fetch.archive import safe_extract
 from llama_runtime.config import resolve
 from llama_runtime.errors import (CacheError, ConfigError, ManifestError, UnsafeArchiveError)
 from llama_runtime.variants import select
@@ -200,8 +200,8 @@ def test_extra_unlisted_files_are_kept_recorded_and_policed(tmp_path: Path) -> N
     a licence): the lock's sha256 covers the whole archive. They are recorded with their hashes,
     and a file that appears later in the folder makes the cache entry invalid (ggml loads any
     plugin it finds there), so it is fetched again."""
-    from llama_runtime.cache import install, lookup, verify_entry
-    from llama_runtime.hashing import sha256_file
+    from llama_runtime.fetch.cache import install, lookup, verify_entry
+    from llama_runtime.fetch.hashing import sha256_file
 
     archive = tmp_path / "v.tar.gz"
     archive.write_bytes(tarball(OK, ("NOTICE.txt", REG, ""), content=b"x"))
@@ -302,7 +302,7 @@ def test_non_utf8_prompt(release: Release, libdir: Path, tiny_model: Path, tmp_p
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (see test_crashes for a read-only mount)")
 def test_unwritable_cache_by_permissions(tmp_path: Path) -> None:
-    from llama_runtime.fetch import ensure_variant
+    from llama_runtime.fetch.ensure import ensure_variant
 
     root = tmp_path / "ro"
     root.mkdir()
@@ -314,7 +314,7 @@ def test_unwritable_cache_by_permissions(tmp_path: Path) -> None:
 
 
 def test_cache_path_that_is_a_file(tmp_path: Path) -> None:
-    from llama_runtime.fetch import ensure_variant
+    from llama_runtime.fetch.ensure import ensure_variant
 
     blocker = tmp_path / "cache"
     blocker.write_text("not a folder")

@@ -93,14 +93,51 @@ def test_every_env_var_is_read_with_its_source(tmp_path: Path) -> None:
     assert dict(s.sources) == expected
 
 
-def test_blank_env_values_are_ignored_except_booleans() -> None:
+def test_blank_env_values_are_unset_for_every_setting() -> None:
     s = resolve(environ={"LLAMA_BACKEND": "  ", "LLAMA_RUNTIME_VARIANT": "",
                          "LLAMA_RUNTIME_STRICT": ""},
                 pyproject={"backend": "cpu", "strict": True})
     assert (s.backend, s.sources["backend"]) == ("cpu", "pyproject")
     assert s.variant is None
-    # an empty boolean variable is an explicit "off"
-    assert (s.strict, s.sources["strict"]) == (False, "env:LLAMA_RUNTIME_STRICT")
+    # an empty boolean variable is unset too: the next source decides
+    assert (s.strict, s.sources["strict"]) == (True, "pyproject")
+
+
+BOOLEAN_VARS = [(name, var) for name, var in ENV_VARS.items()
+                if isinstance(getattr(resolve(environ={}), name), bool)]
+
+
+@pytest.mark.parametrize(("name", "var"), BOOLEAN_VARS, ids=[var for _, var in BOOLEAN_VARS])
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "blank"])
+def test_every_empty_boolean_is_its_default(name: str, var: str, blank: str) -> None:
+    # LLAMA_RUNTIME_AUTO_DOWNLOAD="" used to be ignored while LLAMA_RUNTIME_OFFLINE="" meant false
+    default = getattr(resolve(environ={}), name)
+    s = resolve(environ={var: blank})
+    assert (getattr(s, name), s.sources.get(name)) == (default, None)
+    flipped = resolve(environ={var: blank}, pyproject={name.replace("_", "-"): not default})
+    assert (getattr(flipped, name), flipped.sources[name]) == (not default, "pyproject")
+
+
+def test_the_boolean_settings_are_all_found() -> None:
+    assert {var for _, var in BOOLEAN_VARS} == {
+        "LLAMA_RUNTIME_SKIP_DOWNLOAD", "LLAMA_RUNTIME_AUTO_DOWNLOAD", "LLAMA_RUNTIME_OFFLINE",
+        "LLAMA_RUNTIME_STRICT", "LLAMA_RUNTIME_ABI_CHECK", "LLAMA_RUNTIME_ALLOW_HTTP"}
+
+
+def test_empty_own_variable_falls_back_to_hugging_face_s() -> None:
+    s = resolve(environ={"LLAMA_RUNTIME_OFFLINE": "", "HF_HUB_OFFLINE": "1"})
+    assert (s.offline, s.sources["offline"]) == (True, "env:HF_HUB_OFFLINE")
+
+
+def test_sources_and_parsers_come_from_the_fields() -> None:
+    from dataclasses import fields
+
+    from llama_runtime.config import CONFIG_SETTING_KEYS, Settings
+
+    names = [f.name for f in fields(Settings) if f.metadata]
+    assert list(ENV_VARS) == [n for n in names if n != "token"]
+    assert set(CONFIG_SETTING_KEYS.values()) <= set(names)
+    assert all(callable(f.metadata["parse"]) for f in fields(Settings) if f.metadata)
 
 
 def test_cache_dir_expands_user() -> None:

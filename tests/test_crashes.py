@@ -26,7 +26,7 @@ import devrelease
 from release_fixtures import LOAD_JSON, Release, run_source_py
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
 
-from llama_runtime.cache import RECORD, verify_entry
+from llama_runtime.fetch.cache import RECORD, verify_entry
 
 pytestmark = pytest.mark.slow
 

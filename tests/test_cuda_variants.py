@@ -212,7 +212,7 @@ LOAD = r"""
 import ctypes, json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from llama_runtime.nativedeps import resolve_all
+from llama_runtime.runtime.nativedeps import resolve_all
 folder = Path(sys.argv[1])
 ctypes.CDLL(sys.argv[2], mode=ctypes.RTLD_GLOBAL)  # the stub driver, as libcuda.so.1
 meta = json.loads((folder / "variant.json").read_text())

@@ -24,10 +24,10 @@ from hubserver import HubServer
 from release_fixtures import Release, run_source_py
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
 
-from llama_runtime.cache import verify_entry, version_dir
+from llama_runtime.fetch.cache import verify_entry, version_dir
 from llama_runtime.config import Settings, resolve
 from llama_runtime.errors import DownloadError
-from llama_runtime.fetch import ensure_variant
+from llama_runtime.fetch.ensure import ensure_variant
 from llama_runtime.variants.manifest import Lock, Variant, read_lock
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ from tiny_model import write_tiny_llama
 
 from llama_runtime.config import Settings
 from llama_runtime.errors import LibraryLoadError
-from llama_runtime.loader import check_generation
+from llama_runtime.runtime.loader import check_generation
 from llama_runtime.native import generations, structs
 from llama_runtime.native.functions import CPU_PROCS, FUNCTIONS
 

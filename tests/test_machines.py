@@ -139,7 +139,7 @@ def test_idle_gpu_warning_names_the_gpu_and_only_builds_that_saw_it() -> None:
 
 
 def test_doctor_report_lists_every_gpu() -> None:
-    from llama_runtime.report import format_doctor
+    from llama_runtime.diagnostics.report import format_doctor
 
     _, profile = load(DATA / "machines" / "laptop-intel-igpu-nvidia-dgpu.json")
     s = select(MANIFEST, profile)

@@ -29,12 +29,13 @@ if str(SCRIPTS) not in sys.path:
 import macho  # noqa: E402
 from test_machines import load as load_machine  # noqa: E402
 
-from llama_runtime.archive import pack_variant, safe_extract  # noqa: E402
-from llama_runtime.binformat import identify, wrong_format  # noqa: E402
+from llama_runtime.fetch.archive import safe_extract  # noqa: E402
+from llama_runtime.release.pack import pack_variant  # noqa: E402
+from llama_runtime.runtime.binformat import identify, wrong_format  # noqa: E402
 from llama_runtime.errors import PublishError  # noqa: E402
 from llama_runtime.install import platform_tag  # noqa: E402
 from llama_runtime.native.functions import FUNCTIONS  # noqa: E402
-from llama_runtime.publish import load_variant  # noqa: E402
+from llama_runtime.release.publish import load_variant  # noqa: E402
 from llama_runtime.variants import Manifest, select  # noqa: E402
 
 MAC_NPM = {"arm64": "@node-llama-cpp/mac-arm64-metal@3.21.1", "x64": "@node-llama-cpp/mac-x64@3.21.1"}

@@ -20,7 +20,7 @@ from tiny_model import write_tiny_llama
 
 from llama_runtime.config import Settings, resolve
 from llama_runtime.errors import DownloadError, IntegrityError, OfflineError
-from llama_runtime.models import download_model
+from llama_runtime.fetch.models import download_model
 
 REPO, FILE = "tests/flaky-model", "model.gguf"
 MARGIN = 2.0  # seconds allowed past LLAMA_RUNTIME_TIMEOUT

@@ -21,9 +21,9 @@ from release_fixtures import Release, run_source_py
 ROOT = Path(__file__).resolve().parent.parent
 
 # where each public name is defined; a name added to __all__ must be added here (and is then
-# checked against every submodule, some of which share its name: download.py, doctor.py)
+# checked against every submodule: fetch/download.py and diagnostics/doctor.py share a name)
 HOME = {"configure": "api", "download": "api", "download_best": "api", "load": "api",
-        "doctor": "doctor", "Llama": "llama", "quantize": "quant", "__version__": "_version"}
+        "doctor": "diagnostics.doctor", "Llama": "llama", "quantize": "quant", "__version__": "_version"}
 NAMES = list(llama_runtime.__all__)
 
 # imports every submodule (not __main__: it runs the CLI), touching every public name first or last
@@ -72,12 +72,12 @@ def test_public_name_survives_every_submodule_import(name: str, order: str) -> N
 
 
 def test_module_stays_importable_by_its_dotted_name() -> None:
-    # what code inside the package and the benchmarks do: `from llama_runtime.download import fetch`
-    code = ("import llama_runtime, llama_runtime.download, llama_runtime.doctor\n"
-            "from llama_runtime.download import fetch\n"
-            "from llama_runtime.doctor import doctor\n"
+    # what code inside the package and the benchmarks do: `from llama_runtime.fetch.download import fetch`
+    code = ("import llama_runtime, llama_runtime.fetch.download, llama_runtime.diagnostics.doctor\n"
+            "from llama_runtime.fetch.download import fetch\n"
+            "from llama_runtime.diagnostics.doctor import doctor\n"
             "import sys\n"
-            "m = sys.modules['llama_runtime.download']\n"
+            "m = sys.modules['llama_runtime.fetch.download']\n"
             "assert m.fetch is fetch and callable(llama_runtime.download)\n"
             "assert llama_runtime.doctor is doctor\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

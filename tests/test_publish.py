@@ -13,8 +13,8 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from llama_runtime.errors import ManifestError, PublishError
-from llama_runtime.hashing import sha256_file
-from llama_runtime.publish import build_release, publish
+from llama_runtime.fetch.hashing import sha256_file
+from llama_runtime.release.publish import build_release, publish
 from llama_runtime.variants.manifest import read_lock
 
 REPO = "llama-runtime/binaries"

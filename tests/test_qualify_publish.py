@@ -20,7 +20,7 @@ from _ggml_source import compile_badkernel
 from hubserver import HubServer
 from llama_runtime.config import resolve
 from llama_runtime.errors import PublishError, QualificationError
-from llama_runtime.publish import publish
+from llama_runtime.release.publish import publish
 from release_fixtures import Release, run_source_cli
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ variants. Q4_1 weights go through the repacked integer kernels of each CPU plugi
 executes an instruction this CPU cannot (the AMX ``sapphirerapids`` SIGILL of issue 14) or
 computes wrong numbers fails here, by name.
 
-Tolerance across variants (different kernels round differently; DESIGN.md field notes): at each
+Tolerance across variants (different kernels round differently: AVX2 and AVX-512 VNNI, repacked
+or not, give the same greedy text for a while and may then diverge by a word): at each
 greedy step we record the reference's margin, its best logit minus the runner-up's. A step can
 only flip between two correct kernels where that margin is smaller than how far their logits
 drift apart. Measured here on SmolLM2 (npm zen4 plugin vs our skylakex and AVX2 builds, 4

@@ -27,11 +27,11 @@ from release_fixtures import Release
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
 from test_faults import publish_file
 
-from llama_runtime.cache import lookup, verify_entry
+from llama_runtime.fetch.cache import lookup, verify_entry
 from llama_runtime.config import resolve, with_overrides
 from llama_runtime.errors import ConfigError, IntegrityError, UnsafeArchiveError
-from llama_runtime.fetch import ensure_variant
-from llama_runtime.hashing import sha256_file
+from llama_runtime.fetch.ensure import ensure_variant
+from llama_runtime.fetch.hashing import sha256_file
 from llama_runtime.variants.manifest import Lock, Manifest, read_lock
 
 VERSION = "0.1.0"
@@ -179,7 +179,7 @@ def test_tampered_cache_offline_refuses_to_load(release: Release, populated) -> 
 def test_tampering_that_restores_the_mtime_is_caught_by_cache_verify(tmp_path: Path) -> None:
     """The cheap check (size + mtime) at every load is not proof against someone who also resets
     the mtime; ``llama-runtime cache verify`` re-hashes everything and catches it."""
-    from llama_runtime.cache import install
+    from llama_runtime.fetch.cache import install
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:

@@ -153,12 +153,16 @@ def test_auto_refuses_cuda_on_an_old_driver_and_says_which() -> None:
     assert not s.candidate("linux-x86_64-cuda12").compatible
     text = reasons(s, "linux-x86_64-cuda12")
     assert "520.61.05" in text and "CUDA 11.8" in text and "12.4" in text
+    assert s.candidate("linux-x86_64-cuda12").no_device is False  # a driver is there, too old
 
 
 def test_auto_without_gpu_refuses_cuda() -> None:
     s = select(MANIFEST, profile())
     assert not s.candidate("linux-x86_64-cuda12").compatible
     assert "no NVIDIA driver detected" in reasons(s, "linux-x86_64-cuda12")
+    # the facts the selection decides by are fields, not words of the reason
+    cuda = s.candidate("linux-x86_64-cuda12")
+    assert (cuda.no_device, cuda.forced) == (True, False)
 
 
 def test_cuda12_on_a_cuda_11_8_driver_raises_with_the_driver_and_candidates() -> None:
@@ -178,6 +182,7 @@ def test_cuda12_on_a_cuda_11_8_driver_raises_with_the_driver_and_candidates() ->
 def test_cuda11_request_refuses_a_cuda12_build() -> None:
     s = select(MANIFEST, profile(driver="550.54.15", cuda="12.4"), backend="cuda11")
     assert "built for CUDA 12.4, not CUDA 11" in reasons(s, "linux-x86_64-cuda12")
+    assert s.candidate("linux-x86_64-cuda12").requested is False
     with pytest.raises(NoCompatibleVariantError):
         s.require()
 
@@ -190,6 +195,10 @@ def test_forced_cuda_without_a_driver_is_kept_with_a_warning(backend: str) -> No
     assert "no NVIDIA driver detected" in text
     assert f"kept: LLAMA_BACKEND={backend} asked for it" in text
     assert len(s.warnings) == 1 and "linux-x86_64-cuda12" in s.warnings[0]
+    cuda = s.candidate("linux-x86_64-cuda12")
+    assert (cuda.compatible, cuda.forced, cuda.no_device) == (True, True, False)
+    assert cuda.to_dict()["forced"] is True
+    assert not any(s.candidate(n).forced for n in s.ranked[1:])
 
 
 @pytest.mark.parametrize("prof", [profile(driver="550.54.15", cuda="12.4"), profile()],

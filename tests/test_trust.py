@@ -18,14 +18,14 @@ from hubserver import HubServer
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
-from llama_runtime import trust
+from llama_runtime.fetch import trust
 from llama_runtime.config import Settings, resolve
 from llama_runtime.errors import IntegrityError, LibraryNotFoundError, ManifestError, NoReleaseError
-from llama_runtime.fetch import ensure_variant
-from llama_runtime.hub import request_headers, resolve_url
+from llama_runtime.fetch.ensure import ensure_variant
+from llama_runtime.fetch.hub import request_headers, resolve_url
 from llama_runtime.install import prepare_wheel
-from llama_runtime.netconf import environment_proxies, proxy_authorization, proxy_for
-from llama_runtime.publish import publish
+from llama_runtime.fetch.netconf import environment_proxies, proxy_authorization, proxy_for
+from llama_runtime.release.publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "org/bins"
@@ -178,8 +178,8 @@ import json, sys
 sys.modules["huggingface_hub"] = None  # as in pip's build environment: `import` fails
 from pathlib import Path
 from llama_runtime.config import resolve
-from llama_runtime.fetch import ensure_variant
-from llama_runtime.trust import trusted_lock
+from llama_runtime.fetch.ensure import ensure_variant
+from llama_runtime.fetch.trust import trusted_lock
 settings = resolve(environ=json.loads(sys.argv[1]))
 lock = trusted_lock(settings, Path(sys.argv[2]))
 print(json.dumps([lock.trust, ensure_variant(lock.manifest.variants["linux-x86_64-cpu"], lock, settings)[1]]))

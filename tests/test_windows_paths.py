@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_runtime import loader
+from llama_runtime.runtime import loader
 
 
 def test_variant_folder_is_registered_as_a_dll_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -37,8 +37,8 @@ import json  # noqa: E402
 import struct  # noqa: E402
 from typing import Any  # noqa: E402
 
-from llama_runtime.archive import pack_variant  # noqa: E402
-from llama_runtime.cache import install, lookup  # noqa: E402
+from llama_runtime.release.pack import pack_variant  # noqa: E402
+from llama_runtime.fetch.cache import install, lookup  # noqa: E402
 from llama_runtime.config import resolve  # noqa: E402
 from llama_runtime.errors import LibraryLoadError, LibraryNotFoundError  # noqa: E402
 from llama_runtime.install import platform_tag  # noqa: E402
@@ -91,7 +91,7 @@ def test_a_windows_machine_selects_the_windows_variants() -> None:
 
 
 def test_the_chain_on_linux_says_why_a_windows_only_release_gives_nothing(tmp_path: Path) -> None:
-    from llama_runtime.loader import resolve as resolve_chain
+    from llama_runtime.runtime.loader import resolve as resolve_chain
 
     linux = MachineProfile.from_dict({**WINDOWS_DESKTOP.to_dict(), "os": "linux"})
     lock = _lock(_manifest(**{"windows-x86_64-cpu": _entry("windows-x86_64-cpu")}))
@@ -128,7 +128,7 @@ def test_a_windows_archive_goes_through_pack_and_the_cache(tmp_path: Path) -> No
 
 def test_a_windows_dll_named_as_the_library_on_linux_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:
-    from llama_runtime.loader import Step, open_step
+    from llama_runtime.runtime.loader import Step, open_step
 
     monkeypatch.setattr(sys, "platform", "linux")
     dll = _fake_dlls(tmp_path / "w", ["llama.dll"]) / "llama.dll"
@@ -139,7 +139,7 @@ def test_a_windows_dll_named_as_the_library_on_linux_is_refused(monkeypatch: pyt
 
 
 def test_a_linux_library_on_windows_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from llama_runtime.loader import Step, open_step
+    from llama_runtime.runtime.loader import Step, open_step
 
     lib = tmp_path / "libllama.so"
     lib.write_bytes(ELF_HEAD)
@@ -153,7 +153,7 @@ def test_an_explicit_dll_folder_loads_ggml_plugins_from_it(monkeypatch: pytest.M
                                                           tmp_path: Path) -> None:
     """LLAMA_RUNTIME_LIB=...\\llama.dll on Windows: the folder becomes a DLL directory and ggml
     loads ggml-cpu-*.dll from it."""
-    from llama_runtime import loader
+    from llama_runtime.runtime import loader
     from llama_runtime.native import binding
 
     folder = _fake_dlls(tmp_path / "w", ["ggml-base.dll", "ggml.dll", "llama.dll",
@@ -173,7 +173,7 @@ def test_the_vulkan_plugin_dll_is_preflighted(tmp_path: Path) -> None:
     """ggml skips a backend DLL that fails to load without a word; the loader loads
     ggml-vulkan.dll on its own first (here, on Linux, it cannot: the error names it and
     vulkan-1.dll, the Vulkan loader the driver installs)."""
-    from llama_runtime.loader import preflight
+    from llama_runtime.runtime.loader import preflight
 
     entry = CAPTURED["windows-x86_64-vulkan"]
     folder = _fake_dlls(tmp_path / "v", [*entry["libraries"], *entry["plugins"]])

@@ -207,7 +207,7 @@ def test_refused_executable_memory_is_unknown_not_a_crash(monkeypatch: pytest.Mo
 
 
 def test_import_reads_no_register() -> None:
-    code = ("import sys, llama_runtime, llama_runtime.loader; "
+    code = ("import sys, llama_runtime, llama_runtime.runtime.loader; "
             "print(sorted(m for m in sys.modules if m.endswith(('xsave', 'plugins.prove', 'plugins.rank'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)

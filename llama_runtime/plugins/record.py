@@ -6,7 +6,8 @@ holds the full library sha256s and the CPU identity it was made for; one that do
 both exactly, or does not parse, is ignored (and the proof runs again), so a cache shared
 between machines (an NFS home) or copied from another one is safe. Written atomically.
 
-A cache that is complete works read-only (DESIGN.md); its records then go to a folder of this
+A cache that is complete must work read-only (a shared or image-baked cache: nothing is
+written into it once every variant folder is there); its records then go to a folder of this
 user's own in the temporary directory (``llama-runtime-<uid>/``, mode 0700, checked to be
 ours), so such a cache does not pay a test run in every process.
 """

@@ -6,7 +6,6 @@ Pure parsers of captured text sit beside thin readers; tests feed captured outpu
 from __future__ import annotations
 
 import re
-from typing import Any
 
 NVIDIA_PROC_VERSION = "/proc/driver/nvidia/version"
 
@@ -21,9 +20,3 @@ def cuda_version_from_int(value: int) -> str:
     """``cuDriverGetVersion`` encodes 12.4 as 12040."""
     return f"{value // 1000}.{(value % 1000) // 10}"
 
-
-def read_nvidia(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Kept for callers of the first probe; the full NVIDIA probe lives in :mod:`.nvidia`."""
-    from .nvidia import read_nvidia as _read
-
-    return _read(*args, **kwargs)

@@ -69,7 +69,9 @@ _SHT_GNU_VERDEF = 0x6FFFFFFD
 def parse_glibcxx(data: bytes) -> str | None:
     """The newest ``GLIBCXX_x.y.z`` named in ``data`` (version names, NUL-terminated as in a
     library's string table) -> ``"3.4.30"``."""
-    found = {tuple(int(x) for x in m.split(b".")) for m in _GLIBCXX.findall(data)}
+    from ..versions import version_tuple
+
+    found = {version_tuple(m.decode("ascii")) for m in _GLIBCXX.findall(data)}
     return ".".join(map(str, max(found))) if found else None
 
 

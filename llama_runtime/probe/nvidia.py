@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..versions import version_tuple
 from ._run import run_tool
 from .gpu import cuda_version_from_int, parse_nvidia_proc_version
 
@@ -113,10 +114,6 @@ def parse_libcuda_result(data: dict[str, Any]) -> dict[str, Any]:
             "error": f"unknown, because {data['error']}" if data.get("error") else None}
 
 
-def _vt(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text))
-
-
 @lru_cache(maxsize=1)
 def _driver_table() -> dict[str, str]:
     path = Path(__file__).with_name("cuda_drivers.json")
@@ -129,8 +126,8 @@ def cuda_from_driver(driver: str) -> str | None:
     Used only when neither libcuda nor nvidia-smi answered (e.g. a container that sees the
     kernel module but has no user-space driver mounted): the driver version alone decides.
     """
-    fits = [cuda for cuda, floor in _driver_table().items() if _vt(driver) >= _vt(floor)]
-    return max(fits, key=_vt) if fits else None
+    fits = [cuda for cuda, floor in _driver_table().items() if version_tuple(driver) >= version_tuple(floor)]
+    return max(fits, key=version_tuple) if fits else None
 
 
 def libcuda_name() -> str:

@@ -232,7 +232,7 @@ def qualify_folders(folders: Sequence[Path], store: Store, *, qemu: bool = True)
 
 
 def for_publish(cache_dir: Path | None) -> Any:
-    """The ``qualify`` callable of :func:`llama_runtime.publish.build_release`: records, or a
+    """The ``qualify`` callable of :func:`llama_runtime.release.publish.build_release`: records, or a
     :class:`~llama_runtime.errors.QualificationError` naming every failure (nothing is uploaded)."""
     from ..config import resolve
     from ..errors import QualificationError

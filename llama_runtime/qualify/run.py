@@ -36,7 +36,7 @@ NATIVE_TIMEOUT_S, QEMU_TIMEOUT_S = 120.0, 600.0
 
 @lru_cache(maxsize=256)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    from ..hashing import sha256_file
+    from ..fetch.hashing import sha256_file
 
     return sha256_file(path)
 

@@ -95,7 +95,7 @@ def runnable_here(meta: Mapping[str, Any], host_os: str, host_arch: str, host_gl
     A Linux aarch64 one can on Linux x86-64, under qemu-aarch64 (:mod:`.cross`), and a Windows
     x86-64 one under Wine (:mod:`.wine`), when the tools are installed.
     """
-    from ..variants.select import _version
+    from ..versions import version_tuple as _version
 
     what = f"{meta.get('os')}/{meta.get('arch')}"
     from .targets import target_for, why_not

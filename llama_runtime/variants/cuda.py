@@ -18,14 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..versions import version_tuple
+
 
 def _cc(text: Any) -> tuple[int, int]:
     major, _, minor = str(text).partition(".")
     return int(major), int(minor or 0)
-
-
-def _vt(text: Any) -> tuple[int, ...]:
-    return tuple(int(p) for p in str(text).split(".") if p.isdigit())
 
 
 def _target(name: str) -> tuple[str, tuple[int, int], bool] | None:
@@ -58,7 +56,7 @@ def gpu_fit(cc: str, targets: Sequence[str], driver_cuda: str | None, ptx_driver
     if not ptx:
         return Fit(None, False, f"the build holds {held}, nothing for compute capability {cc}")
     best = max(ptx)[1]
-    if ptx_driver and driver_cuda and _vt(driver_cuda) < _vt(ptx_driver):
+    if ptx_driver and driver_cuda and version_tuple(driver_cuda) < version_tuple(ptx_driver):
         return Fit(None, True, f"would need to JIT-compile {best} PTX, which needs a driver"
                                f" supporting CUDA {ptx_driver}; this one supports CUDA {driver_cuda}")
     return Fit(best, True, f"runs {best} PTX, JIT-compiled by the driver at first use")

@@ -92,8 +92,9 @@ def read_variant_json(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ManifestError(
-            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and"
-            " needs one (see DESIGN.md, manifest schema 1)."
+            f"{folder} has no {VARIANT_FILE}; every folder of SRC is a variant and needs one:"
+            " a manifest entry without archive, sha256 and size (os, arch, backend, requires,"
+            " libraries in load order, plugins), as scripts/build_variants.py writes it."
         ) from None
     except ValueError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
@@ -106,7 +107,7 @@ def check_folder(folder: Path, entry: dict[str, Any] | None = None, *, strict: b
     """Check a variant folder against its entry (default: its ``variant.json``); return the entry
     with defaults filled in. ``strict`` (the builder, which checks a hidden staging folder before
     it gets its name): listed files must not even be links, and the folder's name is not checked."""
-    from ..archive import archive_members
+    from ..release.pack import archive_members
 
     data = read_variant_json(folder) if entry is None else entry
     path = folder / VARIANT_FILE
@@ -149,7 +150,7 @@ def _check_unlisted(folder: Path, path: Path, unlisted: set[str]) -> None:
 
 def _check_formats(folder: Path, os_name: str, names: list[str]) -> None:
     """Every library of a variant is a binary of its OS (no Mach-O in a Linux variant)."""
-    from ..binformat import wrong_format
+    from ..runtime.binformat import wrong_format
 
     problems = [p for p in (wrong_format(folder / n, os_name) for n in names) if p]
     if problems:

@@ -1,6 +1,7 @@
 """The manifest (``manifest.json`` on the hub) and the lock (``binaries.lock.json`` in the sdist).
 
-Schema 1 is a contract (DESIGN.md): keys may be added, never renamed. Parsing validates
+Schema 1 is a contract with every released wheel: a later release may add keys (an older
+runtime ignores them, and keeps them in ``extra``), never rename or drop one. Parsing validates
 everything the selection, the fetch and the loader rely on, so they can trust the values.
 """
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import NoCompatibleVariantError
 from ..probe.profile import MachineProfile
+from ..versions import padded, version_tuple
 from .manifest import Manifest, Variant
 
 
@@ -25,8 +26,13 @@ def hardware() -> dict[str, Any]:
     return data
 
 
-def _version(text: Any) -> tuple[int, ...]:
-    return tuple(int(p) for p in str(text).split(".") if p.isdigit())
+@dataclass(frozen=True)
+class Problem:
+    """One reason a GPU build does not fit, with the facts the selection decides by."""
+
+    text: str
+    absent: bool = False  # no such device here at all (a build stage): an explicit backend keeps the build
+    other_cuda: bool = False  # built for another CUDA major than LLAMA_BACKEND=cudaNN asked for
 
 
 @dataclass
@@ -36,10 +42,14 @@ class Candidate:
     score: float
     reasons: list[str] = field(default_factory=list)
     requested: bool = True
+    # kept although its device is absent, because the request named its backend or the variant
+    forced: bool = False
+    # refused only because its device is not here (nothing a newer driver or another build fixes)
+    no_device: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "compatible": self.compatible, "score": self.score,
-                "reasons": self.reasons, "requested": self.requested}
+                "reasons": self.reasons, "requested": self.requested, "forced": self.forced}
 
 
 @dataclass
@@ -108,7 +118,7 @@ def _check_libc(name: str, floor: Any, libc: dict[str, Any]) -> list[str]:
         return [f"needs {name} {floor}, this machine uses {libc.get('name') or 'an unknown libc'}"]
     have = libc.get("version")
     # an unknown glibc version cannot prove the floor; musl rarely reports one, so it passes
-    if (have or name == "glibc") and _version(have or 0) < _version(floor):
+    if (have or name == "glibc") and version_tuple(have or 0) < version_tuple(floor):
         return [f"needs {name} >= {floor}, this machine has {have}"]
     return []
 
@@ -127,7 +137,7 @@ def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
     cxx, have = v.requires.get("libstdcxx"), ((p.libc or {}).get("libstdcxx") or {}).get("version")
     # C++ libraries built with a newer GCC fail to load ("GLIBCXX_3.4.30 not found", RHEL 9);
     # a libstdc++ the probe did not find cannot prove the floor wrong, so it passes
-    if cxx and have and p.os == "linux" and _version(have) < _version(cxx):
+    if cxx and have and p.os == "linux" and version_tuple(have) < version_tuple(cxx):
         problems.append(f"needs libstdc++ GLIBCXX_{cxx}, this machine has {have}")
     return problems
 
@@ -195,29 +205,29 @@ def _cc_words(declared: Any) -> str:
     return f"compute capability {declared} or newer"
 
 
-def _check_cuda(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+def _check_cuda(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[Problem]:
     problems = []
     nv = p.nvidia or {}
     need, have = v.requires.get("cuda_driver"), nv.get("cuda_driver")
     why = f" ({nv['error']})" if nv.get("error") else ""
     if have is None and nv.get("driver"):
-        problems.append(f"no CUDA version known for NVIDIA driver {nv['driver']}{why}")
+        problems.append(Problem(f"no CUDA version known for NVIDIA driver {nv['driver']}{why}", absent=True))
     elif have is None:
-        problems.append("no NVIDIA driver detected" + why)
-    elif need and _version(have) < _version(need):
+        problems.append(Problem("no NVIDIA driver detected" + why, absent=True))
+    elif need and version_tuple(have) < version_tuple(need):
         floor = v.extra.get("min_driver_version")
-        problems.append(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports"
-                        f" CUDA {have} (upgrade the NVIDIA driver"
-                        + (f" to {floor} or newer" if floor else "") + ", or use another backend)")
+        problems.append(Problem(f"needs a driver supporting CUDA {need}, driver {nv.get('driver')} supports"
+                                f" CUDA {have} (upgrade the NVIDIA driver"
+                                + (f" to {floor} or newer" if floor else "") + ", or use another backend)"))
     if v.extra.get("cuda_architectures"):
         from .cuda import check_targets
 
-        problems += check_targets(v, nv)[0]
+        problems += [Problem(t) for t in check_targets(v, nv)[0]]
     else:
-        problems += _check_declared_cc(v, nv)
+        problems += [Problem(t) for t in _check_declared_cc(v, nv)]
     major = request.get("cuda_major")
-    if major and need and _version(need)[0] != major:
-        problems.append(f"built for CUDA {need}, not CUDA {major}")
+    if major and need and version_tuple(need)[:1] != (major,):
+        problems.append(Problem(f"built for CUDA {need}, not CUDA {major}", other_cuda=True))
     return problems
 
 
@@ -231,15 +241,15 @@ def _check_declared_cc(v: Variant, nv: dict[str, Any]) -> list[str]:
     return []
 
 
-def _check_rocm(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+def _check_rocm(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[Problem]:
     rocm = p.rocm or {}
     gpus = rocm.get("gpus") or []
     if not gpus:
-        return ["no AMD GPU detected" + (f" ({rocm['error']})" if rocm.get("error") else "")]
+        return [Problem("no AMD GPU detected" + (f" ({rocm['error']})" if rocm.get("error") else ""), absent=True)]
     targets = v.requires.get("gfx")
     if targets and not any(g.get("gfx") in targets for g in gpus):
         found = ", ".join(str(g.get("gfx")) for g in gpus)
-        return [f"built for {', '.join(targets)}; this machine's AMD GPU is {found}"]
+        return [Problem(f"built for {', '.join(targets)}; this machine's AMD GPU is {found}")]
     return []
 
 
@@ -249,41 +259,42 @@ def _vulkan_best(p: MachineProfile, allow_software: bool) -> dict[str, Any] | No
     return max(devices, key=lambda d: ranks.get(d.get("type"), 0), default=None)
 
 
-def _check_vulkan(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+def _check_vulkan(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[Problem]:
     if _vulkan_best(p, allow_software=request["backend"] == "vulkan") is not None:
         return []
     soft = _vulkan_best(p, allow_software=True)
     if soft is not None:
-        return [f"the only Vulkan device is {soft.get('name')}, a software renderer slower than the"
-                " CPU build; never picked automatically (LLAMA_BACKEND=vulkan would use it)"]
+        return [Problem(f"the only Vulkan device is {soft.get('name')}, a software renderer slower than"
+                        " the CPU build; never picked automatically (LLAMA_BACKEND=vulkan would use it)")]
     err = (p.vulkan or {}).get("error")
-    return ["no Vulkan device detected" + (f" ({err})" if err else "")]
+    return [Problem("no Vulkan device detected" + (f" ({err})" if err else ""), absent=True)]
 
 
-def _check_metal(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+def _check_metal(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[Problem]:
     apple = p.apple or {}
     if p.os == "macos" and p.arch == "aarch64" and apple.get("metal", True):
         return []  # every Apple Silicon Mac has a Metal GPU (old profiles lack the apple part)
     if _rosetta(p):
-        return ["no Metal from this process: ggml's Metal backend runs in an arm64 process only"]
-    return ["no Metal GPU detected (Metal builds need Apple Silicon)"]
+        return [Problem("no Metal from this process: ggml's Metal backend runs in an arm64 process only",
+                        absent=True)]
+    return [Problem("no Metal GPU detected (Metal builds need Apple Silicon)", absent=True)]
 
 
 _GPU_CHECKS = {"cuda": _check_cuda, "rocm": _check_rocm, "vulkan": _check_vulkan, "metal": _check_metal}
 
 
-def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[str]:
+def _check_gpu(v: Variant, p: MachineProfile, request: dict[str, Any]) -> list[Problem]:
     if v.backend == "cpu":
         return []
     check = _GPU_CHECKS.get(v.backend)
-    return check(v, p, request) if check else [f"no {v.backend} device detected"]
+    return check(v, p, request) if check else [Problem(f"no {v.backend} device detected", absent=True)]
 
 
 def _check_macos(v: Variant, p: MachineProfile) -> list[str]:
     need, have = v.requires.get("macos"), (p.apple or {}).get("macos")
     # padded: macOS "11" is 11.0 (sw_vers prints 11.0, a captured name may say 11)
     if v.os == "macos" and p.os == "macos" and need and have and \
-            (_version(have) + (0, 0))[:3] < (_version(need) + (0, 0))[:3]:
+            padded(have) < padded(need):
         return [f"needs macOS {need} or newer, this Mac runs macOS {have} (the build's"
                 f" LC_BUILD_VERSION minos; update macOS, or point LLAMA_RUNTIME_LIB at a"
                 f" llama.cpp built for {have})"]
@@ -299,7 +310,7 @@ def _score(v: Variant, p: MachineProfile | None = None) -> float:
     level = v.requires.get("x86_64_level") or 0
     if v.backend == "cuda" and v.requires.get("cuda_driver"):
         # the newest CUDA a known driver allows; with no driver seen (a build stage), the oldest
-        major = _version(v.requires["cuda_driver"])[0] / 100
+        major = (version_tuple(v.requires["cuda_driver"]) or (0,))[0] / 100
         rank += major if p is not None and (p.nvidia or {}).get("cuda_driver") else -major
         if p is not None:
             from .cuda import preference
@@ -321,24 +332,24 @@ def _judge(v: Variant, p: MachineProfile, backend: str, variant: str | None = No
     requested = wanted is None or v.backend == wanted
     hard = _check_platform(v, p) + _check_macos(v, p) + _check_cpu(v, p)
     gpu = _check_gpu(v, p, request)
-    cuda_mismatch = [g for g in gpu if g.startswith("built for CUDA")]
-    if wanted == v.backend and not cuda_mismatch:
+    other_cuda = any(g.other_cuda for g in gpu)
+    kept: list[Problem] = []
+    if wanted == v.backend and not other_cuda:
         # An explicit GPU backend on a machine without the device (a Docker build stage) is
         # honoured; the missing device becomes a warning, never a silent switch. A device that
         # is there but too old (a driver below the CUDA the build needs) is still a refusal:
         # that library would not load here.
-        absent = [g for g in gpu if g.startswith("no ")]
-        notes = [f"{g} (kept: {asked} asked for it)" for g in absent]
-        gpu = [g for g in gpu if g not in absent]
-    else:
-        notes = []
-    problems = hard + gpu
-    if cuda_mismatch:
+        kept = [g for g in gpu if g.absent]
+        gpu = [g for g in gpu if not g.absent]
+    problems = hard + [g.text for g in gpu]
+    if other_cuda:
         requested = False
-    reasons = problems or notes or [_fit_reason(v, p)]
+    reasons = problems or [f"{g.text} (kept: {asked} asked for it)" for g in kept] or [_fit_reason(v, p)]
     if not requested and not problems:
         reasons = [f"fits, but LLAMA_BACKEND={backend} asked for another backend (fallback only)"]
-    return Candidate(v.name, not problems, _score(v, p), reasons, requested)
+    return Candidate(v.name, not problems, _score(v, p), reasons, requested,
+                     forced=bool(kept) and not problems and requested,
+                     no_device=bool(gpu) and not hard and all(g.absent for g in gpu))
 
 
 def _fit_reason(v: Variant, p: MachineProfile) -> str:
@@ -393,7 +404,7 @@ def _gpu_unused_warning(selection: Selection, manifest: Manifest, p: MachineProf
     why = [f"{c.name} {'; '.join(c.reasons)}" for c in selection.candidates
            if not c.compatible and manifest.variants[c.name].backend != "cpu"
            and not _check_platform(manifest.variants[c.name], p)
-           and not all(r.startswith("no ") for r in c.reasons)]
+           and not c.no_device]
     because = "; ".join(why) or f"the manifest has no GPU build for {p.os}/{p.arch}"
     return f"{gpus[0]} is present but {because}; using CPU ({chosen})"
 
@@ -410,12 +421,12 @@ def select(manifest: Manifest, profile: MachineProfile | None = None, *,
     candidates = [_judge(v, profile, backend, variant) for v in manifest.variants.values()]
     for c in candidates:
         if variant is not None and c.name != variant:
-            c.requested = False
+            c.requested = c.forced = False
             if c.compatible:
                 c.reasons = [f"fits, but LLAMA_RUNTIME_VARIANT={variant} was asked for (fallback only)"]
     selection = Selection(sorted(candidates, key=lambda c: (-c.score, c.name)), backend, variant=variant)
     chosen = selection.selected
-    if chosen and selection.candidate(chosen).reasons[0].endswith("asked for it)"):
+    if chosen and selection.candidate(chosen).forced:
         selection.warnings.append(f"{chosen}: {selection.candidate(chosen).reasons[0]}")
     idle = _gpu_unused_warning(selection, manifest, profile) if variant is None else None
     if idle:

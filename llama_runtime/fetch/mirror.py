@@ -12,15 +12,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .config import Settings
+from ..config import Settings
 
 
 def write_mirror(dest: Path, settings: Settings, *, variant: str | None = None,
                  backend: str | None = None) -> list[Path]:
     """Fetch the chosen variant (default: the best for this machine) into ``dest``."""
-    from .fetch import obtain_archive
+    from .ensure import obtain_archive
     from .trust import trusted_lock
-    from .variants import select
+    from ..variants import select
 
     lock = trusted_lock(settings)
     name = variant or select(lock.manifest, backend=backend or settings.backend).require()

@@ -1,4 +1,4 @@
-"""Find and load libllama through the priority chain of DESIGN.md.
+"""Find and load libllama through the priority chain, first match wins:
 
 1. an explicit library (``LLAMA_RUNTIME_LIB`` / ``configure(library=...)``), loaded as is;
 2. the library shipped in the wheel (``_libs/``), if it still fits this machine and settings;
@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .errors import (DownloadError, IntegrityError, LibraryLoadError, LibraryNotFoundError,
+from ..config import Settings
+from ..errors import (DownloadError, IntegrityError, LibraryLoadError, LibraryNotFoundError,
                      LlamaRuntimeError)
 
 if TYPE_CHECKING:
-    from .native.binding import Native
-    from .plugins.prove import PluginChoice
-    from .probe import MachineProfile
-    from .variants import Lock, Selection, Variant
+    from ..native.binding import Native
+    from ..plugins.prove import PluginChoice
+    from ..probe import MachineProfile
+    from ..variants import Lock, Selection, Variant
 
 log = logging.getLogger("llama_runtime")
 # llama.cpp's own log is quiet unless the application configures logging for it
@@ -67,9 +67,9 @@ class Step:
 
 
 def installed_dir() -> Path:
-    """The library shipped in the wheel: ``_libs`` beside this file, or, for an editable
-    install (which imports this file from the source tree), ``llama_runtime_libs`` in site-packages."""
-    here = Path(__file__).resolve().parent / "_libs"
+    """The library shipped in the wheel: ``llama_runtime/_libs``, or, for an editable install
+    (which imports this file from the source tree), ``llama_runtime_libs`` in site-packages."""
+    here = Path(__file__).resolve().parent.parent / "_libs"
     if (here / REPORT).is_file():
         return here
     import sys
@@ -105,15 +105,15 @@ def plan(settings: Settings, *, profile: MachineProfile | None = None, lock: Loc
     """The ordered steps the chain would try, the selection behind them, and notes on skips."""
     if settings.library is not None:
         return [Step("explicit", None, settings.library)], None, []
-    from .cache import lookup
-    from .trust import trusted_lock
-    from .variants import select
+    from ..fetch.cache import lookup
+    from ..fetch.trust import trusted_lock
+    from ..variants import select
 
     lock = lock or trusted_lock(settings)
     report = read_build_report()
     backend, variant = effective_request(settings, report)
     if profile is None:  # selection reads levels/features, never archspec's name: skip it (B6)
-        from .probe import probe
+        from ..probe import probe
 
         profile = probe(detail=False)
     selection = select(lock.manifest, profile, backend=backend, variant=variant)
@@ -153,7 +153,7 @@ def _misfit_message(shipped: str, selection: Selection, report: dict[str, Any]) 
 def check_generation(found: str | None, what: str, settings: Settings) -> None:
     """Refuse a llama.cpp generation whose struct layouts the binding has not been checked
     against (ABI guard; see ``native/generations.py`` for the evidence behind each one)."""
-    from .native import generations
+    from ..native import generations
 
     if found and settings.abi_check and not generations.is_compatible(found):
         raise LibraryLoadError(
@@ -164,8 +164,8 @@ def check_generation(found: str | None, what: str, settings: Settings) -> None:
 
 
 def open_step(step: Step, settings: Settings, profile: MachineProfile | None = None) -> Library:
-    from .native.binding import Native
-    from .native.generations import from_filename
+    from ..native.binding import Native
+    from ..native.generations import from_filename
 
     if step.source == "explicit":
         path = Path(step.folder or "")
@@ -195,7 +195,7 @@ def open_step(step: Step, settings: Settings, profile: MachineProfile | None = N
         import os
 
         assert choice.cpu_plugin is not None
-        from .plugins.prove import gpu_plugins
+        from ..plugins.prove import gpu_plugins
 
         native = Native.open(paths, cpu_plugin=folder / choice.cpu_plugin,
                              extra_plugins=gpu_plugins(list(v.plugins), folder, v.os, os.environ))
@@ -218,10 +218,10 @@ def prove_plugin(v: Variant, folder: Path, sha256: str | None, settings: Setting
     error under ``LLAMA_RUNTIME_STRICT=1``. A plugin skipped because the OS disables a register
     state it needs is selection, not a fallback (the same as a variant the CPU cannot run).
     """
-    from .plugins.prove import choose
+    from ..plugins.prove import choose
 
     if profile is None:
-        from .probe import probe
+        from ..probe import probe
 
         profile = probe(detail=False)
     choice = choose(v, folder, sha256, profile.cpu, profile.os, settings.cache_dir)
@@ -239,7 +239,7 @@ def foreign_binary(path: Path) -> str | None:
     """"a PE x86_64 DLL or executable, built for windows; this machine runs linux" when
     ``path`` is a library of another OS (the OS loader would only say "invalid ELF header")."""
     from .binformat import OS_FORMAT, identify
-    from .probe.cpu import os_name
+    from ..probe.cpu import os_name
 
     here, found = os_name(), identify(path)
     built = next((name for name, fmt in OS_FORMAT.items() if fmt == found.format), None)
@@ -293,7 +293,7 @@ def preflight(v: Variant, folder: Path) -> None:
 
 
 def _lib_sha256(folder: Path, name: str) -> str | None:
-    from .cache import read_record
+    from ..fetch.cache import read_record
 
     record = read_record(folder) or read_build_report(folder) or {}
     return ((record.get("files") or {}).get(name) or {}).get("sha256")
@@ -302,7 +302,7 @@ def _lib_sha256(folder: Path, name: str) -> str | None:
 def _realize(step: Step, settings: Settings, lock: Lock) -> Step:
     if step.folder is not None:
         return step
-    from .fetch import ensure_variant
+    from ..fetch.ensure import ensure_variant
 
     assert step.variant is not None
     folder, how = ensure_variant(step.variant, lock, settings)
@@ -319,11 +319,11 @@ def _fallback(message: str, settings: Settings, attempts: list[str]) -> None:
 def resolve(settings: Settings, *, profile: MachineProfile | None = None, lock: Lock | None = None) -> Library:
     """Run the chain once and return the first library that loads."""
     if lock is None and settings.library is None:
-        from .trust import trusted_lock
+        from ..fetch.trust import trusted_lock
 
         lock = trusted_lock(settings)
     if profile is None and settings.library is None:  # one probe for the plan and the plugin proof
-        from .probe import probe
+        from ..probe import probe
 
         profile = probe(detail=False)
     steps, selection, notes = plan(settings, profile=profile, lock=lock)
@@ -378,7 +378,7 @@ def load(settings: Settings | None = None) -> Library:
     with _lock:
         if _loaded is None:
             if settings is None:
-                from .api import current_settings
+                from ..config import current_settings
 
                 settings = current_settings()
             _loaded = resolve(settings)

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import Settings, check_endpoint
+from ..config import Settings, check_endpoint
 from .download import (TRANSIENT_STATUS, Failure, fetch, idle_timeout, parse_retry_after,
                        permanent_transport_error, retrying)
-from .errors import DownloadError, IntegrityError, ModelError, OfflineError
+from ..errors import DownloadError, IntegrityError, ModelError, OfflineError
 
 T = TypeVar("T")
 
@@ -111,7 +111,7 @@ def _fetch_verified(model: _Model, meta: Any, blob: Path, deadline: float) -> No
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined,unused-ignore]
     from huggingface_hub.utils import tqdm as hf_tqdm  # type: ignore[attr-defined,unused-ignore]
 
-    from ._version import __version__
+    from .._version import __version__
 
     s = model.settings
     url = hf_hub_url(model.repo_id, model.filename, revision=meta.commit_hash, endpoint=s.endpoint)
@@ -152,7 +152,7 @@ def _check_sha256(path: Path, model: _Model, expected: str | None = None) -> Non
 
 
 def _retrying(model: _Model, deadline: float, call: Callable[[float], T]) -> T:
-    """``call(timeout)`` through :func:`~llama_runtime.download.retrying`, the one retry loop.
+    """``call(timeout)`` through :func:`~llama_runtime.fetch.download.retrying`, the one retry loop.
 
     Each try may wait for an answer as long as a body may stay silent (``idle_timeout``).
     """

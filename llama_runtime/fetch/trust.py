@@ -25,9 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import ManifestError, NoReleaseError
-from .variants.manifest import MANIFEST_FILE, Lock, Manifest, package_lock_path
+from ..config import Settings
+from ..errors import ManifestError, NoReleaseError
+from ..variants.manifest import MANIFEST_FILE, Lock, Manifest, package_lock_path
 
 log = logging.getLogger("llama_runtime")
 _warned: set[str] = set()  # one WARNING per release and process, not one per call
@@ -56,7 +56,7 @@ def trusted_lock(settings: Settings, path: Path | None = None, *,
     """The lock at ``path`` (default: the package's); without one, the release the settings name
     (read from the hub), else the one the installed wheel was built from; else an error that says
     how to get a library."""
-    from .variants.manifest import read_lock  # looked up now: tests replace it to prove it unread
+    from ..variants.manifest import read_lock  # looked up now: tests replace it to prove it unread
 
     path = path or package_lock_path()
     if path.exists():
@@ -80,7 +80,7 @@ def release_record(lock: Lock, endpoint: str) -> dict[str, Any]:
 def installed_release() -> tuple[Lock, str] | None:
     """The release a wheel built without a lock was made from (LLAMA_RUNTIME_REPO/REVISION at
     install time), as its build report keeps it: the run time needs no variable set again."""
-    from .loader import read_build_report
+    from ..runtime.loader import read_build_report
 
     data = (read_build_report() or {}).get("release")
     if not isinstance(data, dict):

@@ -1,6 +1,6 @@
 """Stream one file from the hub to disk: resumable, bounded retries, one overall deadline.
 
-The URL and headers come from :mod:`llama_runtime.hub` (the Hub's scheme, the token). It does
+The URL and headers come from :mod:`llama_runtime.fetch.hub` (the Hub's scheme, the token). It does
 what ``hf_hub_download`` does not: a deadline for the whole download (``LLAMA_RUNTIME_TIMEOUT``)
 instead of a 23 s back-off on a dead server, resume with ``Range`` after a cut, and no second
 copy in another cache. The caller verifies the sha256 before anything is used.
@@ -19,7 +19,7 @@ Two transports, one behaviour (status handling, retries, Range, deadline are sha
   curl's throughput on a 200 MiB file (benchmark B5); ``read1`` reaches curl. Redirects are
   followed here (at most ``MAX_REDIRECTS``), and ``Authorization`` is dropped as soon as a
   redirect leaves the origin, as ``httpx`` does. Proxies and CAs follow the hub client's rules
-  (:mod:`llama_runtime.netconf`): ``LLAMA_RUNTIME_PROXY``, else ``HTTP(S)_PROXY``/``ALL_PROXY``
+  (:mod:`llama_runtime.fetch.netconf`): ``LLAMA_RUNTIME_PROXY``, else ``HTTP(S)_PROXY``/``ALL_PROXY``
   with ``NO_PROXY``; an ``http://`` proxy gets ``CONNECT`` for https and absolute URLs for http.
 * **hub client** (``huggingface_hub.get_session()``): only where the direct one cannot do what
   the application asked for: a proxy of another scheme (``https://``, ``socks5://``), or, when
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 from urllib.parse import urlsplit
 
-from .errors import CacheError, DownloadError
+from ..errors import CacheError, DownloadError
 from .netconf import PLAIN_PROXY_SCHEMES, proxy_authorization, proxy_for, ssl_context
 
 log = logging.getLogger(__name__)

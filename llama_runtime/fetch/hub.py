@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from .config import Settings, check_endpoint
+from ..config import Settings, check_endpoint
 from .download import Progress, fetch
-from .errors import DownloadError
+from ..errors import DownloadError
 
 
 def ways_out(settings: Settings) -> str:
@@ -39,7 +39,7 @@ def request_headers(settings: Settings) -> dict[str, str]:
     only when one is configured (never one read behind the user's back)."""
     import platform
 
-    from ._version import __version__
+    from .._version import __version__
 
     headers = {"user-agent": f"llama-runtime/{__version__}; python/{platform.python_version()}"}
     if settings.token:

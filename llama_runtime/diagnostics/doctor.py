@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import LlamaRuntimeError
+from ..config import Settings
+from ..errors import LlamaRuntimeError
 
 
 def _target_profile(target: str | None, settings: Settings) -> Any:
     """A profile read from ``--target FILE`` / ``LLAMA_RUNTIME_TARGET`` (a file), else None."""
-    from .probe import MachineProfile
+    from ..probe import MachineProfile
 
     spec = target or settings.target
     if spec and Path(spec).is_file():
@@ -21,8 +21,8 @@ def _target_profile(target: str | None, settings: Settings) -> Any:
 
 def doctor(target: str | None = None, *, settings: Settings | None = None, load: bool = True) -> dict[str, Any]:
     """The same content as ``llama-runtime doctor --json``; never downloads anything."""
-    from .api import current_settings
-    from .probe import probe
+    from ..config import current_settings
+    from ..probe import probe
 
     settings = settings or current_settings()
     profile = _target_profile(target, settings) or probe()
@@ -45,8 +45,8 @@ def doctor(target: str | None = None, *, settings: Settings | None = None, load:
 
 def _qualification(name: str | None) -> dict[str, Any] | None:
     """How the release qualified the variant (its manifest entry's ``qualification``, issue 14.3)."""
-    from .qualify.report import summary
-    from .variants import read_lock
+    from ..qualify.report import summary
+    from ..variants import read_lock
 
     v = read_lock().manifest.variants.get(name or "")
     if v is None:
@@ -58,7 +58,7 @@ def _qualification(name: str | None) -> dict[str, Any] | None:
 
 
 def _fill_plan(out: dict[str, Any], settings: Settings, profile: Any) -> list[Any]:
-    from .loader import plan, read_build_report
+    from ..runtime.loader import plan, read_build_report
 
     report = read_build_report()
     out["build_report"] = None if report is None else {
@@ -81,8 +81,8 @@ def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None,
     record when there is one, else predicted from CPUID and the OS state (nothing is run)."""
     import json
 
-    from .plugins.rank import rank
-    from .trust import trusted_lock
+    from ..plugins.rank import rank
+    from ..fetch.trust import trusted_lock
 
     v = trusted_lock(settings).manifest.variants.get(name or "")
     if v is None or not v.backend_dl:
@@ -99,8 +99,8 @@ def _plugins(name: str | None, profile: Any, proof: dict[str, Any] | None,
 
 def _native_dependencies(settings: Settings) -> dict[str, Any]:
     """For each GPU variant: every library it needs but does not ship, and where the loader finds it."""
-    from .nativedeps import resolve_all
-    from .trust import trusted_lock
+    from ..runtime.nativedeps import resolve_all
+    from ..fetch.trust import trusted_lock
 
     out = {}
     for v in trusted_lock(settings).manifest.variants.values():
@@ -112,7 +112,7 @@ def _native_dependencies(settings: Settings) -> dict[str, Any]:
 
 def _fill_library(out: dict[str, Any], steps: list[Any], settings: Settings, profile: Any) -> None:
     """Load the first library available without a download; else say it would be downloaded."""
-    from .loader import open_step
+    from ..runtime.loader import open_step
 
     for step in steps:
         where = step.variant.name if step.variant else str(step.folder)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
-from .errors import CacheError, IntegrityError
+from .._version import __version__
+from ..errors import CacheError, IntegrityError
 from .hashing import sha256_file
-from .variants.manifest import Variant
+from ..variants.manifest import Variant
 
 RECORD = "llama-runtime.json"
 
@@ -159,6 +161,30 @@ def remove_stale_temps(cache_dir: Path, name: str) -> list[Path]:
 
 def lock_path(cache_dir: Path, name: str) -> Path:
     return version_dir(cache_dir) / f".{name}.lock"
+
+
+@contextmanager
+def held(path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the inter-process lock file ``path`` (created if needed) for the ``with`` block.
+
+    The ``filelock`` package (flock on POSIX, msvcrt on Windows), imported only here: loading
+    a cached variant never takes a lock. Each call opens its own lock, so threads of one
+    process wait for each other as other processes do.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire(poll_interval=0.05)
+    except Timeout:
+        raise CacheError(f"waited {timeout:.0f} s for {path}; another process holds it.") from None
+    except OSError as exc:
+        raise CacheError(f"cannot create the lock file {path}: {exc.strerror or exc}; "
+                         "check that the cache folder is writable (LLAMA_RUNTIME_CACHE).") from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def entries(cache_dir: Path) -> list[dict[str, Any]]:

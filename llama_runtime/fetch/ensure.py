@@ -10,13 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cache import install, lock_path, lookup, remove_stale_temps, version_dir
-from .config import Settings
+from .cache import held, install, lock_path, lookup, remove_stale_temps, version_dir
+from ..config import Settings
 from .download import Progress
-from .errors import CacheError, DownloadError, IntegrityError, OfflineError
-from .filelock import file_lock
+from ..errors import CacheError, DownloadError, IntegrityError, OfflineError
 from .hashing import sha256_file
-from .variants.manifest import Lock, Variant
+from ..variants.manifest import Lock, Variant
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ def verify(path: Path, variant: Variant, origin: str, anchor: str = "the lock") 
 
 
 def anchor_of(lock: Lock) -> str:
-    """What vouches for the sha256 values of ``lock`` (see :mod:`llama_runtime.trust`)."""
+    """What vouches for the sha256 values of ``lock`` (see :mod:`llama_runtime.fetch.trust`)."""
     if lock.trust == "hub":
         return f"the manifest of {lock.repo} at {lock.revision}, as the hub served it: no lock"
     return "the lock"
@@ -94,7 +93,7 @@ def ensure_variant(variant: Variant, lock: Lock, settings: Settings,
     except OSError as exc:
         raise CacheError(f"cannot create the cache folder {base}: {exc.strerror}; set LLAMA_RUNTIME_CACHE"
                          " to a writable folder.") from exc
-    with file_lock(lock_path(settings.cache_dir, variant.name)):
+    with held(lock_path(settings.cache_dir, variant.name)):
         found = lookup(settings.cache_dir, variant)  # another process may have finished it
         if found is not None:
             return found, "cache"

@@ -1,7 +1,7 @@
 """Which proxy a request goes through and which CAs TLS trusts, decided as the hub's client does.
 
 The install-time fetch runs in pip's isolated build environment, where ``huggingface_hub`` and
-its ``httpx`` flavour are not installed; the stdlib transport of :mod:`llama_runtime.download`
+its ``httpx`` flavour are not installed; the stdlib transport of :mod:`llama_runtime.fetch.download`
 applies the same rules itself:
 
 * proxy: an explicit one (``LLAMA_RUNTIME_PROXY``) for every URL, as ``httpx.Client(proxy=...)``

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def _profile_line(profile: dict[str, Any]) -> str:
-    from .probe import MachineProfile
+    from ..probe import MachineProfile
 
     return MachineProfile.from_dict(profile).summary()
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .archive import pack_variant
-from .errors import ManifestError, PublishError
-from .hashing import sha256_file
-from .variants.entry import VARIANT_FILE, check_folder
-from .variants.manifest import MANIFEST_FILE, SCHEMA, Manifest
+from .pack import pack_variant
+from ..errors import ManifestError, PublishError
+from ..fetch.hashing import sha256_file
+from ..variants.entry import VARIANT_FILE, check_folder
+from ..variants.manifest import MANIFEST_FILE, SCHEMA, Manifest
 
 def load_variant(folder: Path) -> dict[str, Any]:
     """Read and check ``folder/variant.json`` against the folder (:func:`~.variants.entry.check_folder`:
@@ -47,7 +47,7 @@ def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | N
     npm builds exist only at 0.4.0, the Linux ones and our source builds are 0.5.0); the loader
     checks each variant's own ``llama_cpp`` again before it loads it.
     """
-    from .native import generations
+    from ..native import generations
 
     found = {str(e["llama_cpp"]) for e in entries.values() if e.get("llama_cpp")}
     alien = sorted(f"{name} (llama.cpp {e['llama_cpp']})" for name, e in entries.items()
@@ -90,15 +90,10 @@ def build_release(src: Path, staging: Path, llama_cpp: str | None = None, *,
     return manifest
 
 
-def _git_blob_oid(path: Path) -> str:
-    import hashlib
-
-    data = path.read_bytes()
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _same_content(api: Any, repo: str, commit: str, staging: Path) -> bool:
     """Whether ``commit`` already holds every staged file byte for byte."""
+    from huggingface_hub.utils.sha import git_hash  # the hub's own blob id of a non-LFS file
+
     info = api.model_info(repo, revision=commit, files_metadata=True)
     remote = {s.rfilename: s for s in info.siblings or []}
     for path in staging.iterdir():
@@ -107,7 +102,7 @@ def _same_content(api: Any, repo: str, commit: str, staging: Path) -> bool:
             return False
         if sib.lfs is not None and sib.lfs.sha256 != sha256_file(path):
             return False
-        if sib.lfs is None and sib.blob_id != _git_blob_oid(path):
+        if sib.lfs is None and sib.blob_id != git_hash(path.read_bytes()):
             return False
     return True
 
@@ -208,7 +203,7 @@ def publish(
     fails is refused with a :class:`~llama_runtime.errors.QualificationError`. ``qualify=False``
     is for tests of the packing and uploading alone.
     """
-    from .qualify.check import for_publish
+    from ..qualify.check import for_publish
 
     checker = for_publish(qualify_cache) if qualify else None
     with tempfile.TemporaryDirectory(prefix="llama-runtime-publish-") as tmp:
