@@ -130,3 +130,13 @@ def gpu_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         tree = devrelease.stage_source(work / "src")
         devrelease.publish_release(tree, variants, hub.url)
         yield tree, hub.url, devrelease.build_sdist(tree, work / "dist")
+
+
+def publish_file(hub: HubServer, repo: str, name: str, data: bytes, token: str | None = None) -> str:
+    """Upload one file to ``repo`` (created) on ``hub`` with the real client; the commit sha."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=token)
+    api.create_repo(repo, exist_ok=True)
+    info = api.upload_file(path_or_fileobj=data, path_in_repo=name, repo_id=repo)
+    return str(info.oid)

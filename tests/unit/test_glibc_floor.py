@@ -25,7 +25,7 @@ import pytest
 from llama_runtime.probe.capture import profile_from_captures
 from llama_runtime.variants import Manifest, select
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 SNAPSHOT = json.loads((DATA / "glibc" / "release-variants.json").read_text())
 OLD_X86, OLD_ARM = "linux-x86_64-cpu-glibc228", "linux-aarch64-cpu-glibc228"
 
@@ -207,7 +207,7 @@ def test_binding_runs_the_228_build_with_its_thread_pool(old_build: Path, omp_bu
     model = quantize(omp_build, f16, tmp_path / "Q8_0.gguf", "Q8_0")
     exe = _cross.build_greedy(omp_build, tmp_path / "greedy")
     want = _cross.run_greedy([], exe, model, "the llama runtime is", 32, omp_build)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", _BINDING, str(old_build), str(model)],
                          capture_output=True, text=True, timeout=300, env=env, check=True)
     got = json.loads(out.stdout.splitlines()[-1])

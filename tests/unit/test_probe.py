@@ -20,7 +20,7 @@ from llama_runtime.probe.cpu import (
 from llama_runtime.probe.gpu import cuda_version_from_int, parse_nvidia_proc_version
 from llama_runtime.probe.libc import parse_glibc_version, parse_musl_version
 
-CPUINFO = Path(__file__).parent / "data" / "cpuinfo"
+CPUINFO = Path(__file__).parents[1] / "data" / "cpuinfo"
 
 
 def cpuinfo(name: str) -> str:

@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_variants.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_variants.py"
 NPM_SPEC = "@node-llama-cpp/linux-x64@3.22.1"
 
 pytestmark = pytest.mark.skipif(

@@ -327,7 +327,7 @@ def _run_smollm2(folder: Path) -> subprocess.CompletedProcess[str]:
     import devrelease
 
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return subprocess.run([sys.executable, "-c", RUN_MODEL, str(folder), str(devrelease.smollm2())],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
 

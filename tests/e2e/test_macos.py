@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 import macho  # noqa: E402
-from test_machines import load as load_machine  # noqa: E402
+from golden_machines import load as load_machine  # noqa: E402
 
 from llama_runtime.archive import pack_variant, safe_extract  # noqa: E402
 from llama_runtime.binformat import identify, wrong_format  # noqa: E402

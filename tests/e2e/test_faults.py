@@ -21,7 +21,7 @@ import pytest
 
 import devrelease
 from hubserver import HubServer
-from release_fixtures import Release, run_source_py
+from release_fixtures import Release, publish_file, run_source_py
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
 
 from llama_runtime.cache import verify_entry, version_dir
@@ -376,16 +376,6 @@ class _Capture(ThreadingHTTPServer):
 def private_hub(tmp_path: Path) -> Iterator[HubServer]:
     with HubServer(tmp_path / "private-hub", token="s3cret-token") as server:
         yield server
-
-
-def publish_file(hub: HubServer, repo: str, name: str, data: bytes, token: str | None = None) -> str:
-    """Upload one file to ``repo`` (created) on ``hub`` with the real client; the commit sha."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=hub.url, token=token)
-    api.create_repo(repo, exist_ok=True)
-    info = api.upload_file(path_or_fileobj=data, path_in_repo=name, repo_id=repo)
-    return str(info.oid)
 
 
 def test_redirect_to_another_origin_works_without_the_token(release, small, private_hub, tmp_path) -> None:

@@ -30,7 +30,7 @@ from llama_runtime.native import Native
 
 __all__ = ["native_lib", "native_libs"]  # fixtures, used by name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "_threads_worker.py"
 CLOSED = "GenerationError: this Llama is closed"
 

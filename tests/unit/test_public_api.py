@@ -18,7 +18,7 @@ import pytest
 import llama_runtime
 from release_fixtures import Release, run_source_py
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # where each public name is defined; a name added to __all__ must be added here (and is then
 # checked against every submodule, some of which share its name: download.py, doctor.py)

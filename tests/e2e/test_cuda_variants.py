@@ -24,8 +24,8 @@ from types import ModuleType
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-DATA = Path(__file__).parent / "data"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+DATA = Path(__file__).parents[1] / "data"
 CUDA_NPM = "@node-llama-cpp/linux-x64-cuda@3.22.1"
 EXT_NPM = "@node-llama-cpp/linux-x64-cuda-ext@3.22.1"
 sys.path.insert(0, str(SCRIPTS))

@@ -101,7 +101,7 @@ def test_the_captured_entries_match_a_fresh_build(request: pytest.FixtureRequest
         pytest.skip(f"the captured entries are of the -lite flavors; this run built {flavor}")
     built: wf.Installed = request.getfixturevalue(f"win_{which}")
     fresh = json.loads((built.folder / "variant.json").read_text())
-    captured = json.loads((Path(__file__).parent / "data" / "windows" /
+    captured = json.loads((Path(__file__).parents[1] / "data" / "windows" /
                            f"{built.variant.name}.variant.json").read_text())
     assert {k: captured[k] for k in STRUCTURE} == {k: fresh[k] for k in STRUCTURE}
 
@@ -201,7 +201,7 @@ def win_release(win_cpu: wf.Installed, work: Path) -> Iterator[tuple[Path, str]]
 def _windows_profile(path: Path) -> Path:
     from llama_runtime.probe.capture import profile_from_captures
 
-    data = json.loads((Path(__file__).parent / "data" / "machines" /
+    data = json.loads((Path(__file__).parents[1] / "data" / "machines" /
                        "windows-avx2-desktop.json").read_text())
     path.write_text(json.dumps({"profile": profile_from_captures(data).to_dict()}))
     return path

@@ -23,9 +23,8 @@ import pytest
 import devrelease
 from _tarballs import tarball
 from hubserver import HubServer
-from release_fixtures import Release
+from release_fixtures import Release, publish_file
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
-from test_faults import publish_file
 
 from llama_runtime.cache import lookup, verify_entry
 from llama_runtime.config import resolve, with_overrides

@@ -46,7 +46,7 @@ from llama_runtime.probe import MachineProfile  # noqa: E402
 from llama_runtime.probe.capture import profile_from_captures  # noqa: E402
 from llama_runtime.variants import Lock, Manifest, Variant, select  # noqa: E402
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 CAPTURED = {name: json.loads((DATA / "windows" / f"{name}.variant.json").read_text())
             for name in ("windows-x86_64-cpu", "windows-x86_64-vulkan")}
 WINDOWS_DESKTOP = profile_from_captures(

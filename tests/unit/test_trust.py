@@ -27,7 +27,7 @@ from llama_runtime.install import prepare_wheel
 from llama_runtime.netconf import environment_proxies, proxy_authorization, proxy_for
 from llama_runtime.publish import publish
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REPO = "org/bins"
 LIBS = ["libggml-base.so", "libggml.so", "libllama.so"]
 

@@ -21,7 +21,7 @@ from llama_runtime.plugins.trial import crash_name, parse_child
 from llama_runtime.plugins.record import cpu_identity, cpu_key, read_proof, record_path, write_proof
 from llama_runtime.probe.capture import profile_from_captures
 
-X86 = Path(__file__).parent / "data" / "x86"
+X86 = Path(__file__).parents[1] / "data" / "x86"
 
 
 def test_crash_names() -> None:
@@ -125,8 +125,8 @@ def test_explicit_cpu_plugin_keeps_the_gpu_plugins() -> None:
     """Loading a CPU plugin by path must not lose the GPU: the npm Vulkan build on Mesa's lavapipe."""
     folder = devrelease.dev_cache() / "variants-vk" / "linux-x86_64-vulkan"
     if not folder.is_dir() or not list(Path("/usr/share/vulkan/icd.d").glob("lvp_icd*.json")):
-        pytest.skip("the Vulkan variant (tests/test_vulkan.py builds it) or lavapipe is missing")
-    env = {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        pytest.skip("the Vulkan variant (tests/e2e/test_vulkan.py builds it) or lavapipe is missing")
+    env = {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", _VK, str(folder)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -141,7 +141,7 @@ def test_the_proof_model_is_what_the_script_makes(tmp_path: Path) -> None:
     lib = devrelease.dev_cache() / "variants" / "linux-x86_64-cpu-v3" / "libllama.so"
     if not lib.is_file():
         pytest.skip("the source build is not in the dev cache (scripts/build_variants.py)")
-    script = Path(__file__).resolve().parent.parent / "scripts" / "make_proof_model.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_proof_model.py"
     out = tmp_path / "proof.gguf"
     proc = subprocess.run([sys.executable, str(script), "--lib", str(lib), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)

@@ -19,7 +19,7 @@ from llama_runtime.probe.rocm import (gfx_from_target_version, parse_kfd_propert
 from llama_runtime.probe.vulkan import parse_vulkaninfo_summary
 from llama_runtime.probe.windows import features_from_pf
 
-FAKECUDA_C = Path(__file__).parent / "data" / "fakecuda" / "fakecuda.c"
+FAKECUDA_C = Path(__file__).parents[1] / "data" / "fakecuda" / "fakecuda.c"
 
 SMI_BANNER_550 = """\
 Tue Nov 25 12:00:00 2026

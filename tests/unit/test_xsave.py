@@ -26,7 +26,7 @@ from llama_runtime.probe.xsave import os_state, parse_cpuid, read_x86, x86_facts
 from llama_runtime.variants import select
 from test_machines import MANIFEST
 
-X86 = Path(__file__).parent / "data" / "x86"
+X86 = Path(__file__).parents[1] / "data" / "x86"
 NPM_VARIANTS = ("alderlake", "cannonlake", "cascadelake", "cooperlake", "haswell", "icelake", "ivybridge",
                 "piledriver", "sandybridge", "sapphirerapids", "skylakex", "sse42", "x64", "zen4")
 NPM_PLUGINS = [f"libggml-cpu-{n}.so" for n in NPM_VARIANTS]
@@ -210,5 +210,5 @@ def test_import_reads_no_register() -> None:
     code = ("import sys, llama_runtime, llama_runtime.loader; "
             "print(sorted(m for m in sys.modules if m.endswith(('xsave', 'plugins.prove', 'plugins.rank'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]"

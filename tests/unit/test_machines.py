@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from llama_runtime.probe import MachineProfile
-from llama_runtime.probe.capture import profile_from_captures
 from llama_runtime.variants import Manifest, select
 
-DATA = Path(__file__).parent / "data"
+from golden_machines import load
+
+DATA = Path(__file__).parents[1] / "data"
 MACHINES = sorted((DATA / "machines").glob("*.json"))
 V3 = ["avx", "avx2", "bmi2", "f16c", "fma"]
 V4 = ["avx512bw", "avx512f", "avx512vl"]
@@ -50,15 +51,6 @@ VARIANTS = {
 for _name, _v in VARIANTS.items():
     _v["archive"] = f"{_name}.tar.gz"
 MANIFEST = Manifest.parse({"schema": 1, "llama_cpp": "b6000", "variants": VARIANTS})
-
-
-def load(path: Path) -> tuple[dict[str, Any], MachineProfile]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if "cpuinfo_file" in data:
-        data["cpuinfo"] = (DATA / "cpuinfo" / data["cpuinfo_file"]).read_text(encoding="utf-8")
-    if "sysctl_file" in data:  # the text `sysctl` printed on a real Mac (tests/data/sysctl)
-        data["sysctl"] = (DATA / "sysctl" / data["sysctl_file"]).read_text(encoding="utf-8")
-    return data, profile_from_captures(data)
 
 
 def test_enough_golden_machines() -> None:

@@ -331,7 +331,7 @@ def test_restarted_server_serves_the_same_content(tmp_path: Path) -> None:
 
 
 def test_cli_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parent.parent / "scripts" / "hubserver.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "hubserver.py"
     ready = tmp_path / "ready"
     proc = subprocess.Popen(
         [sys.executable, str(script), "--data", str(tmp_path / "d"), "--ready-file", str(ready)],

@@ -9,7 +9,7 @@ loader selects the variant, proves the CPU plugin ggml picks in a child, which r
 (qemu's ``-0`` makes ``sys.executable`` a wrapper that starts qemu again: an exec from an
 emulated process would otherwise run natively), and SmolLM2-135M Q4_1 (a real quantized model)
 answers. The text must be the one the same variant and plugin give natively (qemu's TCG is
-exact: tests/test_qualify.py shows the traces equal bit for bit), with no SIGILL; the probe under
+exact: tests/e2e/test_qualify.py shows the traces equal bit for bit), with no SIGILL; the probe under
 qemu must agree with the captured profile, and the choices with what selection and the plugin
 ranking predict from that profile.
 """
@@ -37,7 +37,7 @@ from release_fixtures import Release, run_source_cli
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
                                  reason="qemu-x86_64 missing: apt-get install qemu-user (scripts/dev does)")]
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 PROMPT = "The capital of France is"
 N = 8
 # level -> (the captured machine, the qemu CPU model of that generation)

@@ -19,7 +19,7 @@ from llama_runtime.qualify.report import describe_failure, refusals, summary
 from llama_runtime.qualify.rule import EPSILON, MIN_SURE, N_GEN, Trace, judge
 from llama_runtime.qualify.where import builtin_runs, plugin_runs, qemu_data, runnable_here
 
-X86 = Path(__file__).parent / "data" / "x86"
+X86 = Path(__file__).parents[1] / "data" / "x86"
 
 
 def cpu_of(name: str) -> dict[str, Any]:
