@@ -236,6 +236,18 @@ def build_oracle(libs: NativeLibs, out_dir: Path, include: Path | None = None) -
     return exe
 
 
+@pytest.fixture(scope="module")
+def oracle(native_libs: NativeLibs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``greedy.c`` built against the pinned ``llama.h`` and linked to this process's libraries."""
+    try:
+        return build_oracle(native_libs, tmp_path_factory.mktemp("oracle"))
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"greedy.c does not build against llama.h and {native_libs.folder}:\n"
+                    f"{exc.stderr}")
+
+
 def run_oracle(exe: Path, libs: NativeLibs, model: Path, prompt: str, n_gen: int, *,
                threads: int = 1, n_ctx: int = 256, reps: int = 1) -> tuple[list[list[int]], float]:
     """The C program's generated ids per rep, and its µs per generated token."""

@@ -21,6 +21,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hubserver import HubServer  # noqa: E402
 
+# The fixtures every layer shares, registered once here (pytest reads pytest_plugins only from
+# this top-level conftest) instead of imported into each test module:
+pytest_plugins = [
+    "release_fixtures",  # a real release on loopback: variants -> hub -> lock -> sdist
+    "_native_fixture",  # real libllama, the tiny GGUFs, SmolLM2 Q4_1, the C oracle
+    "_quant_fixture",  # the quantizable tiny llama
+    "reliability_table",  # the reliability figures, printed at the end of the session
+]
+
 _BLOCKED: list[str] = []
 
 
@@ -70,8 +79,3 @@ def hub(tmp_path: Path) -> Iterator[HubServer]:
     with HubServer(tmp_path / "hub-data") as server:
         yield server
 
-
-# a real release on loopback (variants -> hub -> lock -> sdist), shared by the end-to-end tests
-from release_fixtures import gpu_release, hub_faults, release, tiny_model, variants_dir  # noqa: E402,F401
-# the real quantized model (SmolLM2 Q4_1 from PyPI), shared by binding and end-to-end tests
-from _native_fixture import smollm2_gguf  # noqa: E402,F401

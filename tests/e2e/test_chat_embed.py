@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from ._native_fixture import chat_gguf, embed_gguf, native_lib, native_libs, tiny_gguf
-except ImportError:
-    from _native_fixture import chat_gguf, embed_gguf, native_lib, native_libs, tiny_gguf
-
 from llama_runtime.chat import ChatTemplateError, PromptError, StopMatcher
 from llama_runtime.errors import GenerationError
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native
 from llama_runtime.native.context import common_prefix
 from llama_runtime.native.sampling import Sampling
-
-__all__ = ["chat_gguf", "embed_gguf", "native_lib", "native_libs", "tiny_gguf"]
 
 GREEDY = {"temperature": 0.0}
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello the world"}]

@@ -24,7 +24,7 @@ import pytest
 
 import devrelease
 from release_fixtures import LOAD_JSON, Release, run_source_py
-from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
+from reliability_table import record
 
 from llama_runtime.cache import RECORD, verify_entry
 

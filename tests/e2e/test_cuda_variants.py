@@ -96,13 +96,6 @@ slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bv() -> ModuleType:
-    import build_variants
-
-    return build_variants
-
-
-@pytest.fixture(scope="module")
 def cuda_dirs(bv: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("cuda")
     import npm_cuda

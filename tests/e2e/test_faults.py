@@ -22,7 +22,7 @@ import pytest
 import devrelease
 from hubserver import HubServer
 from release_fixtures import Release, publish_file, run_source_py
-from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
+from reliability_table import record
 
 from llama_runtime.cache import verify_entry, version_dir
 from llama_runtime.config import Settings, resolve

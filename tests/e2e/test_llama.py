@@ -12,17 +12,15 @@ from pathlib import Path
 import pytest
 
 try:
-    from ._native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+    from ._native_fixture import REPO, NativeLibs
 except ImportError:
-    from _native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+    from _native_fixture import REPO, NativeLibs
 
 from tiny_model import write_tiny_llama
 
 from llama_runtime.errors import GenerationError, ModelError
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native
-
-__all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
 
 
 @pytest.fixture

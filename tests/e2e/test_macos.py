@@ -10,7 +10,6 @@ are exported, and ggml's plugins export the entry points ggml looks up. Selectio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -39,16 +38,6 @@ from llama_runtime.variants import Manifest, select  # noqa: E402
 
 MAC_NPM = {"arm64": "@node-llama-cpp/mac-arm64-metal@3.21.1", "x64": "@node-llama-cpp/mac-x64@3.21.1"}
 MACHINES = REPO / "tests" / "data" / "machines"
-
-
-@pytest.fixture(scope="module")
-def bv() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_variants", SCRIPTS / "build_variants.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_variants"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -7,37 +7,21 @@ backends first). Same model, same threads, same context and batch sizes.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 try:
-    from ._native_fixture import (NativeLibs, build_oracle, native_lib, native_libs, run_oracle,
-                                  tiny_gguf)
+    from ._native_fixture import NativeLibs, run_oracle
 except ImportError:
-    from _native_fixture import (NativeLibs, build_oracle, native_lib, native_libs, run_oracle,
-                                 tiny_gguf)
+    from _native_fixture import NativeLibs, run_oracle
 
 from tiny_model import write_tiny_llama
 
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native
 
-__all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
-
 N_GEN = 48
-
-
-@pytest.fixture(scope="module")
-def oracle(native_libs: NativeLibs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return build_oracle(native_libs, tmp_path_factory.mktemp("oracle"))
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"greedy.c does not build against llama.h and {native_libs.folder}:\n"
-                    f"{exc.stderr}")
 
 
 @pytest.mark.parametrize("prompt", ["hello", "the llama runtime is a small model of the world"])

@@ -21,14 +21,11 @@ import gguf
 import pytest
 
 try:
-    from ._native_fixture import (REPO, NativeLibs, build_oracle, native_lib, native_libs,
-                                  run_oracle)
-    from ._quant_fixture import (N_GEN, PROMPT, REQUIRED, expected_types, file_type,
-                                 tensor_types, write_quantizable)
+    from ._native_fixture import REPO, NativeLibs, run_oracle
+    from ._quant_fixture import N_GEN, PROMPT, REQUIRED, expected_types, file_type, tensor_types
 except ImportError:
-    from _native_fixture import REPO, NativeLibs, build_oracle, native_lib, native_libs, run_oracle
-    from _quant_fixture import (N_GEN, PROMPT, REQUIRED, expected_types, file_type, tensor_types,
-                                write_quantizable)
+    from _native_fixture import REPO, NativeLibs, run_oracle
+    from _quant_fixture import N_GEN, PROMPT, REQUIRED, expected_types, file_type, tensor_types
 
 from tiny_model import write_tiny_llama
 
@@ -38,14 +35,7 @@ from llama_runtime.native import Native
 from llama_runtime.quant import (ALIASES, NEEDS_IMATRIX, QUANT_TYPES, Quantized, find_quant_type,
                                  quantize)
 
-__all__ = ["native_lib", "native_libs"]  # fixtures, used by name
-
 SENTINEL = b"an existing OUT: replaced only by a complete quantized model"
-
-
-@pytest.fixture(scope="session")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_quantizable(tmp_path_factory.mktemp("quant-src"))
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +44,6 @@ def quantized(source: Path, native_lib: Native,
     """Each required type, quantized once per session by the library of this process."""
     folder = tmp_path_factory.mktemp("quantized")
     return {t: quantize(source, folder / f"{t}.gguf", t, native=native_lib) for t in REQUIRED}
-
-
-@pytest.fixture(scope="module")
-def oracle(native_libs: NativeLibs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return build_oracle(native_libs, tmp_path_factory.mktemp("oracle"))
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 def _only(folder: Path, *names: str) -> None:

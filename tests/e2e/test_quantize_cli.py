@@ -13,23 +13,16 @@ from pathlib import Path
 import pytest
 
 try:
-    from ._native_fixture import REPO, NativeLibs, native_lib, native_libs
-    from ._quant_fixture import expected_types, tensor_types, write_quantizable
+    from ._native_fixture import REPO, NativeLibs
+    from ._quant_fixture import expected_types, tensor_types
 except ImportError:
-    from _native_fixture import REPO, NativeLibs, native_lib, native_libs
-    from _quant_fixture import expected_types, tensor_types, write_quantizable
+    from _native_fixture import REPO, NativeLibs
+    from _quant_fixture import expected_types, tensor_types
 
 from tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
 from llama_runtime.quant import QUANT_TYPES, quantize
-
-__all__ = ["native_lib", "native_libs"]  # fixtures, used by name
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_quantizable(tmp_path_factory.mktemp("cli-src"))
 
 
 def _env(libs: NativeLibs) -> dict[str, str]:

@@ -14,17 +14,15 @@ from unittest import mock
 import pytest
 
 try:
-    from ._native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+    from ._native_fixture import REPO, NativeLibs
 except ImportError:
-    from _native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+    from _native_fixture import REPO, NativeLibs
 
 import llama_runtime.llama as llama_module
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native, binding
 from llama_runtime.native.context import Context, needs_threadpool
 from llama_runtime.native.functions import FUNCTIONS, Fn
-
-__all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
 
 # What the CPU backends of our variant folders report (captured with Native.cpu_features()).
 NPM_FEATURES = {"SSE3": "1", "SSSE3": "1", "AVX": "1", "AVX2": "1", "F16C": "1", "FMA": "1",

@@ -19,16 +19,13 @@ from typing import Any
 import pytest
 
 try:
-    from ._native_fixture import CHATML, NativeLibs, native_lib, native_libs
+    from ._native_fixture import NativeLibs
 except ImportError:
-    from _native_fixture import CHATML, NativeLibs, native_lib, native_libs
+    from _native_fixture import NativeLibs
 
-import devrelease
 from tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
-
-__all__ = ["native_lib", "native_libs"]  # fixtures, used by name
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "_threads_worker.py"
@@ -40,8 +37,9 @@ CLOSED = "GenerationError: this Llama is closed"
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           native_lib: Native) -> Path:
     if request.param == "smollm2-Q4_1":
-        return devrelease.smollm2()
-    tiny = write_tiny_llama(tmp_path_factory.mktemp("threads") / "chat.gguf", seed=0, chat_template=CHATML)
+        smollm2: Path = request.getfixturevalue("smollm2_gguf")
+        return smollm2
+    tiny: Path = request.getfixturevalue("chat_gguf")
     if request.param == "tiny-F32":
         return tiny
     from llama_runtime.quant import quantize

@@ -25,17 +25,15 @@ import gguf
 import pytest
 
 try:
-    from ._native_fixture import NativeLibs, native_lib, native_libs, tiny_gguf
+    from ._native_fixture import NativeLibs
 except ImportError:
-    from _native_fixture import NativeLibs, native_lib, native_libs, tiny_gguf
+    from _native_fixture import NativeLibs
 
 from test_llama import _in_subprocess, _load_in_subprocess
 
 from llama_runtime.errors import GenerationError, PromptError
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native
-
-__all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
 
 SEPARATOR = b"\n__ggml_vocab_test__\n"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -14,7 +13,6 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_variants.py"
 NPM_SPEC = "@node-llama-cpp/linux-x64@3.22.1"
 
 pytestmark = pytest.mark.skipif(
@@ -44,16 +42,6 @@ Version needs section '.gnu.version_r' contains 1 entry:
   0x0040:   Name: GLIBC_2.2.5  Flags: none  Version: 15
   0x0050:   Name: GLIBC_PRIVATE  Flags: none  Version: 14
 """
-
-
-@pytest.fixture(scope="module")
-def bv() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_variants", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_variants"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def _system_lib(soname: str) -> Path:

@@ -21,7 +21,6 @@ from llama_runtime.probe.nvidia import read_nvidia
 from llama_runtime.variants import Manifest, select
 from llama_runtime.variants.cuda import gpu_fit
 from test_machines import DATA, VARIANTS, load
-from test_probe_gpu import fakecuda  # noqa: F401  (the compiled fake libcuda fixture)
 
 REAL = json.loads((DATA / "cuda_variants.json").read_text(encoding="utf-8"))["variants"]
 CASES = [p for p in sorted((DATA / "machines").glob("*.json"))

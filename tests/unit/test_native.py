@@ -13,15 +13,13 @@ from pathlib import Path
 import pytest
 
 try:
-    from ._native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+    from ._native_fixture import REPO, NativeLibs
 except ImportError:
-    from _native_fixture import REPO, NativeLibs, native_lib, native_libs, tiny_gguf
+    from _native_fixture import REPO, NativeLibs
 
 from llama_runtime.errors import LibraryLoadError
 from llama_runtime.native import LLAMA_CPP_GENERATION, Native, structs
 from llama_runtime.native.functions import CPU_PROCS, FUNCTIONS
-
-__all__ = ["native_lib", "native_libs", "tiny_gguf"]  # fixtures, used by name
 
 INCLUDE = REPO / "llama_runtime" / "native" / "include"
 

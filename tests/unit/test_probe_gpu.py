@@ -3,8 +3,6 @@ tiny fake driver compiled from ``tests/data/fakecuda/fakecuda.c``."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from llama_runtime.probe.rocm import (gfx_from_target_version, parse_kfd_propert
 from llama_runtime.probe.vulkan import parse_vulkaninfo_summary
 from llama_runtime.probe.windows import features_from_pf
 
-FAKECUDA_C = Path(__file__).parents[1] / "data" / "fakecuda" / "fakecuda.c"
 
 SMI_BANNER_550 = """\
 Tue Nov 25 12:00:00 2026
@@ -77,16 +74,6 @@ def test_parse_sys_module_version(text: str, version: str | None) -> None:
 
 
 # --- the real ctypes probe against a fake libcuda ---------------------------------------------
-
-@pytest.fixture(scope="session")
-def fakecuda(tmp_path_factory: pytest.TempPathFactory) -> str:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        pytest.skip("no C compiler to build the fake libcuda")
-    out = tmp_path_factory.mktemp("fakecuda") / "libcuda.so.1"
-    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(out), str(FAKECUDA_C)], check=True)
-    return str(out)
-
 
 def test_libcuda_probe_reads_the_fake_driver(fakecuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for k, v in {"FAKECUDA_VERSION": "12040", "FAKECUDA_CC": "8.6", "FAKECUDA_COUNT": "2",

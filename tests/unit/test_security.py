@@ -24,7 +24,7 @@ import devrelease
 from _tarballs import tarball
 from hubserver import HubServer
 from release_fixtures import Release, publish_file
-from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
+from reliability_table import record
 
 from llama_runtime.cache import lookup, verify_entry
 from llama_runtime.config import resolve, with_overrides
