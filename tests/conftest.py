@@ -27,6 +27,7 @@ pytest_plugins = [
     "release_fixtures",  # a real release on loopback: variants -> hub -> lock -> sdist
     "_native_fixture",  # real libllama, the tiny GGUFs, SmolLM2 Q4_1, the C oracle
     "_quant_fixture",  # the quantizable tiny llama
+    "_fakecuda",  # a fake libcuda.so.1 for the real ctypes probe
     "reliability_table",  # the reliability figures, printed at the end of the session
 ]
 
@@ -71,6 +72,48 @@ def _no_network_escape() -> Iterator[None]:
     yield
     if len(_BLOCKED) > seen:
         pytest.fail(f"non-loopback connections attempted: {', '.join(_BLOCKED[seen:])}")
+
+
+# Fixtures that need a llama.cpp build (npm packs, source builds, cross builds), a release, the
+# pinned llama.cpp source or a download: (module that defines it, name). A test that uses one,
+# directly or through another fixture, is marked slow here, so `-m "not slow"` never starts a
+# build. A test that builds or downloads without such a fixture carries @pytest.mark.slow itself.
+NEEDS_BUILD = {
+    ("release_fixtures", "variants_dir"),  # npm prebuilt + source builds, then every release
+    ("release_fixtures", "gpu_release"),
+    ("_native_fixture", "native_libs"),  # a real libllama: the dev variants, built on first use
+    ("_native_fixture", "smollm2_gguf"),  # 98 MB from PyPI, and a real model run
+    ("test_aarch64", "arm_folders"), ("test_aarch64", "x86_folder"),  # builds; qemu-aarch64
+    ("test_amx", "pristine"),  # the llama-cpp-python sdist (PyPI), extracted
+    ("test_bench_baselines", "v3_driver"),
+    ("test_build_variants", "npm_folder"),
+    ("test_cuda_variants", "cuda_dirs"),
+    ("test_generations", "v040"),
+    ("test_glibc_floor", "old_build"), ("test_glibc_floor", "omp_build"),
+    ("test_macos", "mac"),
+    ("test_plugin_data", "ggml_src"),
+    ("test_prove", "release"),
+    ("test_quantize_oracle", "variant_run"),
+    ("test_vulkan", "vk_release"),
+    ("test_windows_build", "work"),  # MinGW builds, run under Wine
+}
+
+
+def _needs_build(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in info.names_closure:
+        defs = info.name2fixturedefs.get(name) or ()
+        if defs and (getattr(defs[-1].func, "__module__", ""), name) in NEEDS_BUILD:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_build(item):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

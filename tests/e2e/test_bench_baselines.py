@@ -45,6 +45,7 @@ def _recipe_flags(flavor: str) -> list[str]:
     return got[0].split() if got else []
 
 
+@pytest.mark.slow  # the pinned source, compiled (~20 s)
 def test_the_noamx_baseline_compiles_ggml_amx_kernels_out(tmp_path: Path) -> None:
     with_amx = _amx_instructions(_recipe_flags("native"), tmp_path)
     without = _amx_instructions(_recipe_flags("native-noamx"), tmp_path)
@@ -52,6 +53,7 @@ def test_the_noamx_baseline_compiles_ggml_amx_kernels_out(tmp_path: Path) -> Non
     assert without == 0, f"the no-AMX recipe still leaves {without} AMX instructions in amx/mmq.cpp"
 
 
+@pytest.mark.slow  # the pinned source, compiled (~15 s)
 def test_mno_amx_before_native_would_not_have_worked(tmp_path: Path) -> None:
     """Why the recipe undefines macros: -mno-amx-* placed where CMAKE_CXX_FLAGS go is overridden."""
     assert _amx_instructions(["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"], tmp_path) > 50

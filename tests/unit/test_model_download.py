@@ -118,6 +118,7 @@ def test_cut_body_resumes_where_it_stopped(hub: Any, hf_cache: Path, model_file:
     assert served == model_file.stat().st_size  # no byte twice: the last GET asked for a Range
 
 
+@pytest.mark.slow  # > 2 s: 3.0 s here
 def test_cut_resumes_in_the_next_run(hub: Any, hf_cache: Path, model_file: Path, tmp_path: Path) -> None:
     size = model_file.stat().st_size
     fault(hub, kind="cut", times=1)
@@ -132,6 +133,7 @@ def test_cut_resumes_in_the_next_run(hub: Any, hf_cache: Path, model_file: Path,
     assert counts(hub)[2] == size  # the second run asked only for the missing half
 
 
+@pytest.mark.slow  # > 2 s: 2.2 s here (Retry-After)
 def test_retry_after_of_a_429_and_a_503_is_honoured(hub: Any, hf_cache: Path, model_file: Path,
                                                     tmp_path: Path) -> None:
     fault(hub, method="HEAD", kind="status", status=503, retry_after=1, times=1)
@@ -149,6 +151,7 @@ def test_connection_reset_on_head_and_get(hub: Any, hf_cache: Path, model_file: 
     assert_in_hf_cache(path, hf_cache, model_file)
 
 
+@pytest.mark.slow  # > 2 s: 5.6 s here
 def test_silent_connection_is_abandoned_and_resumed_with_range(hub: Any, hf_cache: Path, model_file: Path,
                                                                tmp_path: Path) -> None:
     half = model_file.stat().st_size // 2
@@ -207,6 +210,7 @@ def test_offline_cache_miss_opens_no_connection(hub: Any, hf_cache: Path, tmp_pa
 # -- the deadline -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 2 s: 3.0 s here
 def test_dead_endpoint_fails_within_the_deadline(hf_cache: Path, tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -220,6 +224,7 @@ def test_dead_endpoint_fails_within_the_deadline(hf_cache: Path, tmp_path: Path)
     assert "LLAMA_RUNTIME_TIMEOUT" in message and "ConnectError" in message
 
 
+@pytest.mark.slow  # 2.0 s here, per method
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
 def test_silent_hub_fails_within_the_deadline(hub: Any, hf_cache: Path, tmp_path: Path, method: str) -> None:
     fault(hub, method=method, kind="stall", seconds=30, times=None)

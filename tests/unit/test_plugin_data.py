@@ -134,6 +134,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # the dev variants (a build)
 @pytest.mark.parametrize("variant", ["linux-x86_64-cpu", "linux-x86_64-cpu-omp"])
 def test_predicted_scores_equal_the_plugins_own(variant: str) -> None:
     folder = devrelease.dev_cache() / "variants" / variant

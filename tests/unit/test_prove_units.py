@@ -121,6 +121,7 @@ print(json.dumps({"devices": n.devices(), "cpu": cpu, "features": n.cpu_features
 """
 
 
+@pytest.mark.slow  # the npm Vulkan variant from the dev cache
 def test_explicit_cpu_plugin_keeps_the_gpu_plugins() -> None:
     """Loading a CPU plugin by path must not lose the GPU: the npm Vulkan build on Mesa's lavapipe."""
     folder = devrelease.dev_cache() / "variants-vk" / "linux-x86_64-vulkan"
@@ -136,6 +137,7 @@ def test_explicit_cpu_plugin_keeps_the_gpu_plugins() -> None:
     assert types.get("CPU") == "cpu" and any(n.startswith("Vulkan") for n in types), types
 
 
+@pytest.mark.slow  # our v3 source build from the dev cache
 def test_the_proof_model_is_what_the_script_makes(tmp_path: Path) -> None:
     """Reproducible: scripts/make_proof_model.py with llama.cpp's quantizer gives the committed bytes."""
     lib = devrelease.dev_cache() / "variants" / "linux-x86_64-cpu-v3" / "libllama.so"

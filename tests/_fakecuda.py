@@ -1,5 +1,4 @@
-"""Fixtures the unit tests share. A unit test needs nothing but this checkout and its .venv: no
-llama.cpp build, release, download or emulator (those tests are in tests/e2e and marked slow)."""
+"""The fake NVIDIA driver the probe and selection unit tests share (registered by conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-FAKECUDA_C = Path(__file__).parents[1] / "data" / "fakecuda" / "fakecuda.c"
+FAKECUDA_C = Path(__file__).parent / "data" / "fakecuda" / "fakecuda.c"
 
 
 @pytest.fixture(scope="session")
