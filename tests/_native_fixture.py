@@ -1,6 +1,7 @@
 """Real llama.cpp libraries and a real tiny GGUF for the binding tests.
 
-Imported by ``test_native.py`` and ``test_llama.py`` (``tests/conftest.py`` is someone else's).
+Its fixtures are registered for every test by ``tests/conftest.py`` (``pytest_plugins``); the
+binding tests import its helpers (``NativeLibs``, ``build_oracle``, ``run_oracle``...).
 The libraries come from ``LLAMA_RUNTIME_TEST_LIBDIR`` if set, else the development variant
 folders ``<dev cache>/variants/linux-x86_64-cpu`` (npm prebuilt, ggml backends as plugins) or
 ``linux-x86_64-cpu-v3`` (source build, OpenMP), else the unpacked npm package at

@@ -1,4 +1,4 @@
-"""The child process of ``test_threads.py``: one Llama shared by several threads.
+"""The child process of ``tests/e2e/test_threads.py``: one Llama shared by several threads.
 
 Run in a child so that a regression (llama.cpp aborting on two decodes at once) cannot kill
 pytest: ``python tests/_threads_worker.py SCENARIO MODEL LIBS_JSON N_GEN`` prints one JSON line.

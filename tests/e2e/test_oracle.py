@@ -43,7 +43,7 @@ def test_greedy_tokens_equal_the_c_program(oracle: Path, native_libs: NativeLibs
 def test_greedy_tokens_of_a_quantized_model_equal_the_c_program(
         oracle: Path, native_libs: NativeLibs, native_lib: Native, smollm2_gguf: Path) -> None:
     # SmolLM2 Q4_1: the CPU plugin's quantized (repacked) kernels and a real BPE vocabulary
-    # (tests/test_real_model.py does the same on every variant, with 2 threads)
+    # (tests/e2e/test_real_model.py does the same on every variant, with 2 threads)
     prompt = "The capital of France is"
     (expected,), _ = run_oracle(oracle, native_libs, smollm2_gguf, prompt, N_GEN)
     assert len(expected) == N_GEN  # a real continuation, no early end

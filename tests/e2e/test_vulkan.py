@@ -77,7 +77,7 @@ def test_vulkan_chats_on_a_quantized_model(vk_release, tmp_path: Path, smollm2_g
     # 10 s on a quiet machine here: lavapipe compiles its pipelines, then runs 1-2 tokens/s).
     # Greedy text is not compared with the CPU's: Vulkan's kernels round differently, and this
     # model meets a near-tie at its 6th token of "Once upon a time"-like continuations (see
-    # tests/test_real_model.py); the chat answer must still be right.
+    # tests/e2e/test_real_model.py); the chat answer must still be right.
     proc = _run(vk_release, tmp_path / "cache", smollm2_gguf, "chat", LLAMA_BACKEND="vulkan",
                 GGML_VK_VISIBLE_DEVICES="0")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -159,7 +159,7 @@ def test_the_proof_model_is_what_the_script_makes(tmp_path: Path) -> None:
     assert trial.PROOF_MODEL.stat().st_size < 100_000
 
 
-# --- the loop of test runs, with scripted children (the real ones run in tests/test_prove.py) ----
+# --- the loop of test runs, with scripted children (the real ones run in tests/e2e/test_prove.py) ----
 
 def _variant(plugins: list[str]) -> Any:
     from llama_runtime.variants.manifest import Variant

@@ -69,7 +69,7 @@ def src(tmp_path: Path) -> Path:
 
 def run(src: Path, hub: HubServer, lock: Path, tag: str = "v0.1.0") -> dict[str, Any]:
     # packing and uploading alone: these variants hold random bytes, which the qualification
-    # (every variant is loaded first) refuses; tests/test_qualify_publish.py runs it on real ones
+    # (every variant is loaded first) refuses; tests/e2e/test_qualify_publish.py runs it on real ones
     return publish(src, repo=REPO, revision=tag, endpoint=hub.url, lock_path=lock, qualify=False)
 
 

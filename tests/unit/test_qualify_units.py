@@ -1,5 +1,5 @@
 """The qualification's pure parts: the model writer, the tolerance rule, where each plugin can run,
-the data behind it, and the words of a refusal. (Real children: tests/test_qualify.py.)"""
+the data behind it, and the words of a refusal. (Real children: tests/e2e/test_qualify.py.)"""
 
 from __future__ import annotations
 
