@@ -110,7 +110,13 @@ def _needs_build(item: pytest.Item) -> bool:
     return False
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for module_name, name in sorted(NEEDS_BUILD):  # a renamed fixture must not lose its mark
+        module = sys.modules.get(module_name)
+        if module is not None and not hasattr(module, name):
+            raise pytest.UsageError(f"tests/conftest.py NEEDS_BUILD names {module_name}.{name}, "
+                                    "which that module no longer defines: update NEEDS_BUILD")
     for item in items:
         if _needs_build(item):
             item.add_marker(pytest.mark.slow)
