@@ -3,6 +3,7 @@ live probe uses. Golden machine fixtures go through here; so can a support ticke
 
 Keys (all optional except ``os`` and ``arch``): ``cpuinfo``, ``windows_pf`` (codes for which
 ``IsProcessorFeaturePresent`` returned true), ``libc`` (``"glibc 2.35"`` or the ``ld-musl`` banner),
+``libstdcxx`` (the newest ``GLIBCXX_`` version ``strings libstdc++.so.6`` shows, e.g. ``"3.4.29"``),
 ``nvidia_proc_version``, ``nvidia_sys_module_version``, ``nvidia_smi`` (the csv query),
 ``nvidia_smi_header``, ``kfd_properties`` (list of node files), ``rocminfo``, ``vulkaninfo``,
 ``sysctl`` (``{"machdep.cpu.brand_string": ..., "hw.optional.arm64": ...}``, or the text
@@ -59,12 +60,13 @@ def _cpu(data: dict[str, Any], arch: str) -> dict[str, Any]:
     return out
 
 
-def _libc(text: str | None) -> dict[str, Any]:
+def _libc(text: str | None, libstdcxx: str | None = None) -> dict[str, Any]:
     if not text:
         return {"name": None, "version": None, "error": None}
     glibc = parse_glibc_version(text)
     if glibc:
-        return {"name": "glibc", "version": glibc, "error": None}
+        cxx = {"version": libstdcxx, "path": None, "error": None} if libstdcxx else None
+        return {"name": "glibc", "version": glibc, "error": None, **({"libstdcxx": cxx} if cxx else {})}
     return {"name": "musl", "version": parse_musl_version(text), "error": None}
 
 
@@ -111,7 +113,7 @@ def profile_from_captures(data: dict[str, Any]) -> MachineProfile:
     cpu = merge_cpu(_cpu(data, arch), apple) if apple else _cpu(data, arch)
     vulkan = parse_vulkaninfo_summary(data.get("vulkaninfo", ""))
     return MachineProfile(
-        os=os_name, arch=arch, libc=_libc(data.get("libc")), cpu=cpu, nvidia=_nvidia(data),
+        os=os_name, arch=arch, libc=_libc(data.get("libc"), data.get("libstdcxx")), cpu=cpu, nvidia=_nvidia(data),
         rocm=_rocm(data) if os_name == "linux" else {},
         vulkan={"devices": vulkan, "error": None if vulkan else "unknown, because vulkaninfo is not installed"},
         apple=apple,

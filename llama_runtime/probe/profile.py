@@ -40,6 +40,8 @@ class MachineProfile:
         cpu = self.cpu
         level = f" x86-64-v{cpu['x86_64_level']}" if cpu.get("x86_64_level") else ""
         libc = f"{self.libc.get('name')} {self.libc.get('version')}" if self.libc.get("name") else "no libc info"
+        cxx = (self.libc.get("libstdcxx") or {}).get("version")
+        libc += f" (libstdc++ {cxx})" if cxx else ""
         gpu = ", ".join(self.gpu_names()) or "no GPU"
         if self.nvidia.get("driver"):
             gpu = f"NVIDIA driver {self.nvidia['driver']} (CUDA {self.nvidia.get('cuda_driver') or '?'}), {gpu}"

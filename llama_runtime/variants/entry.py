@@ -30,7 +30,7 @@ FOLDER_KEYS = ("os", "arch", "backend", "requires", "libraries")  # every varian
 PUBLISHED_KEYS = (*SHIPPED_KEYS, "os", "arch", "backend", "libraries")
 # requirement keys every schema-1 entry carries (null when unused), then optional ones
 REQUIRE_KEYS = ("glibc", "x86_64_level", "cpu_features", "cuda_driver", "compute_capability", "macos")
-OPTIONAL_REQUIRE_KEYS = ("gfx", "musl")
+OPTIONAL_REQUIRE_KEYS = ("gfx", "musl", "libstdcxx")
 # the library the binding opens ends the load order: libllama.so, libllama.v0.5.0.so,
 # libllama.metal.v0.4.0.dylib, llama.v0.4.0.dll
 LIBLLAMA = re.compile(r"^(lib)?llama(\.[\w.]+)?\.(so|dylib|dll)$")

@@ -124,6 +124,11 @@ def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
         floor = v.requires.get(libc_name)
         if floor and p.os == "linux":
             problems += _check_libc(libc_name, floor, p.libc or {})
+    cxx, have = v.requires.get("libstdcxx"), ((p.libc or {}).get("libstdcxx") or {}).get("version")
+    # C++ libraries built with a newer GCC fail to load ("GLIBCXX_3.4.30 not found", RHEL 9);
+    # a libstdc++ the probe did not find cannot prove the floor wrong, so it passes
+    if cxx and have and p.os == "linux" and _version(have) < _version(cxx):
+        problems.append(f"needs libstdc++ GLIBCXX_{cxx}, this machine has {have}")
     return problems
 
 

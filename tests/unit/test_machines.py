@@ -36,8 +36,10 @@ def _variant(os: str, arch: str, backend: str, **requires: Any) -> dict[str, Any
 
 VARIANTS = {
     "linux-x86_64-cpu": _variant("linux", "x86_64", "cpu", x86_64_level=1),
-    "linux-x86_64-cpu-v3": _variant("linux", "x86_64", "cpu", x86_64_level=3, cpu_features=V3),
-    "linux-x86_64-cpu-v4": _variant("linux", "x86_64", "cpu", x86_64_level=4, cpu_features=V3 + V4),
+    # built with GCC 12 (GLIBCXX_3.4.30) like our source builds; the v1 one like the zig builds
+    "linux-x86_64-cpu-v3": _variant("linux", "x86_64", "cpu", x86_64_level=3, cpu_features=V3, libstdcxx="3.4.30"),
+    "linux-x86_64-cpu-v4": _variant("linux", "x86_64", "cpu", x86_64_level=4, cpu_features=V3 + V4,
+                                    libstdcxx="3.4.30"),
     "linux-x86_64-cuda12": _variant("linux", "x86_64", "cuda", cuda_driver="12.4", compute_capability="5.0"),
     "linux-x86_64-cuda13": _variant("linux", "x86_64", "cuda", cuda_driver="13.0", compute_capability="7.5"),
     "linux-x86_64-rocm": _variant("linux", "x86_64", "rocm", gfx=ROCM_TARGETS),

@@ -206,6 +206,14 @@ def test_invalid_variant_json(
         run(tmp_path / "src", hub, tmp_path / "lock.json")
 
 
+def test_a_variant_folder_name_that_is_no_plain_name_is_refused(tmp_path: Path, hub: HubServer) -> None:
+    make_variant(tmp_path / "src", "linux x86_64 cpu", variant_json("cpu"))  # the name becomes a hub path
+    with pytest.raises(ManifestError, match="variant folder name 'linux x86_64 cpu'"):
+        run(tmp_path / "src", hub, tmp_path / "lock.json")
+    with pytest.raises(RepositoryNotFoundError):  # refused before anything was uploaded
+        HfApi(endpoint=hub.url).model_info(REPO)
+
+
 def test_missing_required_key(tmp_path: Path, hub: HubServer) -> None:
     data = variant_json("cpu")
     del data["arch"]
