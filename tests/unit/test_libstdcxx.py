@@ -23,7 +23,7 @@ def _probe_in_child(env: dict[str, str]) -> dict[str, str]:
     # a fresh interpreter: the test process may already map a libstdc++ (numpy), which comes first
     code = "import json; from llama_runtime.probe.libc import read_libstdcxx; print(json.dumps(read_libstdcxx()))"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).parents[1])
+                         text=True, check=True, cwd=Path(__file__).parents[2])
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
