@@ -8,7 +8,7 @@ a quantization early); a second Ctrl-C, or a SIGKILL, ends the process at once a
 its hidden ``.OUT.*.partial`` file behind, which nothing ever reads.
 
 The type names and their ``enum llama_ftype`` values are those of llama.cpp's ``llama-quantize``
-tool for the pinned ``llama.h`` (``tests/test_quantize.py`` checks the values against the header).
+tool for the pinned ``llama.h`` (``tests/e2e/test_quantize.py`` checks the values against the header).
 """
 
 from __future__ import annotations

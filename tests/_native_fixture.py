@@ -1,6 +1,7 @@
 """Real llama.cpp libraries and a real tiny GGUF for the binding tests.
 
-Imported by ``test_native.py`` and ``test_llama.py`` (``tests/conftest.py`` is someone else's).
+Its fixtures are registered for every test by ``tests/conftest.py`` (``pytest_plugins``); the
+binding tests import its helpers (``NativeLibs``, ``build_oracle``, ``run_oracle``...).
 The libraries come from ``LLAMA_RUNTIME_TEST_LIBDIR`` if set, else the development variant
 folders ``<dev cache>/variants/linux-x86_64-cpu`` (npm prebuilt, ggml backends as plugins) or
 ``linux-x86_64-cpu-v3`` (source build, OpenMP), else the unpacked npm package at
@@ -234,6 +235,18 @@ def build_oracle(libs: NativeLibs, out_dir: Path, include: Path | None = None) -
                     f"-Wl,-rpath,{libs.folder}", "-o", str(exe)],
                    check=True, capture_output=True, text=True)
     return exe
+
+
+@pytest.fixture(scope="module")
+def oracle(native_libs: NativeLibs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``greedy.c`` built against the pinned ``llama.h`` and linked to this process's libraries."""
+    try:
+        return build_oracle(native_libs, tmp_path_factory.mktemp("oracle"))
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"greedy.c does not build against llama.h and {native_libs.folder}:\n"
+                    f"{exc.stderr}")
 
 
 def run_oracle(exe: Path, libs: NativeLibs, model: Path, prompt: str, n_gen: int, *,

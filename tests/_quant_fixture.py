@@ -1,7 +1,8 @@
 """A tiny llama that every quantization type applies to, its quantized copies, and the tensor
 types each type must give (so a test knows what it ran).
 
-Imported by ``test_quantize.py`` and ``test_quantize_oracle.py``. The model is
+Imported by ``test_quantize.py``, ``test_quantize_cli.py`` and ``test_quantize_oracle.py``;
+its ``source`` fixture is registered for them by ``tests/conftest.py``. The model is
 ``scripts/tiny_model.py``'s with ``QUANTIZABLE`` rows (n_embd 256, n_ff 512): with the default
 n_embd 64 llama.cpp would quietly give K-quant tensors other types.
 """
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import gguf
+import pytest
 from tiny_model import QUANTIZABLE, write_tiny_llama
 
 # The types issue 14 asks every CPU variant to run, and what llama.cpp stores for most tensors.
@@ -27,6 +29,12 @@ N_GEN = 48
 def write_quantizable(folder: Path) -> Path:
     """The F32 tiny llama with rows of 256 values, seed 3 (same bytes every time)."""
     return write_tiny_llama(Path(folder) / "tiny-q.gguf", seed=SEED, **QUANTIZABLE)
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``write_quantizable``'s model, written once per session (tests only read it)."""
+    return write_quantizable(tmp_path_factory.mktemp("quant-src"))
 
 
 def tensor_types(path: Path) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """One variant, one process: SmolLM2 through the high-level API, reported as one JSON line.
 
-Run by ``tests/test_real_model.py`` as ``python _real_model_child.py MODEL`` with
+Run by ``tests/e2e/test_real_model.py`` as ``python _real_model_child.py MODEL`` with
 ``LLAMA_RUNTIME_TEST_LIBDIR`` naming the variant folder (a process holds one llama.cpp, so each
 variant gets its own). It only records; the tests assert. A crash in a kernel (SIGILL in a CPU
 plugin) kills this process, and the test reports the signal.

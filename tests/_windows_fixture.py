@@ -1,5 +1,5 @@
 """The Windows variants, their archives unpacked by llama-runtime, the Linux build to compare
-them with, and the models, for tests/test_windows_build.py.
+them with, and the models, for tests/e2e/test_windows_build.py.
 
 Built once per session from the build cache (scripts/windows_build.py, build_variants.py);
 the first build on a fresh machine is the slow part (see benchmarks/NOTES.md).

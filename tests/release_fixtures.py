@@ -13,13 +13,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 import devrelease
 from hubserver import HubServer
-from tiny_model import write_tiny_llama
 
 
 # A sitecustomize that makes every socket connect fail in the process that imports it.
@@ -73,6 +73,15 @@ class Release:
 
 
 @pytest.fixture(scope="session")
+def bv() -> ModuleType:
+    """``scripts/build_variants.py``, the variant builder (one module object for every test, so
+    its exception and dataclass types are the ones its functions raise and return)."""
+    import build_variants
+
+    return build_variants
+
+
+@pytest.fixture(scope="session")
 def variants_dir() -> Path:
     """Real variant folders: the npm prebuilt and a source build (cached between runs)."""
     return devrelease.build_variant_dirs(devrelease.dev_cache() / "variants")
@@ -98,8 +107,9 @@ def hub_faults(release: Release) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("model") / "tiny-llama.gguf")
+def tiny_model(tiny_gguf: Path) -> Path:
+    """The binding tests' tiny llama (``write_tiny_llama`` defaults, seed 0), written once."""
+    return tiny_gguf
 
 
 def run_source_cli(release: Release, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -130,3 +140,13 @@ def gpu_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         tree = devrelease.stage_source(work / "src")
         devrelease.publish_release(tree, variants, hub.url)
         yield tree, hub.url, devrelease.build_sdist(tree, work / "dist")
+
+
+def publish_file(hub: HubServer, repo: str, name: str, data: bytes, token: str | None = None) -> str:
+    """Upload one file to ``repo`` (created) on ``hub`` with the real client; the commit sha."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=token)
+    api.create_repo(repo, exist_ok=True)
+    info = api.upload_file(path_or_fileobj=data, path_in_repo=name, repo_id=repo)
+    return str(info.oid)

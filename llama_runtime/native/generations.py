@@ -3,7 +3,7 @@
 ctypes trusts the caller with every struct size and offset: a libllama whose ``llama.h`` lays out
 ``llama_model_params`` or ``llama_context_params`` differently would be misread (crashes,
 garbage). So the loader accepts only generations whose header has been compared with the one
-``structs.py`` copies. For each generation named here, ``tests/test_generations.py`` compiles
+``structs.py`` copies. For each generation named here, ``tests/unit/test_generations.py`` compiles
 every struct of ``structs.C_NAMES`` against that generation's real header with gcc (``sizeof``
 and every ``offsetof``) and finds every prototype of ``functions.FUNCTIONS`` in its text; a real
 library of that generation also runs greedy generation against a C program built on its header.

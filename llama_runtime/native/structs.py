@@ -2,8 +2,8 @@
 two ggml structs the thread pool needs (``ggml.h``, ``ggml-backend.h``, included by llama.h).
 
 Each class carries the C declaration it copies. The layouts are checked field by field
-against the header by ``tests/test_native.py`` (gcc prints ``sizeof``/``offsetof``), and against
-the header of every other generation ``generations.py`` accepts by ``tests/test_generations.py``
+against the header by ``tests/unit/test_native.py`` (gcc prints ``sizeof``/``offsetof``), and against
+the header of every other generation ``generations.py`` accepts by ``tests/unit/test_generations.py``
 (v0.4.0's structs are these, byte for byte); when the pinned header changes, change these and
 ``LLAMA_CPP_GENERATION`` in ``binding.py`` together.
 Enums are C ``int`` (their values all fit, so every compiler we target makes them 4 bytes).

@@ -57,7 +57,7 @@ def _llama_cpp(entries: dict[str, dict[str, Any]], given: str | None) -> str | N
             f"{', '.join(alien)}: this llama-runtime's binding is checked only against llama.cpp"
             f" {generations.describe()}; its structs would be misread. Rebuild the variant from a"
             " checked llama.cpp, or add that generation to llama_runtime/native/generations.py"
-            " with its header checked (tests/test_generations.py)."
+            " with its header checked (tests/unit/test_generations.py)."
         )
     if given:
         return given
