@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(bool(cross.missing_tools()) or shutil.which("gcc") is None,
                                  reason=f"apt-get install {' '.join(cross.missing_tools())} (scripts/dev does)")]
 NPM = "linux-x86_64-cpu"
-HWCAPS = Path(__file__).parent / "data" / "cross" / "hwcaps.c"
+HWCAPS = Path(__file__).parents[1] / "data" / "cross" / "hwcaps.c"
 MAKERS: dict[str, Callable[[Path], Path]] = {
     "linux-aarch64-cpu-omp": lambda out: bv.source_variant("aarch64-omp", out),
     "linux-aarch64-cpu": lambda out: bv.npm_variant("@node-llama-cpp/linux-arm64@3.22.1", out),

@@ -112,7 +112,7 @@ def test_wine_runs_what_this_cpu_runs_and_names_what_it_lacks() -> None:
     from llama_runtime.probe.capture import profile_from_captures
     from llama_runtime.qualify.wine import WINE, wine_runs
 
-    captures = Path(__file__).parent / "data" / "x86" / "this-machine-zen5-kvm.json"
+    captures = Path(__file__).parents[1] / "data" / "x86" / "this-machine-zen5-kvm.json"
     cpu = profile_from_captures(json.loads(captures.read_text(encoding="utf-8"))).cpu
     runs, why = wine_runs("ggml-cpu-zen4.dll", cpu)
     assert [r.where for r in runs] == [WINE] and why is None
