@@ -851,14 +851,21 @@ def _qualify(folders: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import matrix
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder that receives one subfolder per variant")
     parser.add_argument("--npm", action="append", default=[], metavar="PKG@VER")
     parser.add_argument("--source-build", action="append", default=[], metavar="FLAVOR",
                         choices=all_flavors())
     parser.add_argument("--all-default", action="store_true",
-                        help=f"also produce the defaults ({DEFAULT_NPM}, "
-                             f"{', '.join(DEFAULT_FLAVORS)})")
+                        help="also produce the whole release matrix (scripts/matrix.py: Linux "
+                             "x86_64/aarch64 CPU, glibc 2.28, Vulkan, CUDA 12/13 with their "
+                             "one-target copies, Windows CPU/Vulkan, macOS Metal/x86_64)")
+    parser.add_argument("--full", action="store_true",
+                        help="with --all-default: the release's full source builds (omp, "
+                             "glibc228, windows-cpu, windows-vulkan) instead of the -lite "
+                             "development stand-ins")
     parser.add_argument("--macos", action="store_true",
                         help=f"also produce the macOS variants ({', '.join(MACOS_NPM)})")
     parser.add_argument("--windows", action="append", default=[], metavar="FLAVOR",
@@ -872,14 +879,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the qualification (every CPU plugin on every quant type: "
                              "scripts/qualify_variants.py)")
     args = parser.parse_args(argv)
-    default = args.all_default or not (args.npm or args.source_build or args.macos
-                                       or args.windows)
+    default = not (args.all_default or args.npm or args.source_build or args.macos
+                   or args.windows)
     try:
         flavors = default_flavors(os.environ) if default else ()
-        jobs = [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
-                                           *(MACOS_NPM if args.macos else ())]]
+        jobs = matrix.jobs(args.full) if args.all_default else []
+        jobs += [("npm", spec) for spec in [*([DEFAULT_NPM] if default else []), *args.npm,
+                                            *(MACOS_NPM if args.macos else ())]]
         jobs += [("source", f) for f in [*flavors, *args.source_build]]
         jobs += [("windows", f) for f in args.windows]
+        cut = matrix.cuda_target_variants() if args.all_default else frozenset()
         folders = []
         for kind, what in dict.fromkeys(jobs):
             start = time.monotonic()
@@ -891,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{folder.name:24} {kind} {what:40} {_folder_size(folder) / 2**20:7.1f} MiB "
                   f"{time.monotonic() - start:6.1f} s  {folder}")
             folders.append(folder)
-            if args.cuda_targets and (folder / "libggml-cuda.so").is_file():
+            if (args.cuda_targets or folder.name in cut) and (folder / "libggml-cuda.so").is_file():
                 import npm_cuda
 
                 for one in npm_cuda.target_variants(folder, args.out):

@@ -153,6 +153,26 @@ os.execv({zig!r}, [{zig!r}, {mode!r}, "-target", {target!r}, *args])
 '''
 
 
+ZIG_TOOLS = {"cc": ("cc", "zig-clang"), "c++": ("c++", "zig-clang++"),
+             "ar": ("ar", "zig-ar"), "ranlib": ("ranlib", "zig-ranlib")}
+
+
+def wrapper_text(mode: str, target: str, python: str, zig: str) -> str:
+    """The script that runs ``zig MODE`` for ``target`` (``python``, ``zig``: their paths)."""
+    if mode in ("cc", "c++"):
+        return ZIG_WRAPPER.format(python=python, mode=mode, target=target, zig=zig,
+                                  features=dict(ZIG_ARM_FEATURES))
+    return f"#!/bin/sh\nexec '{zig}' {mode} \"$@\"\n"
+
+
+def wrapper_identity(arch: str, glibc: str) -> str:
+    """What the wrappers do, without where this checkout's python and zig live: the same key
+    for every clone (the paths used to be in it, so each new venv rebuilt the zig flavors)."""
+    target = f"{arch}-linux-gnu.{glibc}"
+    texts = [wrapper_text(mode, target, "PYTHON", "ZIG") for mode, _ in ZIG_TOOLS.values()]
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+
+
 def zig_wrappers(into: Path, arch: str, glibc: str) -> dict[str, Path]:
     """``cc``, ``c++``, ``ar`` and ``ranlib`` scripts that run zig for ``arch``-linux-gnu.GLIBC.
 
@@ -161,13 +181,9 @@ def zig_wrappers(into: Path, arch: str, glibc: str) -> dict[str, Path]:
     """
     zig, target = _zig_binary(), f"{arch}-linux-gnu.{glibc}"
     into.mkdir(parents=True, exist_ok=True)
-    tools = {"cc": ("cc", "zig-clang"), "c++": ("c++", "zig-clang++"),
-             "ar": ("ar", "zig-ar"), "ranlib": ("ranlib", "zig-ranlib")}
     paths = {}
-    for key, (mode, name) in tools.items():
-        text = (ZIG_WRAPPER.format(python=sys.executable, mode=mode, target=target,
-                                   zig=str(zig), features=dict(ZIG_ARM_FEATURES))
-                if mode in ("cc", "c++") else f"#!/bin/sh\nexec '{zig}' {mode} \"$@\"\n")
+    for key, (mode, name) in ZIG_TOOLS.items():
+        text = wrapper_text(mode, target, sys.executable, str(zig))
         path = into / name
         if not path.is_file() or path.read_text() != text:  # same mtime: ccache keeps hitting
             path.write_text(text)
@@ -190,9 +206,12 @@ def toolchain_flags(flavor: CrossFlavor, cache: Path) -> tuple[list[str], list[s
     if flavor.toolchain != "zig" or flavor.glibc_target is None:
         raise bv.BuildVariantError(f"{flavor.name}: unknown toolchain {flavor.toolchain!r}")
     zig = _zig_binary()
-    tools = zig_wrappers(cache / "toolchains" / f"zig-{flavor.arch}-{flavor.glibc_target}",
+    # one wrapper folder per (python, zig) pair: checkouts sharing the cache never rewrite
+    # each other's wrappers under a running build
+    where = hashlib.sha256(f"{sys.executable}\0{zig}".encode()).hexdigest()[:12]
+    tools = zig_wrappers(cache / "toolchains" / f"zig-{flavor.arch}-{flavor.glibc_target}-{where}",
                          flavor.arch, flavor.glibc_target)
-    wrapper = hashlib.sha256(tools["cc"].read_bytes()).hexdigest()[:16]
+    wrapper = wrapper_identity(flavor.arch, flavor.glibc_target)
     flags = [f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['c++']}",
              f"-DCMAKE_AR={tools['ar']}", f"-DCMAKE_RANLIB={tools['ranlib']}"]
     if flavor.arch != os.uname().machine:
