@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from common import PY, ROOT, Row, interleave, load, median, timed_run
+from benchmarks.common import PY, ROOT, Row, interleave, load, median, timed_run
 
 if TYPE_CHECKING:
     from bench_models import BenchModel
@@ -23,7 +23,7 @@ MODEL_SHAPE = dict(n_layer=8, n_embd=512, n_head=8, n_ff=1408, n_ctx=512, vocab_
 
 
 def make_model(path: Path) -> tuple[Path, int]:
-    from tiny_model import write_tiny_llama
+    from scripts.tiny_model import write_tiny_llama
     if not path.exists():
         write_tiny_llama(path, **MODEL_SHAPE)
     n_params = 960 * 512 * 2 + 8 * (4 * 512 * 512 + 3 * 512 * 1408 + 2 * 512) + 512

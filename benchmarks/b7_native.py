@@ -10,7 +10,7 @@ crash is recorded as the row's result). llama-cpp-python is built from source on
 dev cache (<dev cache>/llama-cpp-python-0.3.36-FLAVOR-KEY, KEY: the recipe and what
 -march=native means on this CPU); later runs reuse it.
 
-    .venv/bin/python benchmarks/b7_native.py [--variants DIR ...] [--noamx] [--models f16,Q4_K_M,Q8_0,SmolLM2]
+    .venv/bin/python -m benchmarks.b7_native [--variants DIR ...] [--noamx] [--models f16,Q4_K_M,Q8_0,SmolLM2]
         [--threads 1 --clock cpu] [--rounds R] [--reps N]
 
 run standalone: compares the given variant folders (default: every folder of the dev cache's
@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import ROOT, Row, crash, interleave, load, median, timed_run  # noqa: E402
+from benchmarks.common import ROOT, Row, crash, interleave, load, median, timed_run  # noqa: E402
 
 NATIVE_REQ = "llama-cpp-python==0.3.36"
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
@@ -212,7 +210,7 @@ def run(rel, work: Path, rounds: int = 5, reps: int = 5, model_rounds: int | Non
     """The f16 rows against llama-cpp-python's defaults, then for each quantized model (Q4_K_M,
     Q8_0, SmolLM2) the same rows against its defaults and against its build without AMX."""
     from bench_models import f16_model, quantized_models
-    from release import selected_variant
+    from benchmarks.release import selected_variant
     name = selected_variant(rel)
     ours = Lib.variant(rel.variants / name)
     native, noamx = native_lib("native"), native_lib("native-noamx")

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-import devrelease
-from hubserver import HubServer
-from tiny_model import write_tiny_llama
+from scripts import devrelease
+from scripts.hubserver import HubServer
+from scripts.tiny_model import write_tiny_llama
 
 
 # A sitecustomize that makes every socket connect fail in the process that imports it.

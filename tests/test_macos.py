@@ -10,7 +10,6 @@ are exported, and ggml's plugins export the entry points ggml looks up. Selectio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -22,11 +21,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-import macho  # noqa: E402
+from scripts.binfacts import macho  # noqa: E402
 from test_machines import load as load_machine  # noqa: E402
 
 from llama_runtime.archive import pack_variant, safe_extract  # noqa: E402
@@ -43,12 +38,9 @@ MACHINES = REPO / "tests" / "data" / "machines"
 
 @pytest.fixture(scope="module")
 def bv() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_variants", SCRIPTS / "build_variants.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_variants"] = module
-    spec.loader.exec_module(module)
-    return module
+    from scripts import build_variants
+
+    return build_variants
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +185,7 @@ def test_an_elf_file_in_a_macos_variant_is_refused(bv: ModuleType, mac: dict[str
             "llamaCpp": {"repo": "ggml-org/llama.cpp", "release": "v0.4.0"},
             "platformInfo": {"name": "macOS", "version": "25.6.0"}}
     with pytest.raises(bv.BuildVariantError) as info:
-        bv._npm_macos_variant("test", bins, staged, meta, tmp_path / "out")
+        bv.npm_macos_variant("test", bins, staged, meta, tmp_path / "out")
     assert "libggml-cpu-x64.so is an ELF x86_64" in str(info.value)
     assert "a macos variant holds Mach-O files only" in str(info.value)
 
@@ -204,7 +196,7 @@ def test_a_mach_o_file_in_a_linux_variant_is_refused(bv: ModuleType, mac: dict[s
     folder.mkdir()
     shutil.copy2(mac["x64"] / "libllama.v0.4.0.dylib", folder / "libllama.so")
     with pytest.raises(bv.BuildVariantError) as info:  # the variant builder
-        bv._library_facts(folder)
+        bv.library_facts(folder)
     assert "libllama.so is a Mach-O x86_64 dylib, but a linux variant holds ELF files only" \
         in str(info.value)
     (folder / "variant.json").write_text(json.dumps(

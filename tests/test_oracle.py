@@ -19,7 +19,7 @@ except ImportError:
     from _native_fixture import (NativeLibs, build_oracle, native_lib, native_libs, run_oracle,
                                  tiny_gguf)
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native

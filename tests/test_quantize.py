@@ -30,7 +30,7 @@ except ImportError:
     from _quant_fixture import (N_GEN, PROMPT, REQUIRED, expected_types, file_type, tensor_types,
                                 write_quantizable)
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.errors import ModelError, QuantizeError
 from llama_runtime.llama import Llama

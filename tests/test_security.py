@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from _tarballs import tarball
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 from release_fixtures import Release
 from reliability_table import record, reliability_table  # noqa: F401  (session fixture)
 from test_faults import publish_file

@@ -23,8 +23,8 @@ try:
 except ImportError:
     from _native_fixture import CHATML, NativeLibs, native_lib, native_libs
 
-import devrelease
-from tiny_model import write_tiny_llama
+from scripts import devrelease
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
 
