@@ -210,7 +210,33 @@ def _jobs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return list(dict.fromkeys(jobs))
 
 
+def _npm_inputs(spec: str) -> list[Path]:
+    """The tarballs an npm job reads (a CUDA 12 ``-cuda-ext`` one reads the CUDA package too)."""
+    cache = cache_root(os.environ)
+    specs = [spec, spec.replace("-cuda-ext@", "-cuda@")] if "-cuda-ext@" in spec else [spec]
+    return [npm_pack(s, cache) for s in specs]
+
+
 def _one(kind: str, what: str, args: argparse.Namespace, cut: frozenset[str]) -> list[Path]:
+    """One job, or its folders as made last time when nothing changed (scripts/uptodate.py)."""
+    from scripts import uptodate
+
+    if kind != "npm":  # source builds: a copy from the build cache, a fraction of a second
+        return _make(kind, what, args, cut)
+    start = time.monotonic()
+    cuts = bool(args.cuda_targets or cut)  # the one-target copies are part of what it makes
+    key = uptodate.job_key(f"{kind} cuts={cuts}", what, _npm_inputs(what))
+    made = uptodate.current(args.out, kind, what, key)
+    if made is not None:
+        print(f"{made[0].name:24} {kind} {what:40} current ({len(made)} folder(s), "
+              f"{time.monotonic() - start:.1f} s)", flush=True)
+        return made
+    made = _make(kind, what, args, cut)
+    uptodate.remember(args.out, kind, what, key, made)
+    return made
+
+
+def _make(kind: str, what: str, args: argparse.Namespace, cut: frozenset[str]) -> list[Path]:
     """Produce one variant (and its one-target copies when asked); print a line for each."""
     start = time.monotonic()
     folder = _produce(kind, what, args.out, args.jobs)
