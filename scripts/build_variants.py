@@ -51,27 +51,67 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from scripts import cross_builds
-from scripts.tools import (
-    BuildVariantError, cache_root, run, tool,
-)
 from scripts.binfacts.elf import (
-    cuda_architectures, dependency_closure, elf_needed, elf_soname, glibc_floor, load_order,
-    parse_dynamic, parse_glibc_versions, readelf,
-)
-from scripts.variant_json import (
-    BACKEND_EXTERNAL, CUDA_MIN_DRIVER, folder_size, library_facts, replace_dir, SYSTEM_LIBS,
-    write_variant_json,
-)
-from scripts.npm_source import (
-    DEFAULT_NPM, MACOS_NPM, npm_macos_variant, npm_pack, npm_variant, unpack_npm_bins,
+    cuda_architectures,
+    dependency_closure,
+    elf_needed,
+    elf_soname,
+    glibc_floor,
+    load_order,
+    parse_dynamic,
+    parse_glibc_versions,
+    readelf,
 )
 from scripts.flavors import (
-    ALL_X86_CPU_VARIANTS, BASE_CMAKE, DEFAULT_FLAVORS, DL_CMAKE, Flavor, FLAVORS,
-    LITE_X86_CPU_VARIANTS, RECIPE, SDIST_REQUIREMENT, V3_FEATURES, VENDOR_DIR, X86_PLUGIN_NEEDS,
+    ALL_X86_CPU_VARIANTS,
+    BASE_CMAKE,
+    DEFAULT_FLAVORS,
+    DL_CMAKE,
+    FLAVORS,
+    LITE_X86_CPU_VARIANTS,
+    RECIPE,
+    SDIST_REQUIREMENT,
+    V3_FEATURES,
+    VENDOR_DIR,
+    X86_PLUGIN_NEEDS,
+    Flavor,
+)
+from scripts.npm_source import (
+    DEFAULT_NPM,
+    MACOS_NPM,
+    npm_macos_variant,
+    npm_pack,
+    npm_variant,
+    unpack_npm_bins,
 )
 from scripts.source_builds import (
-    build_key, check_amx_plugins, check_plugin_needs, cmake_build, ensure_sdist, extract_vendor,
-    llama_version, native_variant, patchelf, patches_of, sha256, source_tree,
+    build_key,
+    check_amx_plugins,
+    check_plugin_needs,
+    cmake_build,
+    ensure_sdist,
+    extract_vendor,
+    llama_version,
+    native_variant,
+    patchelf,
+    patches_of,
+    sha256,
+    source_tree,
+)
+from scripts.tools import (
+    BuildVariantError,
+    cache_root,
+    run,
+    tool,
+)
+from scripts.variant_json import (
+    BACKEND_EXTERNAL,
+    CUDA_MIN_DRIVER,
+    SYSTEM_LIBS,
+    folder_size,
+    library_facts,
+    replace_dir,
+    write_variant_json,
 )
 
 # the builder's surface, for the tests, benchmarks and the sibling builders

@@ -24,11 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.binfacts import elf
-from scripts import npm_source
-from scripts import tools
+from scripts import npm_source, tools
 from scripts import variant_json as vj
-from scripts.binfacts import cuda_fatbin
+from scripts.binfacts import cuda_fatbin, elf
 
 CUDA_PLUGIN = "libggml-cuda.so"
 EXT_MEMBER = "package/bins/linux-x64-cuda/fallback/libggml-cuda.so"

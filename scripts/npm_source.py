@@ -17,7 +17,6 @@ from scripts.flavors import ALL_X86_CPU_VARIANTS, X86_PLUGIN_NEEDS
 from scripts.tools import BuildVariantError, cache_root, run, tool
 from scripts.variant_json import BACKEND_EXTERNAL, library_facts, replace_dir, write_variant_json
 
-
 DEFAULT_NPM = "@node-llama-cpp/linux-x64@3.22.1"
 # Served only at 3.21.1 (llama.cpp 0.4.0, whose structs the binding also drives: see
 # llama_runtime/native/generations.py): Metal on Apple Silicon, CPU (14 x86 plugins) on Intel.
@@ -61,7 +60,9 @@ def _npm_gpu_facts(staged: Path, gpu: str, plugins: Sequence[str]) -> dict[str, 
     facts["python_requires"] = sorted({BACKEND_EXTERNAL[n] for n in needed
                                        if BACKEND_EXTERNAL.get(n)})
     if gpu == "cuda":
-        from scripts import npm_cuda  # the CUDA facts (fatbin targets, PTX toolkit, wheels) live there
+        from scripts import (
+            npm_cuda,  # the CUDA facts (fatbin targets, PTX toolkit, wheels) live there
+        )
 
         facts |= npm_cuda.cuda_facts(plugin)
     return facts
@@ -114,11 +115,10 @@ def npm_macos_variant(package_spec: str, bins: Path, staged: Path, meta: dict[st
                        out_dir: Path) -> Path:
     """``macos-<arch>-<backend>/`` from a mac npm package, every fact read from its Mach-O files
     (scripts/npm_macos.py, scripts/macho.py)."""
-    from scripts.binfacts import macho
-    from scripts import npm_macos
-
     from llama_runtime.binformat import wrong_format
     from llama_runtime.native.functions import FUNCTIONS
+    from scripts import npm_macos
+    from scripts.binfacts import macho
 
     for lib in [*bins.glob("*.dylib"), *bins.glob("*.so")]:
         if lib.name not in npm_macos.NOT_SHIPPED:

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from scripts.binfacts.elf import elf_needed, elf_soname, parse_dynamic, readelf
-from scripts.flavors import ALL_X86_CPU_VARIANTS, BASE_CMAKE, FLAVORS, Flavor, RECIPE, SDIST_FILE, SDIST_REQUIREMENT, VENDOR_DIR, X86_PLUGIN_NEEDS
+from scripts.flavors import (
+    ALL_X86_CPU_VARIANTS,
+    BASE_CMAKE,
+    FLAVORS,
+    RECIPE,
+    SDIST_FILE,
+    SDIST_REQUIREMENT,
+    VENDOR_DIR,
+    X86_PLUGIN_NEEDS,
+    Flavor,
+)
 from scripts.tools import BuildVariantError, cache_root, run, tool
 from scripts.variant_json import library_facts, replace_dir, write_variant_json
 

@@ -16,7 +16,6 @@ from typing import Any
 from scripts.binfacts.elf import dependency_closure, elf_needed, glibc_floor, load_order
 from scripts.tools import BuildVariantError
 
-
 # Libraries every glibc Linux provides (the manylinux policy's core); never shipped.
 SYSTEM_LIBS = frozenset({
     "libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0", "libgcc_s.so.1",

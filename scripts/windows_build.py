@@ -44,9 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scripts import flavors
+from scripts import flavors, tools
 from scripts import source_builds as sb
-from scripts import tools
 from scripts import variant_json as vj
 from scripts.binfacts import pe_facts
 
