@@ -106,3 +106,25 @@ def test_sdist_and_wheel_of_the_checkout_ship_no_development_package(tmp_path: P
     assert "llama_runtime" in top and "llama_runtime" in wheel_top
     for dev in ("scripts", "benchmarks", "tests"):
         assert dev not in top and dev not in wheel_top, (top, wheel_top)
+
+
+def test_a_job_is_current_only_while_its_inputs_code_and_files_hold(tmp_path: Path) -> None:
+    from scripts import uptodate
+
+    out, tarball = tmp_path / "out", tmp_path / "pkg.tgz"
+    tarball.write_bytes(b"one")
+    folder = out / "linux-x86_64-cpu"
+    folder.mkdir(parents=True)
+    (folder / "variant.json").write_text("{}")
+    (folder / "libllama.so").write_bytes(b"\x7fELF")
+    key = uptodate.job_key("npm", "@x/y@1.0.0", [tarball])
+    assert uptodate.current(out, "npm", "@x/y@1.0.0", key) is None  # never made
+    uptodate.remember(out, "npm", "@x/y@1.0.0", key, [folder])
+    assert uptodate.current(out, "npm", "@x/y@1.0.0", key) == [folder]
+    (folder / "variant.json").write_text('{"qualification": {}}')  # written after: still current
+    assert uptodate.current(out, "npm", "@x/y@1.0.0", key) == [folder]
+    assert uptodate.current(out, "npm", "@x/y@2.0.0", key) is None  # another job
+    tarball.write_bytes(b"two, longer")  # a new tarball: another key
+    assert uptodate.job_key("npm", "@x/y@1.0.0", [tarball]) != key
+    (folder / "libllama.so").write_bytes(b"\x7fELF changed")  # a file changed under it
+    assert uptodate.current(out, "npm", "@x/y@1.0.0", key) is None
