@@ -40,8 +40,9 @@ PROMPT = " ".join(["hello world the llama runtime model is a small token and it 
 
 
 def dev_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "llama-runtime-dev"
+    from scripts.devrelease import dev_cache as scripts_dev_cache  # the one place that says where
+
+    return scripts_dev_cache()
 
 
 # The baselines built from source. "native" is llama-cpp-python's defaults (GGML_NATIVE=ON:
