@@ -4,7 +4,7 @@ A cold CPU build takes minutes on 2 cores, so its result is cached in
 `<dev cache>/b1-baseline.json` (wall time, CPU time, load, date) and the B1 row says so.
 `benchmarks/run.py --only B1` measures it again; a full run measures it only when no record exists.
 
-usage: python benchmarks/b1_baseline.py   (measure now and print the record)
+usage: python -m benchmarks.b1_baseline   (measure now and print the record)
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import load
+from benchmarks.common import load
 
-import devrelease  # noqa: E402
+from scripts import devrelease  # noqa: E402
 
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
 REQ = "llama-cpp-python==0.3.36"

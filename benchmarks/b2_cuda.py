@@ -8,7 +8,7 @@ NVIDIA's runtime wheels come from PyPI, not from our hub, and are reported from 
 metadata instead of downloaded (cuBLAS alone is ~400 MB). Heavy: packing the 15 CUDA archives
 (gzip -9 of ~4 GB) takes minutes, so it runs only when asked (`--only B2C`).
 
-    .venv/bin/python benchmarks/b2_cuda.py [--work DIR]
+    .venv/bin/python -m benchmarks.b2_cuda [--work DIR]
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks.common import Row  # noqa: E402
 
-from common import Row  # noqa: E402
-
-import devrelease  # noqa: E402
-from hubserver import HubServer  # noqa: E402
+from scripts import devrelease  # noqa: E402
+from scripts.hubserver import HubServer  # noqa: E402
 
 NPM = ("@node-llama-cpp/linux-x64@3.22.1", "@node-llama-cpp/linux-x64-cuda@3.22.1",
        "@node-llama-cpp/linux-x64-cuda-ext@3.22.1")

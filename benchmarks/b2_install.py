@@ -20,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import Row, timed_run
+from benchmarks.common import Row, timed_run
 
-import devrelease  # noqa: E402
-from release import Release
+from scripts import devrelease  # noqa: E402
+from benchmarks.release import Release
 
 _EVENTS = (  # (short name, pip log text); intervals between consecutive events, in time order
     ("start", None),

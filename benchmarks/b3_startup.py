@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from common import PY, Row, interleave, median, timed_run
-from release import Release
+from benchmarks.common import PY, Row, interleave, median, timed_run
+from benchmarks.release import Release
 
 
 def run(rel: Release, rounds: int = 15) -> list[Row]:

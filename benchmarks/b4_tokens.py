@@ -12,10 +12,10 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from common import PY, ROOT, Row, interleave, load, median, timed_run
+from benchmarks.common import PY, ROOT, Row, interleave, load, median, timed_run
 
 if TYPE_CHECKING:
-    from bench_models import BenchModel
+    from benchmarks.bench_models import BenchModel
 
 HERE = Path(__file__).resolve().parent
 PROMPT = " ".join(["hello world the llama runtime model is a small token and it was for the world"] * 8)
@@ -23,7 +23,7 @@ MODEL_SHAPE = dict(n_layer=8, n_embd=512, n_head=8, n_ff=1408, n_ctx=512, vocab_
 
 
 def make_model(path: Path) -> tuple[Path, int]:
-    from tiny_model import write_tiny_llama
+    from scripts.tiny_model import write_tiny_llama
     if not path.exists():
         write_tiny_llama(path, **MODEL_SHAPE)
     n_params = 960 * 512 * 2 + 8 * (4 * 512 * 512 + 3 * 512 * 1408 + 2 * 512) + 512
@@ -33,7 +33,7 @@ def make_model(path: Path) -> tuple[Path, int]:
 def llama_cpp_python() -> tuple[str | None, str]:
     """The python of a venv with llama-cpp-python 0.3.36 (built once by B7), or why there is none."""
     try:
-        from b7_native import native_venv
+        from benchmarks.b7_native import native_venv
         return str(native_venv() / "bin" / "python"), ""
     except Exception as exc:  # the row says why instead of failing B4
         return None, f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -43,8 +43,8 @@ def run(work: Path, libdir: Path, n_gen: int = 128, threads: int = 2, rounds: in
         reps: int = 3, model_rounds: int | None = None, clock: str = "wall") -> list[Row]:
     """The f16 rows (``rounds``), then the same rows for each quantized model (``model_rounds``,
     default ``rounds``). ``clock="cpu"``: rates per process CPU-second (use with threads=1)."""
-    from bench_models import f16_model, quantized_models
-    from b7_native import Lib, build_c
+    from benchmarks.bench_models import f16_model, quantized_models
+    from benchmarks.b7_native import Lib, build_c
     exe = build_c(Lib(f"b4-{libdir.name}", libdir / "libllama.so"), work)
     lcp = llama_cpp_python()
     rows = measure_model(exe, f16_model(work), libdir, lcp, "", n_gen, threads, rounds, reps, clock)

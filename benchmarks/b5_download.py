@@ -8,8 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
-from common import PY, ROOT, Row, interleave, median, timed_run
-from release import Release
+from benchmarks.common import PY, ROOT, Row, interleave, median, timed_run
+from benchmarks.release import Release
 
 REPO = "bench/big"
 SIZE = 200 * 1024 * 1024

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from common import PY, Row, interleave, median, timed_run
-from release import Release
+from benchmarks.common import PY, Row, interleave, median, timed_run
+from benchmarks.release import Release
 
 _CHILD = r"""
 import json, sys, time

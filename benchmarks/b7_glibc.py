@@ -7,7 +7,7 @@ same plugin in both; the zig build runs with a persistent ggml thread pool attac
 (llama_runtime/native/context.py). Models: B7's 26.7 M-param f16 bench model and SmolLM2-135M
 Q4_1 (``scripts/devrelease.py: smollm2()``).
 
-    .venv/bin/python benchmarks/b7_glibc.py [--rounds R] [--reps N]
+    .venv/bin/python -m benchmarks.b7_glibc [--rounds R] [--reps N]
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import ROOT, Row, load  # noqa: E402
+from benchmarks.common import Row, load  # noqa: E402
 
 OLD, NEW = "linux-x86_64-cpu-glibc228", "linux-x86_64-cpu-omp"
 
 
 def folders(work: Path) -> dict[str, Path]:
     """The two variant folders (cached source builds; minutes only the first time)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import build_variants
+    from scripts import build_variants
 
     out = work / "b7-glibc-variants"
     return {OLD: build_variants.source_variant("glibc228-lite", out),
@@ -36,7 +33,7 @@ def folders(work: Path) -> dict[str, Path]:
 
 def compare(work: Path, model: Path, label: str, rounds: int, reps: int,
             threads: int | None = None) -> list[Row]:
-    from b7_native import N_GEN, N_PROMPT, THREADS, Lib, measure
+    from benchmarks.b7_native import N_GEN, N_PROMPT, THREADS, Lib, measure
 
     found = folders(work)
     old = Lib.variant(found[OLD])
@@ -64,8 +61,8 @@ def compare(work: Path, model: Path, label: str, rounds: int, reps: int,
 
 
 def run(work: Path, rounds: int = 5, reps: int = 5, threads: int | None = None) -> list[Row]:
-    from b7_native import make_model
-    from devrelease import smollm2
+    from benchmarks.b7_native import make_model
+    from scripts.devrelease import smollm2
 
     bench_model, n_params = make_model(work)
     return [*compare(work, bench_model, f"{n_params / 1e6:.1f} M f16", rounds, reps, threads),

@@ -10,7 +10,7 @@ crash is recorded as the row's result). llama-cpp-python is built from source on
 dev cache (<dev cache>/llama-cpp-python-0.3.36-FLAVOR-KEY, KEY: the recipe and what
 -march=native means on this CPU); later runs reuse it.
 
-    .venv/bin/python benchmarks/b7_native.py [--variants DIR ...] [--noamx] [--models f16,Q4_K_M,Q8_0,SmolLM2]
+    .venv/bin/python -m benchmarks.b7_native [--variants DIR ...] [--noamx] [--models f16,Q4_K_M,Q8_0,SmolLM2]
         [--threads 1 --clock cpu] [--rounds R] [--reps N]
 
 run standalone: compares the given variant folders (default: every folder of the dev cache's
@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import ROOT, Row, crash, interleave, load, median, timed_run  # noqa: E402
+from benchmarks.common import ROOT, Row, crash, interleave, load, median, timed_run  # noqa: E402
 
 NATIVE_REQ = "llama-cpp-python==0.3.36"
 SDIST = "llama_cpp_python-0.3.36.tar.gz"
@@ -42,8 +40,9 @@ PROMPT = " ".join(["hello world the llama runtime model is a small token and it 
 
 
 def dev_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "llama-runtime-dev"
+    from scripts.devrelease import dev_cache as scripts_dev_cache  # the one place that says where
+
+    return scripts_dev_cache()
 
 
 # The baselines built from source. "native" is llama-cpp-python's defaults (GGML_NATIVE=ON:
@@ -149,7 +148,7 @@ def build_c(lib: Lib, work: Path) -> Path:
 
 
 def make_model(work: Path) -> tuple[Path, int]:
-    from b4_tokens import make_model as b4_model  # the same 26.7 M-param f16 llama as B4
+    from benchmarks.b4_tokens import make_model as b4_model  # the same 26.7 M-param f16 llama as B4
     return b4_model(work / "b4-model.gguf")
 
 
@@ -211,8 +210,8 @@ def run(rel, work: Path, rounds: int = 5, reps: int = 5, model_rounds: int | Non
         threads: int = THREADS, clock: str = "wall") -> list[Row]:
     """The f16 rows against llama-cpp-python's defaults, then for each quantized model (Q4_K_M,
     Q8_0, SmolLM2) the same rows against its defaults and against its build without AMX."""
-    from bench_models import f16_model, quantized_models
-    from release import selected_variant
+    from benchmarks.bench_models import f16_model, quantized_models
+    from benchmarks.release import selected_variant
     name = selected_variant(rel)
     ours = Lib.variant(rel.variants / name)
     native, noamx = native_lib("native"), native_lib("native-noamx")
@@ -220,7 +219,7 @@ def run(rel, work: Path, rounds: int = 5, reps: int = 5, model_rounds: int | Non
     for m in quantized_models(work, rel.variants / name):
         rows += compare(ours, name, [native, noamx], m, f", {m.label}", work,
                         model_rounds or rounds, reps, threads, clock)
-    from b7_glibc import run as glibc_rows  # what the glibc 2.28 fallback build costs
+    from benchmarks.b7_glibc import run as glibc_rows  # what the glibc 2.28 fallback build costs
     return [*rows, *glibc_rows(work, rounds, reps)]
 
 
@@ -292,7 +291,7 @@ def _agreement(o: dict, n: dict, what: str) -> str:
 
 
 def _models(names: str, work: Path, libdir: Path) -> list:
-    from bench_models import f16_model, quantized, smollm2_model
+    from benchmarks.bench_models import f16_model, quantized, smollm2_model
     pick = {"f16": lambda: f16_model(work), "smollm2": smollm2_model}
     return [pick[k.lower()]() if k.lower() in pick else quantized(work, libdir, k) for k in names.split(",")]
 

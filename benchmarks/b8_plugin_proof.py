@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from common import PY, Row, interleave, median, timed_run
-from release import Release
+from benchmarks.common import PY, Row, interleave, median, timed_run
+from benchmarks.release import Release
 
 _LOAD = r"""
 import json, time

@@ -1,6 +1,6 @@
 """B9: the data behind the qualification's tolerance, and what a qualification costs (issue 14.3).
 
-    .venv/bin/python benchmarks/b9_qualify.py [VARIANT_DIR ...]   # default: the dev variants
+    .venv/bin/python -m benchmarks.b9_qualify [VARIANT_DIR ...]   # default: the dev variants
 
 1. Calibration: the reference (the npm build's ``x64`` plugin) decodes the qualification model
    greedily in every type from 4 prompts; every plugin of every variant that runs here decodes the
@@ -21,9 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "scripts")]
-
-import devrelease  # noqa: E402
+from scripts import devrelease  # noqa: E402
 from llama_runtime.plugins.rank import cpu_plugins  # noqa: E402
 from llama_runtime.plugins.trial import PROMPT, _run_child  # noqa: E402
 from llama_runtime.qualify import check  # noqa: E402

@@ -1,6 +1,6 @@
 """What the Python loop adds per generated token, against the same loop in C.
 
-Standalone: ``.venv/bin/python benchmarks/b_binding_overhead.py [--threads 1] [--n-gen 200]``.
+Standalone: ``.venv/bin/python -m benchmarks.b_binding_overhead [--threads 1] [--n-gen 200]``.
 Both sides use the same libllama (the one the binding tests use: ``LLAMA_RUNTIME_TEST_LIBDIR``
 or the development variant folders), the same tiny model, threads, context and greedy sampler.
 The C side is ``tests/data/oracle/greedy.c`` (decode 1 + sample + token_to_piece per token);
@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (ROOT, ROOT / "tests", ROOT / "scripts"):
-    sys.path.insert(0, str(extra))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/ is no package: _native_fixture lives there
 
 from _native_fixture import NativeLibs, build_oracle, find_native_libs, run_oracle  # noqa: E402
-from tiny_model import write_tiny_llama  # noqa: E402
+from scripts.tiny_model import write_tiny_llama  # noqa: E402
 
 from llama_runtime.llama import Llama  # noqa: E402
 from llama_runtime.native.sampling import Sampling  # noqa: E402

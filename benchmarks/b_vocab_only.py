@@ -1,6 +1,6 @@
 """What ``Llama(path, vocab_only=True)`` costs against a full load, on SmolLM2-135M Q4_1.
 
-Standalone: ``.venv/bin/python benchmarks/b_vocab_only.py [--reps 5] [--model PATH]``.
+Standalone: ``.venv/bin/python -m benchmarks.b_vocab_only [--reps 5] [--model PATH]``.
 Each load runs in a fresh Python (the library opened first, so only the model is timed), the
 two modes interleaved; a full load is ``Llama(path)`` with its defaults (n_ctx 512). Prints
 the median and best load time and the resident memory the load added (``VmRSS`` after minus
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = """
 import json, sys, time
-sys.path[:0] = [sys.argv[1] + "/tests", sys.argv[1] + "/scripts", sys.argv[1]]
+sys.path[:0] = [sys.argv[1] + "/tests", sys.argv[1]]  # a bare child: the checkout and its fixtures
 from _native_fixture import find_native_libs
 from llama_runtime.llama import Llama
 
@@ -54,8 +54,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None, help="default: devrelease.smollm2()")
     args = ap.parse_args()
     if args.model is None:
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from devrelease import smollm2
+        from scripts.devrelease import smollm2
 
         args.model = smollm2()
     runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}

@@ -1,7 +1,7 @@
 """Windows variants under Wine: generation speed of ggml's thread pool against OpenMP, and of the
 Windows build against the Linux one (same source, same plugin), on SmolLM2-135M Q4_1.
 
-    .venv/bin/python benchmarks/b_windows_wine.py [--rounds 5] [--threads 2]
+    .venv/bin/python -m benchmarks.b_windows_wine [--rounds 5] [--threads 2]
 
 Runs tests/data/oracle/greedy_win.c (under Wine) and greedy.c (natively), interleaved, each
 ``--rounds`` times; prints the median µs per generated token and the ratios. Wine adds little
@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/ is no package: _native_fixture lives there
 
-import build_variants as bv  # noqa: E402
-import devrelease  # noqa: E402
-import windows_build  # noqa: E402
-import winerun  # noqa: E402
+from scripts import build_variants as bv  # noqa: E402
+from scripts import devrelease  # noqa: E402
+from scripts import windows_build  # noqa: E402
+from scripts import winerun  # noqa: E402
 from _native_fixture import NativeLibs, build_oracle, run_oracle  # noqa: E402
 
 PROMPT = "The capital of France is"

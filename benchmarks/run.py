@@ -1,6 +1,6 @@
 """Run the llama-runtime benchmarks side by side with their baselines (`scripts/dev bench`).
 
-    .venv/bin/python benchmarks/run.py [--only B1,B2,B3,B4,B5,B6,B7,B8] [--work DIR] [--quick] [--cputime]
+    .venv/bin/python -m benchmarks.run [--only B1,B2,B3,B4,B5,B6,B7,B8] [--work DIR] [--quick] [--cputime]
 
 Prints one table (median, baseline median, ratio, target, met?) and writes benchmarks/RESULTS.md.
 Every baseline is measured in the same run, interleaved with the candidate, except B1's: building
@@ -21,9 +21,7 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import Row, load  # noqa: E402
+from benchmarks.common import Row, load  # noqa: E402
 
 ALL = ("B2", "B3", "B4", "B5", "B6", "B7", "B8")  # B1-ours is measured by B2's install
 # only when asked: B2 for captured CUDA machines packs ~2 GB of CUDA archives (b2_cuda.py)
@@ -80,13 +78,13 @@ def main() -> int:
     rows: list[Row] = []
     errors: list[str] = []
 
-    from hubserver import HubServer
-    from release import make_release
+    from scripts.hubserver import HubServer
+    from benchmarks.release import make_release
 
     with HubServer(work / "hub") as hub:
         rel = make_release(work, hub)
         model_small = work / "tiny.gguf"
-        from tiny_model import write_tiny_llama
+        from scripts.tiny_model import write_tiny_llama
         write_tiny_llama(model_small)
         libdir = rel.variants / "linux-x86_64-cpu-v3"  # the source build (OpenMP), as the issue asks
 
@@ -107,7 +105,8 @@ def main() -> int:
                 errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:400]}")
             print(f"    ({time.perf_counter() - t:.0f} s, load {before[0]:.1f} -> {load()[0]:.1f})", flush=True)
 
-        import b1_baseline, b2_install, b3_startup, b4_tokens, b5_download, b6_first_token, b7_native, b8_plugin_proof  # noqa: E401
+        from benchmarks import (b1_baseline, b2_install, b3_startup, b4_tokens, b5_download,
+                                b6_first_token, b7_native, b8_plugin_proof)
         step("B3", lambda: b3_startup.run(rel, rounds=7 if q else 15))
         step("B6", lambda: b6_first_token.run(rel, model_small, rounds=3 if q else 7))
         step("B8", lambda: b8_plugin_proof.run(rel, rounds=3 if q else 7))
@@ -118,7 +117,7 @@ def main() -> int:
         step("B7", lambda: b7_native.run(rel, work, rounds=2 if q else 5, reps=2 if q else 5, **clk))
         step("B5", lambda: b5_download.run(rel, work, rounds=2 if q else 4))
         step("B2", lambda: b2_install.run(rel, model_small, b1_baseline.baseline(remeasure="B1" in only)))
-        import b2_cuda
+        from benchmarks import b2_cuda
         step("B2C", lambda: b2_cuda.run(work))
 
     load_after = load()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import stat
 import sys
@@ -27,93 +26,29 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import build_variants as bv
+from scripts import source_builds as sb
+from scripts import tools
+from scripts import variant_json as vj
+from scripts.binfacts import elf
+from scripts.flavors import ALL_ARM_CPU_VARIANTS as ALL_ARM_CPU_VARIANTS
+from scripts.flavors import BASE_CMAKE, SDIST_REQUIREMENT, VENDOR_DIR, CrossFlavor
+from scripts.flavors import CROSS_FLAVORS as CROSS_FLAVORS
+from scripts.flavors import GCC12_ARM_CPU_VARIANTS as GCC12_ARM_CPU_VARIANTS
+from scripts.flavors import GLIBC_TARGET as GLIBC_TARGET
 
 HERE = Path(__file__).resolve().parent
 GNU_AARCH64_TOOLCHAIN = HERE / "toolchains" / "aarch64-linux-gnu.cmake"
 AARCH64_ROOT = Path("/usr/aarch64-linux-gnu")
 ZIG_REQUIREMENT = "ziglang==0.17.0"
-GLIBC_TARGET = "2.28"  # RHEL/Alma/Rocky 8, Debian 10: the oldest glibc still widely supported
 # Bump when the way a cross build is assembled changes (the zig wrappers, the staging).
 CROSS_RECIPE = 1
 
-# The ARM plugins GGML_CPU_ALL_VARIANTS defines for Linux in this llama.cpp
-# (ggml/src/CMakeLists.txt), least demanding first, with the -march each one gets
-# (ggml/src/ggml-cpu/CMakeLists.txt).
-ALL_ARM_CPU_VARIANTS: Mapping[str, str] = {
-    "armv8.0_1": "armv8-a",
-    "armv8.2_1": "armv8.2-a+dotprod",
-    "armv8.2_2": "armv8.2-a+dotprod+fp16",
-    "armv8.2_3": "armv8.2-a+dotprod+fp16+sve",
-    "armv8.6_1": "armv8.6-a+dotprod+fp16+sve+i8mm",
-    "armv8.6_2": "armv8.6-a+dotprod+fp16+sve+i8mm+sve2",
-    "armv9.2_1": "armv9.2-a+dotprod+fp16+sve+i8mm+sme",
-    "armv9.2_2": "armv9.2-a+dotprod+fp16+sve+i8mm+sve2+sme",
-}
-# gcc 12 (Debian 12's cross compiler) rejects -march=armv9.2-a+...+sme ("unknown value"):
-# SME arrived in GCC 14. The two SME plugins are left out of the gcc build.
-GCC12_ARM_CPU_VARIANTS = tuple(t for t in ALL_ARM_CPU_VARIANTS if not t.startswith("armv9"))
 # zig's clang-based driver rejects -march=armv8.2-a+... for aarch64 ("unknown CPU") and wants
 # -mcpu=generic+v8_2a+...: the wrapper rewrites ggml's flags with these names.
 ZIG_ARM_FEATURES: Mapping[str, str] = {"fp16": "fullfp16"}
-
-DL_BASE = ("-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_NATIVE=OFF")
-# zig links its libc++/libunwind with their debug info into every library (libllama: 39 MB
-# instead of 4); -s strips at link time.
-ZIG_DL = (*DL_BASE, "-DGGML_OPENMP=OFF", "-DCMAKE_SHARED_LINKER_FLAGS=-s",
-          "-DCMAKE_MODULE_LINKER_FLAGS=-s")
-
-
-@dataclass(frozen=True)
-class CrossFlavor(bv.Flavor):
-    """A :class:`build_variants.Flavor` built by another toolchain, for ``arch``.
-
-    The x86 ones get build_variants' source patches (scripts/patches/: the AMX tile config of
-    issue 14) and its AMX check; the aarch64 ones are built from the pristine source
-    (``patched=False``): the only patch changes ggml-cpu/amx/mmq.cpp inside ``__AMX_INT8__``
-    code that no ARM plugin compiles, so the ARM binaries are the same either way.
-    """
-
-    arch: str = "x86_64"
-    toolchain: str = "gnu-aarch64"  # or "zig"
-    glibc_target: str | None = None  # zig only: the glibc its stubs stand for
-
-
-LITE = bv.LITE_X86_CPU_VARIANTS
-CROSS_FLAVORS: Mapping[str, CrossFlavor] = {
-    # gcc 12 cross build: 6 of the 8 ARM plugins, OpenMP (libgomp bundled), like x86's omp.
-    "aarch64-omp": CrossFlavor(
-        name="linux-aarch64-cpu-omp", cmake=(*DL_BASE, "-DGGML_OPENMP=ON"), x86_64_level=0,
-        cpu_features=(), openmp=True, backend_dl=True, cpu_variants=GCC12_ARM_CPU_VARIANTS,
-        priority=30, arch="aarch64", toolchain="gnu-aarch64", patched=False,
-        summary="GGML_BACKEND_DL with the ARM CPU plugins armv8.0 to armv8.6 (NEON, dotprod, "
-                "fp16, SVE, i8mm, SVE2; ggml picks one at run time), OpenMP"),
-    # The old-glibc fallbacks: ranked below every other CPU build (priority), so selection
-    # takes one only where the newer builds cannot run (glibc < 2.34/2.35).
-    "glibc228": CrossFlavor(
-        name="linux-x86_64-cpu-glibc228", cmake=ZIG_DL, x86_64_level=1,
-        cpu_features=(), openmp=False, backend_dl=True, priority=-50, toolchain="zig",
-        glibc_target=GLIBC_TARGET,
-        summary="GGML_BACKEND_DL with all 14 x86 CPU plugins, built by zig for glibc 2.28, "
-                "ggml thread pool (no OpenMP), libc++ linked in"),
-    "glibc228-lite": CrossFlavor(
-        name="linux-x86_64-cpu-glibc228", cmake=ZIG_DL, x86_64_level=3,
-        cpu_features=bv.V3_FEATURES, openmp=False, backend_dl=True, cpu_variants=LITE,
-        priority=-50, toolchain="zig", glibc_target=GLIBC_TARGET,
-        summary="GGML_BACKEND_DL with the haswell/skylakex/sapphirerapids CPU plugins, built "
-                "by zig for glibc 2.28, ggml thread pool (no OpenMP), libc++ linked in"),
-    "aarch64-glibc228": CrossFlavor(
-        name="linux-aarch64-cpu-glibc228", cmake=ZIG_DL,
-        x86_64_level=0, cpu_features=(), openmp=False, backend_dl=True, priority=-50,
-        cpu_variants=tuple(ALL_ARM_CPU_VARIANTS), arch="aarch64", toolchain="zig", patched=False,
-        glibc_target=GLIBC_TARGET,
-        summary="GGML_BACKEND_DL with all 8 ARM CPU plugins (up to SVE2/SME), built by zig "
-                "for glibc 2.28, ggml thread pool (no OpenMP), libc++ linked in"),
-}
 
 
 # --------------------------------------------------------------------------- toolchains
@@ -128,11 +63,11 @@ def _zig_binary() -> Path:
 
     found = find()
     if found is None:
-        bv._run([sys.executable, "-m", "pip", "install", "-q", ZIG_REQUIREMENT],
+        tools.run([sys.executable, "-m", "pip", "install", "-q", ZIG_REQUIREMENT],
                 f"pip install {ZIG_REQUIREMENT}")
         found = find()
     if found is None:
-        raise bv.BuildVariantError(f"no ziglang/zig after pip install {ZIG_REQUIREMENT}")
+        raise tools.BuildVariantError(f"no ziglang/zig after pip install {ZIG_REQUIREMENT}")
     return found
 
 
@@ -153,6 +88,26 @@ os.execv({zig!r}, [{zig!r}, {mode!r}, "-target", {target!r}, *args])
 '''
 
 
+ZIG_TOOLS = {"cc": ("cc", "zig-clang"), "c++": ("c++", "zig-clang++"),
+             "ar": ("ar", "zig-ar"), "ranlib": ("ranlib", "zig-ranlib")}
+
+
+def wrapper_text(mode: str, target: str, python: str, zig: str) -> str:
+    """The script that runs ``zig MODE`` for ``target`` (``python``, ``zig``: their paths)."""
+    if mode in ("cc", "c++"):
+        return ZIG_WRAPPER.format(python=python, mode=mode, target=target, zig=zig,
+                                  features=dict(ZIG_ARM_FEATURES))
+    return f"#!/bin/sh\nexec '{zig}' {mode} \"$@\"\n"
+
+
+def wrapper_identity(arch: str, glibc: str) -> str:
+    """What the wrappers do, without where this checkout's python and zig live: the same key
+    for every clone (the paths used to be in it, so each new venv rebuilt the zig flavors)."""
+    target = f"{arch}-linux-gnu.{glibc}"
+    texts = [wrapper_text(mode, target, "PYTHON", "ZIG") for mode, _ in ZIG_TOOLS.values()]
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+
+
 def zig_wrappers(into: Path, arch: str, glibc: str) -> dict[str, Path]:
     """``cc``, ``c++``, ``ar`` and ``ranlib`` scripts that run zig for ``arch``-linux-gnu.GLIBC.
 
@@ -161,13 +116,9 @@ def zig_wrappers(into: Path, arch: str, glibc: str) -> dict[str, Path]:
     """
     zig, target = _zig_binary(), f"{arch}-linux-gnu.{glibc}"
     into.mkdir(parents=True, exist_ok=True)
-    tools = {"cc": ("cc", "zig-clang"), "c++": ("c++", "zig-clang++"),
-             "ar": ("ar", "zig-ar"), "ranlib": ("ranlib", "zig-ranlib")}
     paths = {}
-    for key, (mode, name) in tools.items():
-        text = (ZIG_WRAPPER.format(python=sys.executable, mode=mode, target=target,
-                                   zig=str(zig), features=dict(ZIG_ARM_FEATURES))
-                if mode in ("cc", "c++") else f"#!/bin/sh\nexec '{zig}' {mode} \"$@\"\n")
+    for key, (mode, name) in ZIG_TOOLS.items():
+        text = wrapper_text(mode, target, sys.executable, str(zig))
         path = into / name
         if not path.is_file() or path.read_text() != text:  # same mtime: ccache keeps hitting
             path.write_text(text)
@@ -177,24 +128,27 @@ def zig_wrappers(into: Path, arch: str, glibc: str) -> dict[str, Path]:
 
 
 def _first_line(cmd: Sequence[str]) -> str:
-    return bv._run(cmd, f"{cmd[0]} --version").splitlines()[0]
+    return tools.run(cmd, f"{cmd[0]} --version").splitlines()[0]
 
 
 def toolchain_flags(flavor: CrossFlavor, cache: Path) -> tuple[list[str], list[str]]:
     """(CMake flags, what identifies the toolchain in the cache key) for ``flavor``."""
     if flavor.toolchain == "gnu-aarch64":
-        gxx = bv._tool("aarch64-linux-gnu-g++", "apt-get install g++-aarch64-linux-gnu")
+        gxx = tools.tool("aarch64-linux-gnu-g++", "apt-get install g++-aarch64-linux-gnu")
         digest = hashlib.sha256(GNU_AARCH64_TOOLCHAIN.read_bytes()).hexdigest()[:16]
         return ([f"-DCMAKE_TOOLCHAIN_FILE={GNU_AARCH64_TOOLCHAIN}"],
                 [f"toolchain {digest}", _first_line([gxx, "--version"])])
     if flavor.toolchain != "zig" or flavor.glibc_target is None:
-        raise bv.BuildVariantError(f"{flavor.name}: unknown toolchain {flavor.toolchain!r}")
+        raise tools.BuildVariantError(f"{flavor.name}: unknown toolchain {flavor.toolchain!r}")
     zig = _zig_binary()
-    tools = zig_wrappers(cache / "toolchains" / f"zig-{flavor.arch}-{flavor.glibc_target}",
+    # one wrapper folder per (python, zig) pair: checkouts sharing the cache never rewrite
+    # each other's wrappers under a running build
+    where = hashlib.sha256(f"{sys.executable}\0{zig}".encode()).hexdigest()[:12]
+    wrappers = zig_wrappers(cache / "toolchains" / f"zig-{flavor.arch}-{flavor.glibc_target}-{where}",
                          flavor.arch, flavor.glibc_target)
-    wrapper = hashlib.sha256(tools["cc"].read_bytes()).hexdigest()[:16]
-    flags = [f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['c++']}",
-             f"-DCMAKE_AR={tools['ar']}", f"-DCMAKE_RANLIB={tools['ranlib']}"]
+    wrapper = wrapper_identity(flavor.arch, flavor.glibc_target)
+    flags = [f"-DCMAKE_C_COMPILER={wrappers['cc']}", f"-DCMAKE_CXX_COMPILER={wrappers['c++']}",
+             f"-DCMAKE_AR={wrappers['ar']}", f"-DCMAKE_RANLIB={wrappers['ranlib']}"]
     if flavor.arch != os.uname().machine:
         flags += ["-DCMAKE_SYSTEM_NAME=Linux", f"-DCMAKE_SYSTEM_PROCESSOR={flavor.arch}"]
     return flags, [f"zig {_first_line([str(zig), 'version'])}", f"wrapper {wrapper}",
@@ -202,23 +156,6 @@ def toolchain_flags(flavor: CrossFlavor, cache: Path) -> tuple[list[str], list[s
 
 
 # --------------------------------------------------------------------------- facts
-def parse_glibcxx_versions(text: str) -> list[tuple[int, ...]]:
-    """``GLIBCXX_3.4.x`` versions an object needs from libstdc++, from ``readelf -V`` output."""
-    from llama_runtime.versions import version_tuple
-
-    needs = text.split("Version needs section", 1)
-    return [version_tuple(v) for v in re.findall(
-        r"Name: GLIBCXX_(\d+(?:\.\d+)+)\b", needs[1])] if len(needs) == 2 else []
-
-
-def libstdcxx_floor(paths: Sequence[Path]) -> str | None:
-    """The newest ``GLIBCXX_*`` any of ``paths`` needs (the libstdc++ a machine must have, on
-    top of the glibc floor: gcc 12's needs 3.4.30, RHEL 8's system one stops at 3.4.25), or
-    None when nothing needs libstdc++ (zig links libc++ in)."""
-    versions = [v for p in paths for v in parse_glibcxx_versions(bv._readelf("-V", p))]
-    return ".".join(map(str, max(versions))) if versions else None
-
-
 def parse_dyn_syms(text: str) -> tuple[set[str], set[str]]:
     """(exported, needed-but-unversioned) dynamic symbols from ``readelf --dyn-syms -W``.
 
@@ -244,7 +181,7 @@ def unresolved_symbols(folder: Path, names: Sequence[str]) -> dict[str, list[str
     the glibc stubs a build linked against (``getcpu`` is 2.29, zig aims at 2.28) would show up
     here, unversioned, and make dlopen fail on the old system only.
     """
-    tables = {n: parse_dyn_syms(bv._run([bv._tool("readelf", "apt-get install binutils"),
+    tables = {n: parse_dyn_syms(tools.run([tools.tool("readelf", "apt-get install binutils"),
                                          "--dyn-syms", "-W", str(folder / n)], "readelf"))
               for n in names}
     exported = set().union(*(d for d, _ in tables.values()))
@@ -256,11 +193,11 @@ def elf_machine(path: Path) -> str:
     """``e_machine`` of an ELF file as our arch names (``x86_64``, ``aarch64``)."""
     data = Path(path).read_bytes()[:20]
     if data[:4] != b"\x7fELF":
-        raise bv.BuildVariantError(f"{path} is not an ELF file")
+        raise tools.BuildVariantError(f"{path} is not an ELF file")
     machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
     names = {62: "x86_64", 183: "aarch64"}
     if machine not in names:
-        raise bv.BuildVariantError(f"{path}: ELF machine {machine} is neither x86_64 nor aarch64")
+        raise tools.BuildVariantError(f"{path}: ELF machine {machine} is neither x86_64 nor aarch64")
     return names[machine]
 
 
@@ -268,15 +205,15 @@ def _check_arm_plugins(flavor: CrossFlavor, plugins: Sequence[str]) -> None:
     tags = [p.removeprefix("libggml-cpu-").removesuffix(".so") for p in plugins]
     wanted = list(flavor.cpu_variants or ALL_ARM_CPU_VARIANTS)
     if sorted(tags) != sorted(wanted):
-        raise bv.BuildVariantError(f"{flavor.name}: built plugins {tags}, expected {wanted}")
+        raise tools.BuildVariantError(f"{flavor.name}: built plugins {tags}, expected {wanted}")
     if "armv8.0_1" not in tags:  # the baseline is what makes the variant need nothing more
-        raise bv.BuildVariantError(f"{flavor.name}: no armv8.0_1 baseline plugin in {tags}")
+        raise tools.BuildVariantError(f"{flavor.name}: no armv8.0_1 baseline plugin in {tags}")
 
 
 def _check_machine(flavor: CrossFlavor, staged: Path) -> None:
     wrong = [p.name for p in sorted(staged.glob("*.so*")) if elf_machine(p) != flavor.arch]
     if wrong:
-        raise bv.BuildVariantError(f"{flavor.name}: {wrong} are not {flavor.arch} ELF files")
+        raise tools.BuildVariantError(f"{flavor.name}: {wrong} are not {flavor.arch} ELF files")
 
 
 # --------------------------------------------------------------------------- build
@@ -286,7 +223,7 @@ def _bundle(staged: Path, soname: str, root: Path) -> None:
         if (folder / soname).exists():
             shutil.copyfile((folder / soname).resolve(), staged / soname)
             return
-    raise bv.BuildVariantError(f"{soname} is needed but not in {root}/lib: install "
+    raise tools.BuildVariantError(f"{soname} is needed but not in {root}/lib: install "
                                "libgomp1-arm64-cross (apt-get)")
 
 
@@ -294,14 +231,14 @@ def _stage(flavor: CrossFlavor, bin_dir: Path, staged: Path) -> list[str]:
     """Libraries under their sonames, bundles, RUNPATH $ORIGIN: build_variants' way, cross."""
     for lib in bin_dir.glob("*.so*"):
         if lib.is_file() and not lib.is_symlink():
-            shutil.copy2(lib, staged / (bv.elf_soname(lib) or lib.name))
+            shutil.copy2(lib, staged / (elf.elf_soname(lib) or lib.name))
     bundled = ["libgomp.so.1"] if flavor.openmp else []
     for soname in bundled:
         _bundle(staged, soname, AARCH64_ROOT if flavor.arch == "aarch64" else Path("/usr"))
-    patchelf = bv._patchelf()
+    patchelf = sb.patchelf()
     for lib in staged.glob("*.so*"):
-        if bv.parse_dynamic(bv._readelf("-d", lib))["RUNPATH"] != ["$ORIGIN"]:
-            bv._run([patchelf, "--set-rpath", "$ORIGIN", str(lib)], "patchelf --set-rpath")
+        if elf.parse_dynamic(elf.readelf("-d", lib))["RUNPATH"] != ["$ORIGIN"]:
+            tools.run([patchelf, "--set-rpath", "$ORIGIN", str(lib)], "patchelf --set-rpath")
     return bundled
 
 
@@ -315,42 +252,42 @@ def _describe(flavor: CrossFlavor, libs: Mapping[str, Any], stdcxx: str | None) 
 
 def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, jobs: int,
                       toolchain: Sequence[str], identity: Sequence[str]) -> Path:
-    sha = bv._sha256(sdist)
-    patches = bv._patches(flavor)
-    source = bv._source_tree(sdist, sha, cache, patches)
-    flags = (*bv.BASE_CMAKE, *toolchain, *flavor.cmake)
+    sha = sb.sha256(sdist)
+    patches = sb.patches_of(flavor)
+    source = sb.source_tree(sdist, sha, cache, patches)
+    flags = (*BASE_CMAKE, *toolchain, *flavor.cmake)
     started = time.monotonic()
-    bin_dir = bv._cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
+    bin_dir = sb.cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
     seconds = time.monotonic() - started
     final = cache / "builds" / key
     final.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
     bundled = _stage(flavor, bin_dir, staged)
     _check_machine(flavor, staged)
-    libs = bv._library_facts(staged, bundled)
+    libs = vj.library_facts(staged, bundled)
     unresolved = unresolved_symbols(staged, [*libs["libraries"], *libs["plugins"]])
     if unresolved:
-        raise bv.BuildVariantError(f"{flavor.name}: symbols nothing provides: {unresolved}")
+        raise tools.BuildVariantError(f"{flavor.name}: symbols nothing provides: {unresolved}")
     if flavor.arch == "aarch64":
         _check_arm_plugins(flavor, libs["plugins"])
     else:
-        bv._check_plugin_needs(flavor, libs["plugins"])
-    amx = bv.check_amx_plugins(staged, source) if flavor.patched else []
+        sb.check_plugin_needs(flavor, libs["plugins"])
+    amx = sb.check_amx_plugins(staged, source) if flavor.patched else []
     if amx:  # the same refusal as build_variants: a wrong tile config SIGILLs on AMX CPUs
         shutil.rmtree(staged)
-        raise bv.BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
+        raise tools.BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
                                    + "\n".join(amx))
-    stdcxx = libstdcxx_floor([staged / n for n in [*libs["libraries"], *libs["plugins"]]])
-    bv.write_variant_json(
+    stdcxx = libs["libstdcxx"]
+    vj.write_variant_json(
         staged, os="linux", arch=flavor.arch, backend="cpu",
-        requires={"glibc": libs["glibc"],
+        requires={"glibc": libs["glibc"], "libstdcxx": libs["libstdcxx"],
                   "x86_64_level": flavor.x86_64_level if flavor.arch == "x86_64" else None,
                   "cpu_features": list(flavor.cpu_features), "cuda_driver": None,
                   "compute_capability": None, "macos": None},
         libraries=libs["libraries"], plugins=libs["plugins"], backend_dl=flavor.backend_dl,
         python_requires=[], external_libraries=libs["external_libraries"],
-        llama_cpp=bv._llama_version(source),
-        source=f"source build of {bv.VENDOR_DIR} from the {bv.SDIST_REQUIREMENT} sdist "
+        llama_cpp=sb.llama_version(source),
+        source=f"source build of {VENDOR_DIR} from the {SDIST_REQUIREMENT} sdist "
                f"(sha256 {sha}) with {'; '.join(identity)}; cmake {' '.join(flavor.cmake)}"
                + (f"; CPU plugins {' '.join(flavor.cpu_variants)}" if flavor.cpu_variants else "")
                + (f"; patches {' '.join(p.name for p in patches)}" if patches else ""),
@@ -359,29 +296,29 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
         toolchain=identity[-1] if flavor.toolchain == "zig" else identity[1],
         build_seconds=round(seconds, 1),
         **({} if flavor.priority is None else {"priority": flavor.priority}))
-    return bv._replace_dir(staged, final)
+    return vj.replace_dir(staged, final)
 
 
 def cross_variant(name: str, out_dir: Path, *, cache: Path | None = None, jobs: int = 2) -> Path:
     """Build (or copy from the build cache) one cross flavor into ``out_dir/<variant-name>/``."""
     if name not in CROSS_FLAVORS:
-        raise bv.BuildVariantError(f"unknown cross flavor {name!r}; known: {sorted(CROSS_FLAVORS)}")
-    flavor, cache = CROSS_FLAVORS[name], cache or bv.cache_root(os.environ)
-    sdist = bv.ensure_sdist(cache)
+        raise tools.BuildVariantError(f"unknown cross flavor {name!r}; known: {sorted(CROSS_FLAVORS)}")
+    flavor, cache = CROSS_FLAVORS[name], cache or tools.cache_root(os.environ)
+    sdist = sb.ensure_sdist(cache)
     toolchain, identity = toolchain_flags(flavor, cache)
     steps = [t for step in flavor.build_steps() for t in step]
-    import source_patches
+    from scripts import source_patches
 
-    key = bv.build_key(bv._sha256(sdist), (f"cross {CROSS_RECIPE}", *identity, *bv.BASE_CMAKE,
+    key = sb.build_key(sb.sha256(sdist), (f"cross {CROSS_RECIPE}", *identity, *BASE_CMAKE,
                                            *flavor.cmake, *steps),
-                       source_patches.patches_digest(bv._patches(flavor)))
+                       source_patches.patches_digest(sb.patches_of(flavor)))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(flavor, sdist, key, cache, jobs, toolchain, identity)
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{flavor.name}-"))
     shutil.copytree(built, staged, dirs_exist_ok=True)
-    return bv._replace_dir(staged, out_dir / flavor.name)
+    return vj.replace_dir(staged, out_dir / flavor.name)
 
 
 # --------------------------------------------------------------------------- glibc floors
@@ -391,11 +328,11 @@ def floor_report(folder: Path) -> dict[str, Any]:
 
     meta = json.loads((folder / "variant.json").read_text())
     files = [folder / n for n in [*meta["libraries"], *meta.get("plugins", [])]]
-    per_file = {p.name: bv.parse_glibc_versions(bv._readelf("-V", p)) for p in files}
+    per_file = {p.name: elf.parse_glibc_versions(elf.readelf("-V", p)) for p in files}
     floor = max(v for vs in per_file.values() for v in vs)
     setters = sorted(n for n, vs in per_file.items() if floor in vs)
     return {"variant": folder.name, "arch": meta["arch"], "glibc": ".".join(map(str, floor)),
-            "declared": meta["requires"].get("glibc"), "libstdcxx": libstdcxx_floor(files),
+            "declared": meta["requires"].get("glibc"), "libstdcxx": elf.libstdcxx_floor(files),
             "set_by": setters, "openmp": any("libgomp" in n for n in meta["libraries"]),
             "files": len(files)}
 

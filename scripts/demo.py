@@ -18,10 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import devrelease  # noqa: E402
-from hubserver import HubServer  # noqa: E402
+from scripts import devrelease
+from scripts.hubserver import HubServer
 
 # run by the installed package's python: chat() on the model, one JSON line back
 CHAT = """

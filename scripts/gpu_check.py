@@ -4,7 +4,7 @@
 Two steps, because the GPU machine has no internet and the payload (NVIDIA's wheels alone are
 ~1.2 GB) is far above what a device run carries (64 MiB):
 
-1. ``python scripts/gpu_check.py prepare DIR`` here (npm + PyPI reachable): the real variants
+1. ``python -m scripts.gpu_check prepare DIR`` here (npm + PyPI reachable): the real variants
    (npm CPU build, ``linux-x86_64-cuda12``/``-cuda13`` and their one-target copies) published to
    a loopback hub and fetched into ``DIR/mirror`` (hub layout, sha256-checked against the lock of
    the staged source tree ``DIR/src``); NVIDIA's runtime wheels of both majors in ``DIR/wheels``;
@@ -99,9 +99,8 @@ def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
 
 
 def prepare(dest: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import devrelease
-    from hubserver import HubServer
+    from scripts import devrelease
+    from scripts.hubserver import HubServer
 
     dest.mkdir(parents=True, exist_ok=True)
     flags = [x for spec in NPM for x in ("--npm", spec)] + ["--cuda-targets", "--no-check"]

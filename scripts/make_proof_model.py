@@ -9,7 +9,7 @@ repacks the Q4_0 weights (AVX2/AVX-512 ``q4_0_8x8``) or puts them in AMX tiles, 
 matrix (288 x 64) becomes Q8_0 (Q6_K needs columns that are multiples of 256), the type of the
 AMX SIGILL of issue 14. About 60 KB.
 
-    python scripts/make_proof_model.py [--lib LIBLLAMA] [--out PATH]
+    python -m scripts.make_proof_model [--lib LIBLLAMA] [--out PATH]
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from tiny_model import write_tiny_llama  # noqa: E402
+from scripts.tiny_model import write_tiny_llama
 
 OUT = ROOT / "llama_runtime" / "plugins" / "proof-q4_0.gguf"
 SHAPE = {"seed": 14, "n_layer": 1, "n_embd": 64, "n_head": 4, "n_ff": 128, "n_ctx": 256, "vocab_size": 288}
@@ -43,7 +41,7 @@ class QuantizeParams(ctypes.Structure):
 
 def default_lib() -> Path:
     """libllama of the source build the dev cache holds (one CPU backend linked in, no plugins)."""
-    import devrelease
+    from scripts import devrelease
 
     return devrelease.dev_cache() / "variants" / "linux-x86_64-cpu-v3" / "libllama.so"
 

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import build_variants as bv
-import cuda_fatbin
+from scripts import npm_source, tools
+from scripts import variant_json as vj
+from scripts.binfacts import cuda_fatbin, elf
 
 CUDA_PLUGIN = "libggml-cuda.so"
 EXT_MEMBER = "package/bins/linux-x64-cuda/fallback/libggml-cuda.so"
@@ -53,20 +54,20 @@ def lowest_cc(found: list[cuda_fatbin.Image]) -> str:
 
 def cuda_facts(plugin: Path) -> dict[str, Any]:
     """backend facts of a ggml CUDA plugin for ``variant.json`` (see ``npm_variant``)."""
-    needed = bv.elf_needed(plugin)
+    needed = elf.elf_needed(plugin)
     runtime = [n for n in needed if n.startswith("libcudart.so.")]
     if len(runtime) != 1:
-        raise bv.BuildVariantError(f"{plugin}: expected one libcudart.so.N in NEEDED, got {needed}")
+        raise tools.BuildVariantError(f"{plugin}: expected one libcudart.so.N in NEEDED, got {needed}")
     major = int(runtime[0].rsplit(".", 1)[1])
     found = cuda_fatbin.images(plugin)
     if not found:
-        raise bv.BuildVariantError(f"{plugin} holds no fatbin: not a CUDA build")
+        raise tools.BuildVariantError(f"{plugin} holds no fatbin: not a CUDA build")
     ptx_driver = cuda_fatbin.ptx_driver_cuda(found)
     targets = cuda_fatbin.targets(found)
     return {"suffix": f"cuda{major}", "cuda_driver": f"{major}.0",
             "compute_capability": lowest_cc(found),
             "python_requires": python_requires(major, ptx_driver),
-            "extra": {"cuda_runtime": str(major), "min_driver_version": bv.CUDA_MIN_DRIVER[major],
+            "extra": {"cuda_runtime": str(major), "min_driver_version": vj.CUDA_MIN_DRIVER[major],
                       "cuda_architectures": targets, "cuda_ptx_driver": ptx_driver,
                       "cuda_target_bytes": cuda_fatbin.target_bytes(found)}}
 
@@ -74,8 +75,8 @@ def cuda_facts(plugin: Path) -> dict[str, Any]:
 def cuda_ext_variant(ext_spec: str, out_dir: Path, cache: Path) -> Path:
     """``linux-x86_64-cuda12``: the CUDA package with the ``-ext`` package's CUDA 12 plugin."""
     base_spec = ext_spec.replace("-cuda-ext@", "-cuda@")
-    base = bv.npm_variant(base_spec, out_dir / ".base", cache=cache)
-    tgz = bv.npm_pack(ext_spec, cache)
+    base = npm_source.npm_variant(base_spec, out_dir / ".base", cache=cache)
+    tgz = npm_source.npm_pack(ext_spec, cache)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ext-") as tmp:
         import tarfile
 
@@ -87,13 +88,13 @@ def cuda_ext_variant(ext_spec: str, out_dir: Path, cache: Path) -> Path:
         name = _rewrite_cuda_facts(staged, source=f"npm {ext_spec} ({EXT_MEMBER}) with the rest"
                                                   f" of {base_spec}")
         shutil.rmtree(out_dir / ".base")
-        return bv._replace_dir(staged, out_dir / name)
+        return vj.replace_dir(staged, out_dir / name)
 
 
 def _rewrite_cuda_facts(folder: Path, source: str) -> str:
     """Re-read the CUDA facts of ``folder`` after its plugin changed; return its variant name."""
     meta = json.loads((folder / "variant.json").read_text())
-    libs = bv._library_facts(folder)
+    libs = vj.library_facts(folder)
     facts = cuda_facts(folder / CUDA_PLUGIN)
     meta["requires"] |= {"glibc": libs["glibc"], "cuda_driver": facts["cuda_driver"],
                          "compute_capability": facts["compute_capability"]}
@@ -128,5 +129,5 @@ def target_variants(folder: Path, out_dir: Path, targets: Sequence[str] | None =
                 "description": f"{meta['description']}; GPU code for {target} only (the fatbins"
                                f" of {folder.name} cut to that target)"}
         (staged / "variant.json").write_text(json.dumps(one, indent=2) + "\n")
-        made.append(bv._replace_dir(staged, out_dir / name))
+        made.append(vj.replace_dir(staged, out_dir / name))
     return made

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import macho
+from scripts.binfacts import macho
 
 NOT_SHIPPED = ("libllama-common.dylib", "llama-addon.node")
 # ggml's CPU feature names for the Apple plugins (probe/cpu.py's GGML_ARM_FEATURES)

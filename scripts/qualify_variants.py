@@ -8,7 +8,7 @@ MODEL``; a Linux aarch64 variant under ``qemu-aarch64 -cpu MODEL`` through the c
 driver, llama_runtime/qualify/cross.py), against the ``x64`` reference (llama_runtime/qualify/). The results are cached by file hashes under
 ``<LLAMA_RUNTIME_CACHE>/<version>/.qualify/``, so a second run takes about a second.
 
-    python scripts/qualify_variants.py OUT [--no-qemu]     # every OUT/<variant>/
+    python -m scripts.qualify_variants OUT [--no-qemu]     # every OUT/<variant>/
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/ is not a package yet (issue 15)
 
 
 def qualify_and_record(folders: Sequence[Path], env: Mapping[str, str] | None = None,

@@ -4,7 +4,7 @@ No model weights can be downloaded on the machines this project is built on, so 
 make their own: 2 layers, n_embd 64, a SentencePiece-style ("llama") vocabulary of about 300
 tokens, weights drawn from a seeded numpy RNG. It is nonsense, but deterministic nonsense.
 
-    python scripts/tiny_model.py OUT.gguf [--seed N] [--f16] [--quantizable]
+    python -m scripts.tiny_model OUT.gguf [--seed N] [--f16] [--quantizable]
 
 ``--quantizable`` (``**QUANTIZABLE``) gives every weight matrix rows of a multiple of 256
 values (n_embd 256, n_ff 512): K-quants and IQ4_NL then apply to every tensor, where the

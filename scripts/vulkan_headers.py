@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import build_variants as bv
+from scripts import tools
 
 SYSTEM = Path("/usr")
 NEEDED = "VK_EXT_layer_settings"
@@ -41,7 +41,7 @@ def _apt(state: Path, *args: str) -> None:
     opts = [f"-o=Dir::Etc::SourceList={state / 'sources.list'}", "-o=Dir::Etc::SourceParts=-",
             f"-o=Dir::State::Lists={state / 'lists'}", f"-o=Dir::Cache={state / 'cache'}",
             "-o=APT::Sandbox::User=root", "-q"]
-    bv._run([bv._tool("apt-get", "Debian's apt is needed to fetch the Vulkan headers"),
+    tools.run([tools.tool("apt-get", "Debian's apt is needed to fetch the Vulkan headers"),
              *opts, *args], f"apt-get {args[0]}", cwd=state / "debs")
 
 
@@ -59,12 +59,12 @@ def fetch(cache: Path) -> Path:
         _apt(state, "update")
         _apt(state, "download", *PACKAGES)
         for deb in sorted((state / "debs").glob("*.deb")):
-            bv._run([bv._tool("dpkg-deb", "install dpkg"), "-x", str(deb), str(state / "root")],
+            tools.run([tools.tool("dpkg-deb", "install dpkg"), "-x", str(deb), str(state / "root")],
                     "dpkg-deb -x")
         for part in PARTS:
             shutil.copytree(state / "root" / "usr" / part, state / "out" / part)
         if not usable(state / "out"):
-            raise bv.BuildVariantError(f"{PACKAGES} lack {NEEDED} or spirv.hpp: pin newer ones")
+            raise tools.BuildVariantError(f"{PACKAGES} lack {NEEDED} or spirv.hpp: pin newer ones")
         try:
             os.replace(state / "out", final)
         except OSError:

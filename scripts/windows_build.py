@@ -44,8 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import build_variants as bv
-import pe_facts
+from scripts import flavors, tools
+from scripts import source_builds as sb
+from scripts import variant_json as vj
+from scripts.binfacts import pe_facts
 
 # Bump when the way a Windows folder is assembled changes (with build_variants.RECIPE).
 WINDOWS_RECIPE = 1
@@ -58,7 +60,7 @@ VULKAN_APT_HINT = "apt-get install glslc"
 # RPATH and soname flags mean nothing for PE files
 _ELF_ONLY = ("-DCMAKE_INSTALL_RPATH", "-DCMAKE_BUILD_WITH_INSTALL_RPATH",
              "-DCMAKE_PLATFORM_NO_VERSIONED_SONAME")
-WINDOWS_CMAKE = (*(f for f in bv.BASE_CMAKE if not f.startswith(_ELF_ONLY)),
+WINDOWS_CMAKE = (*(f for f in flavors.BASE_CMAKE if not f.startswith(_ELF_ONLY)),
                  "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_NATIVE=OFF",
                  "-DGGML_OPENMP=OFF")
 
@@ -85,18 +87,18 @@ class WindowsFlavor:
 
 
 _ALL = "all 14 x86 CPU plugins (ggml picks one at run time)"
-_LITE = (f"the {'/'.join(bv.LITE_X86_CPU_VARIANTS)} CPU plugins only (ggml picks one at run "
+_LITE = (f"the {'/'.join(flavors.LITE_X86_CPU_VARIANTS)} CPU plugins only (ggml picks one at run "
          "time)")
 WINDOWS_FLAVORS: Mapping[str, WindowsFlavor] = {
     "windows-cpu": WindowsFlavor("windows-x86_64-cpu", "cpu", 1, (), summary=_ALL),
-    "windows-cpu-lite": WindowsFlavor("windows-x86_64-cpu", "cpu", 3, bv.V3_FEATURES,
-                                      bv.LITE_X86_CPU_VARIANTS, summary=_LITE),
+    "windows-cpu-lite": WindowsFlavor("windows-x86_64-cpu", "cpu", 3, flavors.V3_FEATURES,
+                                      flavors.LITE_X86_CPU_VARIANTS, summary=_LITE),
     "windows-vulkan": WindowsFlavor("windows-x86_64-vulkan", "vulkan", 1, (), summary=_ALL),
-    "windows-vulkan-lite": WindowsFlavor("windows-x86_64-vulkan", "vulkan", 3, bv.V3_FEATURES,
-                                         bv.LITE_X86_CPU_VARIANTS, summary=_LITE),
+    "windows-vulkan-lite": WindowsFlavor("windows-x86_64-vulkan", "vulkan", 3, flavors.V3_FEATURES,
+                                         flavors.LITE_X86_CPU_VARIANTS, summary=_LITE),
     # benchmarks/NOTES.md: OpenMP against ggml's thread pool under Wine (not released)
-    "windows-cpu-omp-lite": WindowsFlavor("windows-x86_64-cpu-omp", "cpu", 3, bv.V3_FEATURES,
-                                          bv.LITE_X86_CPU_VARIANTS, summary=_LITE, openmp=True),
+    "windows-cpu-omp-lite": WindowsFlavor("windows-x86_64-cpu-omp", "cpu", 3, flavors.V3_FEATURES,
+                                          flavors.LITE_X86_CPU_VARIANTS, summary=_LITE, openmp=True),
 }
 
 
@@ -141,7 +143,7 @@ def vulkan_def(vulkan_core_h: str) -> str:
     core = vulkan_core_h.split("#define VK_KHR_surface 1", 1)[0]
     names = sorted(set(re.findall(r"VKAPI_ATTR\s+\w+\s+VKAPI_CALL\s+(vk\w+)\s*\(", core)))
     if "vkGetInstanceProcAddr" not in names:
-        raise bv.BuildVariantError("no Vulkan core functions found in vulkan_core.h")
+        raise tools.BuildVariantError("no Vulkan core functions found in vulkan_core.h")
     return "LIBRARY vulkan-1.dll\nEXPORTS\n" + "".join(f"    {n}\n" for n in names)
 
 
@@ -152,7 +154,7 @@ def stage_vulkan_sdk(cache: Path) -> Path:
     Only those headers are copied: pointing the MinGW build at ``/usr/include`` would put
     glibc's headers before MinGW's.
     """
-    import vulkan_headers
+    from scripts import vulkan_headers
 
     source = vulkan_headers.prefix(cache)
     text = (source / "include" / "vulkan" / "vulkan_core.h").read_text()
@@ -166,21 +168,21 @@ def stage_vulkan_sdk(cache: Path) -> Path:
         shutil.copytree(source / part, staging / part)
     (staging / "lib").mkdir()
     (staging / "vulkan-1.def").write_text(vulkan_def(text))
-    bv._run([bv._tool(DLLTOOL, APT_HINT), "-d", str(staging / "vulkan-1.def"),
+    tools.run([tools.tool(DLLTOOL, APT_HINT), "-d", str(staging / "vulkan-1.def"),
              "-l", str(staging / "lib" / "libvulkan-1.dll.a")], "dlltool")
     staging.chmod(0o755)
     return _publish_dir(staging, final)
 
 
 def _version_line(tool: str, hint: str) -> str:
-    return bv._run([bv._tool(tool, hint), "--version"], f"{tool} --version").splitlines()[0]
+    return tools.run([tools.tool(tool, hint), "--version"], f"{tool} --version").splitlines()[0]
 
 
 def cmake_flags(flavor: WindowsFlavor, cache: Path) -> tuple[str, ...]:
     flags = (*WINDOWS_CMAKE,
              f"-DCMAKE_TOOLCHAIN_FILE={stage_toolchain(cache) / TOOLCHAIN_FILES[0]}")
     if flavor.openmp:  # FindOpenMP picks libgomp.dll.a (libgomp-1.dll); -static cannot undo it
-        gomp = bv._run([bv._tool(CROSS_CXX, APT_HINT), "-print-file-name=libgomp.a"],
+        gomp = tools.run([tools.tool(CROSS_CXX, APT_HINT), "-print-file-name=libgomp.a"],
                        "locating libgomp.a").strip()
         flags = (*(f.replace("-DGGML_OPENMP=OFF", "-DGGML_OPENMP=ON") for f in flags),
                  f"-DOpenMP_gomp_LIBRARY={gomp}")
@@ -188,7 +190,7 @@ def cmake_flags(flavor: WindowsFlavor, cache: Path) -> tuple[str, ...]:
         sdk = stage_vulkan_sdk(cache)
         flags += ("-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={sdk / 'include'}",
                   f"-DVulkan_LIBRARY={sdk / 'lib' / 'libvulkan-1.dll.a'}",
-                  f"-DVulkan_GLSLC_EXECUTABLE={bv._tool('glslc', VULKAN_APT_HINT)}",
+                  f"-DVulkan_GLSLC_EXECUTABLE={tools.tool('glslc', VULKAN_APT_HINT)}",
                   f"-DSPIRV-Headers_DIR={sdk / 'share' / 'cmake' / 'SPIRV-Headers'}")
     return flags
 
@@ -202,14 +204,14 @@ def portable(flags: Sequence[str], cache: Path) -> list[str]:
 def build_key(flavor: WindowsFlavor, sdist_sha256: str, flags: Sequence[str]) -> str:
     """Cache key: recipes, source and its patches, portable flags (toolchain and Vulkan import
     library paths hold their content hashes), the cross compiler, for Vulkan glslc."""
-    import source_patches
+    from scripts import source_patches
 
     tools = [_version_line(CROSS_CXX, APT_HINT)]
     if flavor.backend == "vulkan":
         tools.append(_version_line("glslc", VULKAN_APT_HINT))
     steps = [t for step in flavor.build_steps() for t in step]
     patches = source_patches.patches_digest(source_patches.patch_set())
-    blob = json.dumps([bv.RECIPE, WINDOWS_RECIPE, sdist_sha256, list(flags), steps, tools,
+    blob = json.dumps([flavors.RECIPE, WINDOWS_RECIPE, sdist_sha256, list(flags), steps, tools,
                        patches])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -221,17 +223,17 @@ def check_structure(flavor: WindowsFlavor, facts: Mapping[str, Any]) -> None:
     for plugin, names in exports.items():
         wanted = {"ggml_backend_init"} | ({"ggml_backend_score"} if "-cpu-" in plugin else set())
         if not wanted <= set(names):
-            raise bv.BuildVariantError(f"{plugin} does not export {sorted(wanted - set(names))}:"
+            raise tools.BuildVariantError(f"{plugin} does not export {sorted(wanted - set(names))}:"
                                        " ggml's loader would skip it")
     if flavor.backend == "vulkan" and "ggml-vulkan.dll" not in facts["plugins"]:
-        raise bv.BuildVariantError(f"{flavor.name}: the build made no ggml-vulkan.dll")
-    bv._check_plugin_needs(flavor, facts["plugins"])  # type: ignore[arg-type]
+        raise tools.BuildVariantError(f"{flavor.name}: the build made no ggml-vulkan.dll")
+    sb.check_plugin_needs(flavor, facts["plugins"])  # type: ignore[arg-type]
 
 
 def _stage_dlls(bin_dir: Path, staged: Path) -> None:
     dlls = sorted(bin_dir.glob("*.dll"))
     if not dlls:
-        raise bv.BuildVariantError(f"the build left no DLLs in {bin_dir}")
+        raise tools.BuildVariantError(f"the build left no DLLs in {bin_dir}")
     for dll in dlls:
         shutil.copy2(dll, staged / dll.name)
 
@@ -243,15 +245,15 @@ def _write_variant(flavor: WindowsFlavor, staged: Path, source: Path, sdist_sha:
     check_structure(flavor, facts)
     external = sorted({*facts["external_libraries"], *(d for v in runtime.values() for d in v)})
     plugins = ", ".join(flavor.cpu_variants) if flavor.cpu_variants else "all"
-    bv.write_variant_json(
+    vj.write_variant_json(
         staged, os="windows", arch="x86_64", backend=flavor.backend,
         requires={"glibc": None, "x86_64_level": flavor.x86_64_level,
                   "cpu_features": list(flavor.cpu_features), "cuda_driver": None,
                   "compute_capability": None, "macos": None},
         libraries=facts["libraries"], plugins=facts["plugins"], backend_dl=True,
         python_requires=[], external_libraries=external,
-        llama_cpp=bv._llama_version(source),
-        source=f"MinGW-w64 cross build of {bv.VENDOR_DIR} from the {bv.SDIST_REQUIREMENT} sdist "
+        llama_cpp=sb.llama_version(source),
+        source=f"MinGW-w64 cross build of {flavors.VENDOR_DIR} from the {flavors.SDIST_REQUIREMENT} sdist "
                f"(sha256 {sdist_sha}); cmake {' '.join(flags)}; CPU plugins {plugins}; "
                f"patches {' '.join(patches) or 'none'}",
         description=f"llama.cpp {flavor.backend} for x86-64-v{flavor.x86_64_level} Windows: "
@@ -266,13 +268,13 @@ def _write_variant(flavor: WindowsFlavor, staged: Path, source: Path, sdist_sha:
 
 def _build_into_cache(flavor: WindowsFlavor, sdist: Path, flags: Sequence[str], key: str,
                       cache: Path, jobs: int) -> Path:
-    import source_patches
+    from scripts import source_patches
 
-    sha = bv._sha256(sdist)
+    sha = sb.sha256(sdist)
     patches = source_patches.patch_set()  # the Linux builds' (issue 14's AMX tile config)
-    source = bv._source_tree(sdist, sha, cache, patches)
+    source = sb.source_tree(sdist, sha, cache, patches)
     started = time.monotonic()
-    bin_dir = bv._cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
+    bin_dir = sb.cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
     seconds = time.monotonic() - started
     final = cache / "builds" / key
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -283,25 +285,25 @@ def _build_into_cache(flavor: WindowsFlavor, sdist: Path, flags: Sequence[str], 
                        [p.name for p in patches])
     except pe_facts.PeFactsError as exc:
         shutil.rmtree(staged, ignore_errors=True)
-        raise bv.BuildVariantError(str(exc)) from exc
+        raise tools.BuildVariantError(str(exc)) from exc
     (cache / "cmake" / key / "build-seconds").write_text(f"{seconds:.1f}\n")
-    return bv._replace_dir(staged, final)
+    return vj.replace_dir(staged, final)
 
 
 def windows_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
                     jobs: int = 2) -> Path:
     """Build (or copy from the build cache) one Windows flavor into ``out_dir/<variant-name>/``."""
     if flavor not in WINDOWS_FLAVORS:
-        raise bv.BuildVariantError(f"unknown Windows flavor {flavor!r}; known: "
+        raise tools.BuildVariantError(f"unknown Windows flavor {flavor!r}; known: "
                                    f"{sorted(WINDOWS_FLAVORS)}")
-    spec, cache = WINDOWS_FLAVORS[flavor], cache or bv.cache_root(os.environ)
-    sdist = bv.ensure_sdist(cache)
+    spec, cache = WINDOWS_FLAVORS[flavor], cache or tools.cache_root(os.environ)
+    sdist = sb.ensure_sdist(cache)
     flags = cmake_flags(spec, cache)
-    key = build_key(spec, bv._sha256(sdist), portable(flags, cache))
+    key = build_key(spec, sb.sha256(sdist), portable(flags, cache))
     built = cache / "builds" / key
     if not (built / "variant.json").is_file():
         built = _build_into_cache(spec, sdist, flags, key, cache, jobs)
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{spec.name}-"))
     shutil.copytree(built, staged, dirs_exist_ok=True)
-    return bv._replace_dir(staged, out_dir / spec.name)
+    return vj.replace_dir(staged, out_dir / spec.name)

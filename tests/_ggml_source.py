@@ -7,8 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import build_variants
-import devrelease
+from scripts import build_variants
+from scripts import devrelease
 
 BADKERNEL = Path(__file__).parent / "data" / "plugins" / "badkernel.c"
 
@@ -17,7 +17,7 @@ def pinned_ggml() -> Path:
     """``vendor/llama.cpp/ggml`` of the sdist, extracted the way build_variants does (src/<sha16>/)."""
     cache = devrelease.dev_cache()
     sdist = build_variants.ensure_sdist(cache)
-    return build_variants._extract_vendor(sdist, cache / "src" / build_variants._sha256(sdist)[:16]) / "ggml"
+    return build_variants.extract_vendor(sdist, cache / "src" / build_variants.sha256(sdist)[:16]) / "ggml"
 
 
 def compile_badkernel(out: Path, real: str, *, at_init: bool = False, wrong: int = 0,

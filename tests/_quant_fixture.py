@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gguf
 import pytest
-from tiny_model import QUANTIZABLE, write_tiny_llama
+from scripts.tiny_model import QUANTIZABLE, write_tiny_llama
 
 # The types issue 14 asks every CPU variant to run, and what llama.cpp stores for most tensors.
 REQUIRED = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_NL", "BF16")

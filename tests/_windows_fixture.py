@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import build_variants as bv
-import devrelease
-import winerun
-import windows_build
-from tiny_model import write_tiny_llama
+from scripts import build_variants as bv
+from scripts import devrelease
+from scripts import winerun
+from scripts import windows_build
+from scripts.tiny_model import write_tiny_llama
 
 try:
     from ._native_fixture import NativeLibs, build_oracle

@@ -16,10 +16,7 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hubserver import HubServer  # noqa: E402
+from scripts.hubserver import HubServer  # noqa: E402
 
 # The fixtures every layer shares, registered once here (pytest reads pytest_plugins only from
 # this top-level conftest) instead of imported into each test module:

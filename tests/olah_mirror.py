@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import devrelease
+from scripts import devrelease
 
 OLAH = "olah==0.5.4"
 HOST = "127.0.0.1"

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-import devrelease
-from hubserver import HubServer
+from scripts import devrelease
+from scripts.hubserver import HubServer
 
 
 # A sitecustomize that makes every socket connect fail in the process that imports it.
@@ -76,7 +76,7 @@ class Release:
 def bv() -> ModuleType:
     """``scripts/build_variants.py``, the variant builder (one module object for every test, so
     its exception and dataclass types are the ones its functions raise and return)."""
-    import build_variants
+    from scripts import build_variants
 
     return build_variants
 

@@ -24,9 +24,9 @@ except ImportError:
     import _cross  # type: ignore[no-redef]
     from _cross_quantize import quantize  # type: ignore[no-redef]
 
-import build_variants as bv
-import cross_builds
-from tiny_model import write_tiny_llama
+from scripts import build_variants as bv
+from scripts import cross_builds
+from scripts.tiny_model import write_tiny_llama
 
 NPM_ARM = "@node-llama-cpp/linux-arm64@3.22.1"
 PROMPT = "the llama runtime is a small model of the world"
@@ -124,7 +124,7 @@ def test_cross_build_is_aarch64_and_bundles_libgomp(arm_folders: dict[str, Path]
     assert tags == list(cross_builds.GCC12_ARM_CPU_VARIANTS)
     for name in [*meta["libraries"], *meta["plugins"]]:
         assert cross_builds.elf_machine(folder / name) == "aarch64", name
-        assert bv.parse_dynamic(bv._readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
+        assert bv.parse_dynamic(bv.readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
     assert meta["requires"]["glibc"] == cross_builds.floor_report(folder)["glibc"]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from release_fixtures import Release, network_guard, run_source_cli
 
 pytestmark = pytest.mark.slow

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-import amx_tilecfg
-import build_variants as bv
-import source_patches
+from scripts.binfacts import amx_tilecfg
+from scripts import build_variants as bv
+from scripts import source_patches
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or shutil.which("objdump") is None,
@@ -112,7 +112,7 @@ def pristine() -> Path:
         sdist = bv.ensure_sdist(cache)
     except bv.BuildVariantError as exc:
         pytest.skip(f"the llama-cpp-python sdist is not cached and cannot be fetched: {exc}")
-    return bv._extract_vendor(sdist, cache / "src" / bv._sha256(sdist)[:16])
+    return bv.extract_vendor(sdist, cache / "src" / bv.sha256(sdist)[:16])
 
 
 def test_intended_config_is_read_from_mmq_cpp(pristine: Path) -> None:
@@ -221,9 +221,9 @@ def test_every_flavor_but_the_reference_is_patched() -> None:
     ref = bv.FLAVORS["amx-unpatched"]
     assert not ref.patched and ref.cpu_variants == ("sapphirerapids",)
     assert ref.name not in {f.name for k, f in bv.FLAVORS.items() if k != "amx-unpatched"}
-    bv._check_plugin_needs(ref, ["libggml-cpu-sapphirerapids.so"])
+    bv.check_plugin_needs(ref, ["libggml-cpu-sapphirerapids.so"])
     assert all(f.patched for k, f in bv.FLAVORS.items() if k != "amx-unpatched")
-    assert bv._patches(ref) == () and bv._patches(bv.FLAVORS["v3"]) == source_patches.patch_set()
+    assert bv.patches_of(ref) == () and bv.patches_of(bv.FLAVORS["v3"]) == source_patches.patch_set()
 
 
 # --------------------------------------------------------------------------- real builds
@@ -324,7 +324,7 @@ with Llama(sys.argv[2], n_ctx=256, n_threads=2, native=native) as llm:
 
 
 def _run_smollm2(folder: Path) -> subprocess.CompletedProcess[str]:
-    import devrelease
+    from scripts import devrelease
 
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])

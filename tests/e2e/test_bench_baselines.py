@@ -7,16 +7,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import b7_native  # noqa: E402
-from common import crash  # noqa: E402
+from benchmarks import b7_native  # noqa: E402
+from benchmarks.common import crash  # noqa: E402
 
 from _ggml_source import pinned_ggml  # noqa: E402
 
@@ -73,8 +70,8 @@ def test_each_native_build_is_keyed_by_what_native_means_here(monkeypatch: pytes
 @pytest.fixture(scope="module")
 def v3_driver(tmp_path_factory: pytest.TempPathFactory) -> tuple[b7_native.Lib, Path, Path]:
     """bench_llama.c built against the v3 source build, and a tiny model."""
-    import devrelease
-    from tiny_model import write_tiny_llama
+    from scripts import devrelease
+    from scripts.tiny_model import write_tiny_llama
 
     folder = devrelease.dev_cache() / "variants" / "linux-x86_64-cpu-v3"
     if not (folder / "variant.json").is_file():

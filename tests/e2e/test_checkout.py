@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from release_fixtures import Release
 
 pytestmark = pytest.mark.slow

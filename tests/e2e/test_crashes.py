@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from release_fixtures import LOAD_JSON, Release, run_source_py
 from reliability_table import record
 

@@ -28,9 +28,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 DATA = Path(__file__).parents[1] / "data"
 CUDA_NPM = "@node-llama-cpp/linux-x64-cuda@3.22.1"
 EXT_NPM = "@node-llama-cpp/linux-x64-cuda-ext@3.22.1"
-sys.path.insert(0, str(SCRIPTS))
-
-import cuda_fatbin  # noqa: E402
+from scripts.binfacts import cuda_fatbin  # noqa: E402
 
 
 def _entry(kind: int, arch: int, payload: bytes, isa: tuple[int, int] = (8, 4), flags: int = 0x11) -> bytes:
@@ -98,7 +96,7 @@ slow = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cuda_dirs(bv: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("cuda")
-    import npm_cuda
+    from scripts import npm_cuda
 
     try:
         for spec in (CUDA_NPM, EXT_NPM):
@@ -187,7 +185,7 @@ def _stub_libcuda(plugins: list[Path], dest: Path) -> Path:
 
 def _wheels(major: int, requires: list[str]) -> Path:
     """NVIDIA's runtime wheels of one major, pip-installed once into the dev cache."""
-    import devrelease
+    from scripts import devrelease
 
     key = hashlib.sha256(json.dumps(requires).encode()).hexdigest()[:12]
     target = devrelease.dev_cache() / "nvidia-wheels" / f"cu{major}-{key}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 
 pytestmark = pytest.mark.slow
 CUDA = "linux-x86_64-cuda13"

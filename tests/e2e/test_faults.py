@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-import devrelease
-from hubserver import HubServer
+from scripts import devrelease
+from scripts.hubserver import HubServer
 from release_fixtures import Release, publish_file, run_source_py
 from reliability_table import record
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from release_fixtures import Release
 
 pytestmark = pytest.mark.slow

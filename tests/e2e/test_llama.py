@@ -16,7 +16,7 @@ try:
 except ImportError:
     from _native_fixture import REPO, NativeLibs
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.errors import GenerationError, ModelError
 from llama_runtime.llama import Llama

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from llama_runtime.plugins.rank import rank
 from llama_runtime.probe.capture import profile_from_captures
 from llama_runtime.probe.cpu import GGML_X86_FEATURES, x86_64_level

@@ -21,11 +21,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-import macho  # noqa: E402
+from scripts.binfacts import macho  # noqa: E402
 from golden_machines import load as load_machine  # noqa: E402
 
 from llama_runtime.fetch.archive import safe_extract  # noqa: E402
@@ -183,7 +179,7 @@ def test_an_elf_file_in_a_macos_variant_is_refused(bv: ModuleType, mac: dict[str
             "llamaCpp": {"repo": "ggml-org/llama.cpp", "release": "v0.4.0"},
             "platformInfo": {"name": "macOS", "version": "25.6.0"}}
     with pytest.raises(bv.BuildVariantError) as info:
-        bv._npm_macos_variant("test", bins, staged, meta, tmp_path / "out")
+        bv.npm_macos_variant("test", bins, staged, meta, tmp_path / "out")
     assert "libggml-cpu-x64.so is an ELF x86_64" in str(info.value)
     assert "a macos variant holds Mach-O files only" in str(info.value)
 
@@ -194,7 +190,7 @@ def test_a_mach_o_file_in_a_linux_variant_is_refused(bv: ModuleType, mac: dict[s
     folder.mkdir()
     shutil.copy2(mac["x64"] / "libllama.v0.4.0.dylib", folder / "libllama.so")
     with pytest.raises(bv.BuildVariantError) as info:  # the variant builder
-        bv._library_facts(folder)
+        bv.library_facts(folder)
     assert "libllama.so is a Mach-O x86_64 dylib, but a linux variant holds ELF files only" \
         in str(info.value)
     (folder / "variant.json").write_text(json.dumps(

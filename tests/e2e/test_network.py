@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from counting_proxy import counting_proxy
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 from release_fixtures import Release, run_source_py
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from olah_mirror import OlahServer, make_git_repo
 from release_fixtures import Release, run_source_py
 

@@ -16,7 +16,7 @@ try:
 except ImportError:
     from _native_fixture import NativeLibs, run_oracle
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.llama import Llama
 from llama_runtime.native import Native

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from _ggml_source import compile_badkernel
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 
 pytestmark = pytest.mark.slow
 GOOD, BAD, ALLBAD = "linux-x86_64-cpu-omp", "linux-x86_64-cpu-omp-bad", "linux-x86_64-cpu-omp-allbad"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-import build_variants as bv
+from scripts import build_variants as bv
 from _ggml_source import compile_badkernel
 from llama_runtime.config import resolve
 from llama_runtime.plugins.rank import cpu_plugins
@@ -60,7 +60,7 @@ def store() -> Store:
 
 @pytest.mark.parametrize("name", list(MAKERS))
 def test_every_arm_plugin_is_qualified_under_its_floor_model(variants_dir: Path, arm_dir: Path, name: str) -> None:
-    import qualify_variants
+    from scripts import qualify_variants
 
     folder = arm_folder(arm_dir, name)
     records, failures = qualify_variants.qualify_and_record([variants_dir / NPM, folder])

@@ -15,9 +15,9 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
-import devrelease
+from scripts import devrelease
 from _ggml_source import compile_badkernel
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 from llama_runtime.config import resolve
 from llama_runtime.errors import PublishError, QualificationError
 from llama_runtime.release.publish import publish

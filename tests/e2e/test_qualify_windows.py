@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import windows_build
+from scripts import windows_build
 from llama_runtime.plugins.rank import cpu_plugins, rank
 from llama_runtime.qualify import check, wine
 from llama_runtime.config import resolve
@@ -37,7 +37,7 @@ def win(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_plugin_this_cpu_runs_is_qualified_under_wine(variants_dir: Path, win: Path) -> None:
-    import qualify_variants
+    from scripts import qualify_variants
 
     records, failures = qualify_variants.qualify_and_record([variants_dir / NPM, win])
     rec = json.loads((win / "variant.json").read_text())["qualification"]

@@ -27,7 +27,7 @@ except ImportError:
     from _native_fixture import REPO, NativeLibs, run_oracle
     from _quant_fixture import N_GEN, PROMPT, REQUIRED, expected_types, file_type, tensor_types
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.errors import ModelError, QuantizeError
 from llama_runtime.llama import Llama

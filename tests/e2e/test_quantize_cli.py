@@ -19,7 +19,7 @@ except ImportError:
     from _native_fixture import REPO, NativeLibs
     from _quant_fixture import expected_types, tensor_types
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
 from llama_runtime.quant import QUANT_TYPES, quantize

@@ -71,8 +71,7 @@ def reports(variants_dir: Path, smollm2_gguf: Path) -> Reports:
             pytest.fail(died[variant])
         if variant not in cache:
             env = {**os.environ, "LLAMA_RUNTIME_TEST_LIBDIR": str(variants_dir / variant),
-                   "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"),
-                                                  str(REPO / "scripts")])}
+                   "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
             proc = subprocess.run([sys.executable, str(REPO / "tests" / "_real_model_child.py"),
                                    str(smollm2_gguf)], cwd=REPO, env=env, capture_output=True,
                                   text=True, timeout=300, check=False)

@@ -50,7 +50,7 @@ def _stats(release: Release) -> dict[str, Any]:
 
 
 def _archive_path(release: Release, variant: str) -> str:
-    import devrelease
+    from scripts import devrelease
 
     return f"/{devrelease.REPO}/resolve/{release.lock['commit']}/{release.archive(variant)}"
 

@@ -162,7 +162,7 @@ print(json.dumps({"features": native.cpu_features(), "pool": bool(pool), "ids": 
 def test_variant_pool_lifecycle(variant: str, openmp: bool, tiny_gguf: Path, variants_dir: Path) -> None:
     folder = variants_dir / variant
     env = {**os.environ, "LLAMA_RUNTIME_TEST_LIBDIR": str(folder),
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), str(REPO / "scripts")])}
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     out = subprocess.run([sys.executable, "-c", _CYCLES, str(tiny_gguf), "30"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]

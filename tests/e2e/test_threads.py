@@ -23,7 +23,7 @@ try:
 except ImportError:
     from _native_fixture import NativeLibs
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.native import Native
 

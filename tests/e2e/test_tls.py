@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 from release_fixtures import Release, run_source_py
 
 pytestmark = pytest.mark.slow

@@ -70,11 +70,11 @@ def parse_cases(inp: bytes, out: bytes) -> dict[bytes, list[int]]:
 @functools.lru_cache(maxsize=1)
 def vendored_llama_cpp() -> Path:
     """``vendor/llama.cpp`` of the pinned sdist: downloaded and extracted once, like the builds."""
-    import build_variants as bv
+    from scripts import build_variants as bv
 
     cache = bv.cache_root(os.environ)
     sdist = bv.ensure_sdist(cache)
-    return bv._extract_vendor(sdist, cache / "src" / bv._sha256(sdist)[:16])
+    return bv.extract_vendor(sdist, cache / "src" / bv.sha256(sdist)[:16])
 
 
 def _name(model: Path) -> str:
@@ -252,7 +252,7 @@ def test_vocab_only_refuses_to_run_the_model(native_lib: Native, tiny_gguf: Path
 
 
 def test_chat_template_of_a_vocab_only_model(native_lib: Native, tmp_path: Path) -> None:
-    from tiny_model import write_tiny_llama
+    from scripts.tiny_model import write_tiny_llama
 
     try:
         from ._native_fixture import CHATML

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
-from hubserver import HubServer
+from scripts import devrelease
+from scripts.hubserver import HubServer
 
 pytestmark = pytest.mark.slow
 VULKAN = "@node-llama-cpp/linux-x64-vulkan@3.22.1"

@@ -20,9 +20,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-import build_variants as bv
-import pe_facts
-import winerun
+from scripts import build_variants as bv
+from scripts.binfacts import pe_facts
+from scripts import winerun
 
 try:
     from . import _windows_fixture as wf
@@ -163,7 +163,7 @@ def test_a_dll_needing_the_msvc_runtime_is_refused(tmp_path: Path) -> None:
     """node-llama-cpp's real Windows DLLs (MSVC) import MSVCP140.dll and VCRUNTIME140.dll,
     which only the Visual C++ redistributable installs."""
     tgz = bv.npm_pack("@node-llama-cpp/win-x64@3.21.1", devrelease_cache())
-    bins = bv._unpack_npm_bins(tgz, tmp_path)
+    bins = bv.unpack_npm_bins(tgz, tmp_path)
     folder = tmp_path / "staged"
     folder.mkdir()
     for name in ("ggml-base.dll", "ggml.v0.4.0.dll", "llama.v0.4.0.dll", "ggml-cpu-x64.dll"):
@@ -187,8 +187,8 @@ def test_a_linux_library_in_a_windows_variant_is_refused(win_cpu: wf.Installed,
 @pytest.fixture(scope="module")
 def win_release(win_cpu: wf.Installed, work: Path) -> Iterator[tuple[Path, str]]:
     """The Windows CPU variant published to a loopback hub; a source tree locked to it."""
-    import devrelease
-    from hubserver import HubServer
+    from scripts import devrelease
+    from scripts.hubserver import HubServer
 
     src = work / "publish-src"
     shutil.copytree(wf.windows_folder(wf.CPU_FLAVOR, work / "variants"), src / "windows-x86_64-cpu")
@@ -238,7 +238,7 @@ def test_the_windows_release_on_this_linux_machine_says_why(win_release: tuple[P
 
 
 def devrelease_cache() -> Path:
-    import devrelease
+    from scripts import devrelease
 
     return devrelease.dev_cache()
 

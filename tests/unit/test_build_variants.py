@@ -190,7 +190,7 @@ def test_source_variant_v3_builds_and_loads(bv: ModuleType, tmp_path: Path) -> N
     assert meta["requires"]["x86_64_level"] == 3
     assert meta["requires"]["cpu_features"] == ["avx", "avx2", "fma", "f16c", "bmi2"]
     for name in meta["libraries"]:
-        assert bv.parse_dynamic(bv._readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
+        assert bv.parse_dynamic(bv.readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
         assert bv.elf_soname(folder / name) in (name, None)
     assert "AVX2 = 1" in bv.smoke_load(folder)
     again = bv.source_variant("v3", tmp_path / "again")  # from the build cache this time
@@ -208,10 +208,10 @@ def test_flavors_are_consistent(bv: ModuleType) -> None:
     assert lite.build_steps()[-1] == ("llama/fast",)
     assert set(lite.cpu_variants) <= set(bv.ALL_X86_CPU_VARIANTS)
     # a backend_dl variant needs what its least demanding plugin needs
-    bv._check_plugin_needs(omp, [f"libggml-cpu-{t}.so" for t in bv.ALL_X86_CPU_VARIANTS])
-    bv._check_plugin_needs(lite, [f"libggml-cpu-{t}.so" for t in lite.cpu_variants])
+    bv.check_plugin_needs(omp, [f"libggml-cpu-{t}.so" for t in bv.ALL_X86_CPU_VARIANTS])
+    bv.check_plugin_needs(lite, [f"libggml-cpu-{t}.so" for t in lite.cpu_variants])
     with pytest.raises(bv.BuildVariantError, match="least demanding plugin x64"):
-        bv._check_plugin_needs(lite, ["libggml-cpu-x64.so", "libggml-cpu-haswell.so"])
+        bv.check_plugin_needs(lite, ["libggml-cpu-x64.so", "libggml-cpu-haswell.so"])
     portable = bv.FLAVORS["portable"]
     assert portable.x86_64_level == 1 and portable.cpu_features == ()
     assert not any(f.endswith("=ON") and "OPENMP" not in f for f in portable.cmake)
@@ -242,7 +242,7 @@ def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType,
     shipped = {p.name for p in folder.iterdir()}
     assert shipped == {*meta["libraries"], *meta["plugins"], "variant.json"}
     for name in [*meta["libraries"], *meta["plugins"]]:
-        assert bv.parse_dynamic(bv._readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
+        assert bv.parse_dynamic(bv.readelf("-d", folder / name))["RUNPATH"] == ["$ORIGIN"]
     for plugin in meta["plugins"]:
         assert "libgomp.so.1" in bv.elf_needed(folder / plugin)
     info = bv.smoke_load(folder)

@@ -13,14 +13,12 @@ model and the real quantized SmolLM2 (Q4_1).
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -29,7 +27,7 @@ try:
 except ImportError:
     from _native_fixture import REPO, NativeLibs, build_oracle, run_oracle
 
-from tiny_model import write_tiny_llama
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.config import Settings
 from llama_runtime.errors import LibraryLoadError
@@ -146,12 +144,8 @@ def test_an_unknown_generation_is_refused_clearly(found: str) -> None:
 # --------------------------------------------------------------------------- a real v0.4.0 run
 @pytest.fixture(scope="module")
 def v040(tmp_path_factory: pytest.TempPathFactory) -> NativeLibs:
-    spec = importlib.util.spec_from_file_location("build_variants",
-                                                  REPO / "scripts" / "build_variants.py")
-    assert spec is not None and spec.loader is not None
-    bv: ModuleType = importlib.util.module_from_spec(spec)
-    sys.modules["build_variants"] = bv
-    spec.loader.exec_module(bv)
+    from scripts import build_variants as bv
+
     try:
         folder = bv.npm_variant(V040_NPM, tmp_path_factory.mktemp("v040"))
     except bv.BuildVariantError as exc:  # not cached and no registry
@@ -188,7 +182,7 @@ def _generate_in_a_fresh_process(libs: NativeLibs, model: Path, prompt: str) -> 
 @pytest.mark.parametrize("model", ["tiny-f32", "tiny-f16", "smollm2-q4_1"])
 def test_a_real_v040_library_generates_what_c_generates(v040: NativeLibs, model: str,
                                                         tmp_path: Path) -> None:
-    from devrelease import smollm2
+    from scripts.devrelease import smollm2
 
     path = smollm2() if model.startswith("smollm2") else write_tiny_llama(
         tmp_path / "m.gguf", seed=3, f16=model.endswith("f16"))

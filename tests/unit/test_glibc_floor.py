@@ -3,7 +3,7 @@
 Selection runs on captured machine profiles (``os.confstr('CS_GNU_LIBC_VERSION')`` of RHEL 8,
 Debian 10/11, Ubuntu 20.04/22.04, RHEL 9, Amazon Linux 2, CentOS 7, Graviton on Debian 11 and
 Amazon Linux 2023, with a captured /proc/cpuinfo) against the facts of the real variant folders
-(``tests/data/glibc/release-variants.json``: ``python scripts/cross_builds.py snapshot DIR...``
+(``tests/data/glibc/release-variants.json``: ``python -m scripts.cross_builds snapshot DIR...``
 over the npm folders and our builds; the x86 ``-omp`` entry is the omp-lite stand-in, whose
 floor is the full build's). The build test makes the zig glibc-2.28 variant (cached),
 checks with readelf that nothing in it needs more than GLIBC_2.28 nor libstdc++, loads it, and
@@ -107,27 +107,27 @@ needs_tools = pytest.mark.skipif(shutil.which("readelf") is None or shutil.which
 
 @pytest.fixture(scope="module")
 def old_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import build_variants
+    from scripts import build_variants
 
     return build_variants.source_variant("glibc228-lite", tmp_path_factory.mktemp("glibc228"))
 
 
 @needs_tools
 def test_228_build_needs_nothing_newer(old_build: Path) -> None:
-    import build_variants as bv
-    import cross_builds
+    from scripts import build_variants as bv
+    from scripts import cross_builds
 
     meta = json.loads((old_build / "variant.json").read_text())
     files = [old_build / n for n in [*meta["libraries"], *meta["plugins"]]]
     assert len(files) == 3 + len(cross_builds.CROSS_FLAVORS["glibc228-lite"].cpu_variants or ())
-    versions = [v for f in files for v in bv.parse_glibc_versions(bv._readelf("-V", f))]
+    versions = [v for f in files for v in bv.parse_glibc_versions(bv.readelf("-V", f))]
     assert versions and max(versions) <= (2, 28), max(versions)
     assert meta["requires"]["glibc"] == ".".join(map(str, max(versions)))
     for f in files:
         needed = bv.elf_needed(f)
         assert not [n for n in needed if "stdc++" in n or "gomp" in n or "gcc_s" in n], (f, needed)
-    assert cross_builds.libstdcxx_floor(files) is None
-    assert "Version needs" in bv._readelf("-V", files[0])  # the parser saw a real section
+    assert bv.libstdcxx_floor(files) is None
+    assert "Version needs" in bv.readelf("-V", files[0])  # the parser saw a real section
     # an unversioned reference (a function the 2.28 stubs lack) would escape readelf -V
     names = [f.name for f in files]
     assert cross_builds.unresolved_symbols(old_build, names) == {}
@@ -135,7 +135,7 @@ def test_228_build_needs_nothing_newer(old_build: Path) -> None:
 
 @needs_tools
 def test_unresolved_symbols_are_found(old_build: Path, tmp_path: Path) -> None:
-    import cross_builds
+    from scripts import cross_builds
 
     shutil.copy2(old_build / "libllama.so", tmp_path / "libllama.so")  # without its ggml
     missing = cross_builds.unresolved_symbols(tmp_path, ["libllama.so"])["libllama.so"]
@@ -144,7 +144,7 @@ def test_unresolved_symbols_are_found(old_build: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def omp_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import build_variants
+    from scripts import build_variants
 
     return build_variants.source_variant("omp-lite", tmp_path_factory.mktemp("omp"))
 
@@ -161,7 +161,7 @@ def test_228_build_generates_the_gcc_builds_ids(old_build: Path, omp_build: Path
     except ImportError:
         import _cross  # type: ignore[no-redef]
         from _cross_quantize import quantize  # type: ignore[no-redef]
-    from tiny_model import write_tiny_llama
+    from scripts.tiny_model import write_tiny_llama
 
     model = write_tiny_llama(tmp_path / "f16.gguf", seed=3, f16=True, n_embd=256, n_ff=512)
     if kind != "f16":
@@ -201,7 +201,7 @@ def test_binding_runs_the_228_build_with_its_thread_pool(old_build: Path, omp_bu
     except ImportError:
         import _cross  # type: ignore[no-redef]
         from _cross_quantize import quantize  # type: ignore[no-redef]
-    from tiny_model import write_tiny_llama
+    from scripts.tiny_model import write_tiny_llama
 
     f16 = write_tiny_llama(tmp_path / "f16.gguf", seed=3, f16=True, n_embd=256, n_ff=512)
     model = quantize(omp_build, f16, tmp_path / "Q8_0.gguf", "Q8_0")

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubserver import HubServer
-from tiny_model import write_tiny_llama
+from scripts.hubserver import HubServer
+from scripts.tiny_model import write_tiny_llama
 
 from llama_runtime.config import Settings, resolve
 from llama_runtime.errors import DownloadError, IntegrityError, OfflineError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from _ggml_source import pinned_ggml
 from llama_runtime.plugins.rank import cpu_plugins, ggml_cpu, plugin_variant, predicted_score, rank
 from llama_runtime.probe.xsave import read_x86, x86_data

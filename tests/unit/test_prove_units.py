@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from llama_runtime.plugins import trial
 from llama_runtime.plugins.prove import PluginChoice, gpu_plugins
 from llama_runtime.plugins.trial import crash_name, parse_child
@@ -143,10 +143,10 @@ def test_the_proof_model_is_what_the_script_makes(tmp_path: Path) -> None:
     lib = devrelease.dev_cache() / "variants" / "linux-x86_64-cpu-v3" / "libllama.so"
     if not lib.is_file():
         pytest.skip("the source build is not in the dev cache (scripts/build_variants.py)")
-    script = Path(__file__).resolve().parents[2] / "scripts" / "make_proof_model.py"
     out = tmp_path / "proof.gguf"
-    proc = subprocess.run([sys.executable, str(script), "--lib", str(lib), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "scripts.make_proof_model", "--lib", str(lib),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     assert digest == hashlib.sha256(trial.PROOF_MODEL.read_bytes()).hexdigest()

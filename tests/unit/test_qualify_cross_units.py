@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import cross_builds
+from scripts import cross_builds
 from llama_runtime.qualify import check, cross
 from llama_runtime.qualify.run import Store
 from llama_runtime.qualify.targets import Target

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-import devrelease
+from scripts import devrelease
 from _tarballs import tarball
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 from release_fixtures import Release, publish_file
 from reliability_table import record
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from counting_proxy import counting_proxy
-from hubserver import HubServer
+from scripts.hubserver import HubServer
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
