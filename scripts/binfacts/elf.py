@@ -81,23 +81,11 @@ def dependency_closure(folder: Path, root: str) -> list[str]:
 
 def load_order(folder: Path, names: Sequence[str]) -> list[str]:
     """``names`` sorted so that each library comes after the ones of ``names`` it NEEDs."""
-    wanted, order, active = set(names), [], []  # type: set[str], list[str], list[str]
+    from scripts.binfacts.order import dependency_order
 
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        if name in active:
-            raise BuildVariantError(f"dependency cycle in {folder}: {' -> '.join(active + [name])}")
-        active.append(name)
-        for dep in elf_needed(folder / name):
-            if dep in wanted:
-                visit(dep)
-        active.pop()
-        order.append(name)
-
-    for name in names:
-        visit(name)
-    return order
+    wanted = set(names)
+    return dependency_order(names, lambda n: [d for d in elf_needed(folder / n) if d in wanted],
+                            lambda path: BuildVariantError(f"dependency cycle in {folder}: {' -> '.join(path)}"))
 
 
 def cuda_architectures(path: Path) -> list[tuple[str, int]]:

@@ -164,24 +164,13 @@ def check_install_names(files: dict[str, MachO]) -> None:
 
 def load_order(files: dict[str, MachO], root: str) -> list[str]:
     """``root`` and the shipped libraries it needs, each after the ones it loads."""
-    order: list[str] = []
-    active: list[str] = []
+    from scripts.binfacts.order import dependency_order
 
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        if name in active:
-            raise MachOError(f"dependency cycle: {' -> '.join([*active, name])}")
-        active.append(name)
-        for dep in files[name].dependencies:
-            shipped = resolve(dep, files[name], files)
-            if shipped is not None:
-                visit(shipped)
-        active.pop()
-        order.append(name)
+    def shipped(name: str) -> list[str]:
+        found = (resolve(dep, files[name], files) for dep in files[name].dependencies)
+        return [n for n in found if n is not None]
 
-    visit(root)
-    return order
+    return dependency_order([root], shipped, lambda path: MachOError(f"dependency cycle: {' -> '.join(path)}"))
 
 
 def folder_facts(folder: Path, names: Sequence[str], arch: str) -> dict[str, MachO]:

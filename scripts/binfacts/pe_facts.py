@@ -117,25 +117,11 @@ def load_order(files: Mapping[str, PeFile], names: Sequence[str]) -> list[str]:
     Loading in this order by full path means every DLL's imports are already in the process
     when Windows resolves them, whatever the DLL search path is.
     """
+    from scripts.binfacts.order import dependency_order
+
     by_low = {n.lower(): n for n in names}
-    order: list[str] = []
-    active: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        if name in active:
-            raise PeFactsError(f"import cycle: {' -> '.join([*active, name])}")
-        active.append(name)
-        for dep in files[name].needs:
-            if dep.lower() in by_low:
-                visit(by_low[dep.lower()])
-        active.pop()
-        order.append(name)
-
-    for name in names:
-        visit(name)
-    return order
+    return dependency_order(names, lambda n: [by_low[d.lower()] for d in files[n].needs if d.lower() in by_low],
+                            lambda path: PeFactsError(f"import cycle: {' -> '.join(path)}"))
 
 
 def outside_dlls(files: Mapping[str, PeFile], shipped: Iterable[str]) -> dict[str, list[str]]:

@@ -247,3 +247,14 @@ def test_source_variant_omp_lite_bundles_libgomp_for_its_plugins(bv: ModuleType,
         assert "libgomp.so.1" in bv.elf_needed(folder / plugin)
     info = bv.smoke_load(folder)
     assert "OPENMP = 1" in info and "AVX2 = 1" in info and "devices: 0" not in info
+
+
+def test_the_one_load_order_puts_dependencies_first_and_names_a_cycle() -> None:
+    from scripts.binfacts.order import dependency_order
+
+    needs = {"libllama": ["libggml", "libggml-base"], "libggml": ["libggml-base"], "libggml-base": []}
+    assert dependency_order(["libllama"], needs.__getitem__, ValueError) == ["libggml-base", "libggml", "libllama"]
+    needs["libggml-base"] = ["libllama"]
+    with pytest.raises(ValueError) as err:
+        dependency_order(["libllama"], needs.__getitem__, lambda path: ValueError(" -> ".join(path)))
+    assert str(err.value) == "libllama -> libggml -> libggml-base -> libllama"
