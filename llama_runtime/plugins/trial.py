@@ -98,16 +98,23 @@ def _run_child(job: dict[str, Any], prefix: Sequence[str] = (), timeout: float =
     """One child; ``prefix`` runs it under an emulator (``qemu-x86_64 -cpu Haswell``)."""
     root = Path(__file__).resolve().parent.parent.parent  # the folder that holds llama_runtime
     code = "import sys; sys.path.insert(0, sys.argv[1]); from llama_runtime.plugins.child import main; main()"
+    return run_process([*prefix, sys.executable, "-c", code, str(root)], json.dumps(job), timeout)
+
+
+def run_process(cmd: Sequence[str], job_text: str, timeout: float, env: Mapping[str, str] | None = None,
+                what: str = "the test process") -> Outcome:
+    """Run one child (the Python child, or the C driver under qemu/Wine) on ``job_text`` and read
+    its JSON lines; a child that hangs is killed and says how far it got."""
     try:
-        proc = subprocess.run([*prefix, sys.executable, "-c", code, str(root)], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(list(cmd), input=job_text, capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else dict(env), check=False)
     except subprocess.TimeoutExpired as exc:
         text = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
         out = parse_child(text, 0)
         out.ok, out.crash, out.timed_out = False, f"no answer within {timeout:g} s (killed)", True
         return out
     except OSError as exc:
-        return Outcome(ok=False, stage="setup", error=f"the test process could not start: {exc}")
+        return Outcome(ok=False, stage="setup", error=f"{what} could not start: {exc}")
     return parse_child(proc.stdout, proc.returncode, proc.stderr)
 
 

@@ -145,22 +145,12 @@ def run_driver(exe: Path, job: Mapping[str, Any], prefix: Sequence[str], timeout
                env: Mapping[str, str] | None = None) -> Any:
     """One driver child under ``prefix`` (``qemu-aarch64 -cpu max``, Wine): a
     :class:`~llama_runtime.plugins.trial.Outcome`, as :func:`~llama_runtime.plugins.trial._run_child`."""
-    from ..plugins.trial import Outcome, parse_child
+    from ..plugins.trial import run_process
 
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
         env["QEMU_LD_PREFIX"] = str(sysroot())  # the aarch64 glibc and loader the variant links to
-    try:
-        proc = subprocess.run([*prefix, str(exe)], input=job_text(job), capture_output=True, text=True,
-                              timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired as exc:
-        text = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-        out = parse_child(text, 0)
-        out.ok, out.crash, out.timed_out = False, f"no answer within {timeout:g} s (killed)", True
-        return out
-    except OSError as exc:
-        return Outcome(ok=False, stage="setup", error=f"the driver could not start: {exc}")
-    return parse_child(proc.stdout, proc.returncode, proc.stderr)
+    return run_process([*prefix, str(exe)], job_text(job), timeout, env, what="the driver")
 
 
 def arm_child(root: Path) -> Any:
