@@ -171,8 +171,12 @@ def held(path: Path, timeout: float = 600.0) -> Iterator[None]:
     a cached variant never takes a lock. Each call opens its own lock, so threads of one
     process wait for each other as other processes do.
     """
-    from filelock import FileLock, Timeout
-
+    try:
+        from filelock import FileLock, Timeout
+    except ImportError:  # pip --no-build-isolation without the build requirements installed
+        raise CacheError("the filelock package is missing (pip install filelock); a build with"
+                         " --no-build-isolation needs the build requirements first: pip install"
+                         " hatchling archspec filelock") from None
     lock = FileLock(path, timeout=timeout)
     try:
         lock.acquire(poll_interval=0.05)

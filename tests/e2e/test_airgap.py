@@ -30,7 +30,8 @@ def _offline_install(release: Release, wheelhouse: Path, tmp_path: Path, **env: 
     python = devrelease.make_venv(tmp_path / "venv")
     guard = network_guard(tmp_path / "guard")
     full = release.env(tmp_path / "cache", LLAMA_RUNTIME_ENDPOINT="http://127.0.0.1:9", **env)
-    prep = devrelease.pip_install(python, "hatchling", full, "--no-index", "--find-links", str(wheelhouse))
+    prep = devrelease.pip_install(python, "hatchling", full, "--no-index", "--find-links", str(wheelhouse),
+                                  "filelock")  # the build requirements, as the README says
     assert prep.returncode == 0, prep.stderr[-2000:]
     # PYTHONPATH reaches pip and the (non-isolated) build: every socket connect fails
     return subprocess.run([str(python), "-m", "pip", "install", "-v", "--no-index", "--find-links", str(wheelhouse),

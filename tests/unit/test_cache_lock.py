@@ -91,3 +91,11 @@ def test_filelock_is_imported_only_when_a_lock_is_taken() -> None:
             " print('filelock' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_build_without_filelock_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "filelock", None)  # what `import filelock` meets when it is absent
+    with pytest.raises(CacheError, match="pip install hatchling archspec filelock"):
+        with held(tmp_path / ".v.lock", timeout=1):
+            pass
+    assert not (tmp_path / ".v.lock").exists()  # nothing was made before the refusal
