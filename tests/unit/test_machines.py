@@ -36,7 +36,8 @@ def _variant(os: str, arch: str, backend: str, **requires: Any) -> dict[str, Any
 
 VARIANTS = {
     "linux-x86_64-cpu": _variant("linux", "x86_64", "cpu", x86_64_level=1),
-    # built with GCC 12 (GLIBCXX_3.4.30) like our source builds; the v1 one like the zig builds
+    # needing GLIBCXX_3.4.30 as npm's CUDA and Vulkan builds do (benchmarks/NOTES.md, glibc floors);
+    # the v1 one none, like the zig builds (libc++ linked in)
     "linux-x86_64-cpu-v3": _variant("linux", "x86_64", "cpu", x86_64_level=3, cpu_features=V3, libstdcxx="3.4.30"),
     "linux-x86_64-cpu-v4": _variant("linux", "x86_64", "cpu", x86_64_level=4, cpu_features=V3 + V4,
                                     libstdcxx="3.4.30"),
