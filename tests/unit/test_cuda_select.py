@@ -116,3 +116,19 @@ def test_selection_from_the_real_libcuda_probe(fakecuda: str, monkeypatch: pytes
     nvidia = read_nvidia(libcuda=fakecuda, use_smi=False)
     assert nvidia["source"] == "libcuda"
     assert select(MANIFEST, _with_nvidia(nvidia)).selected == selected
+
+
+def test_a_libstdcxx_older_than_the_cuda_builds_need_refuses_them_by_name() -> None:
+    """RHEL 9 (GCC 11's libstdc++, GLIBCXX up to 3.4.29) on an A10G: npm's CUDA builds need
+    3.4.30 and would fail to load there, so they are refused saying so, never tried."""
+    import dataclasses
+
+    _, profile = load(DATA / "machines" / "nvidia-535-ampere-a10g.json")
+    assert select(MANIFEST, profile).selected.startswith("linux-x86_64-cuda12")  # type: ignore[union-attr]
+    libc = {**profile.libc, "libstdcxx": {"version": "3.4.29", "path": "/usr/lib64/libstdc++.so.6", "error": None}}
+    rhel9 = dataclasses.replace(profile, libc=libc)
+    s = select(MANIFEST, rhel9)
+    assert s.selected == "linux-x86_64-cpu", s.why()  # the v1 build needs no GLIBCXX_3.4.30
+    for name in REAL:
+        assert "needs libstdc++ GLIBCXX_3.4.30, this machine has 3.4.29" in s.candidate(name).reasons, name
+    assert any("NVIDIA" in w for w in s.warnings), s.warnings  # the idle GPU is said, not silent
