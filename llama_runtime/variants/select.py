@@ -134,12 +134,17 @@ def _check_platform(v: Variant, p: MachineProfile) -> list[str]:
         floor = v.requires.get(libc_name)
         if floor and p.os == "linux":
             problems += _check_libc(libc_name, floor, p.libc or {})
-    cxx, have = v.requires.get("libstdcxx"), ((p.libc or {}).get("libstdcxx") or {}).get("version")
-    # C++ libraries built with a newer GCC fail to load ("GLIBCXX_3.4.30 not found", RHEL 9);
-    # a libstdc++ the probe did not find cannot prove the floor wrong, so it passes
-    if cxx and have and p.os == "linux" and version_tuple(have) < version_tuple(cxx):
-        problems.append(f"needs libstdc++ GLIBCXX_{cxx}, this machine has {have}")
     return problems
+
+
+def _check_libstdcxx(v: Variant, p: MachineProfile) -> list[str]:
+    """C++ libraries built against a newer libstdc++ fail to load ("GLIBCXX_3.4.30 not found",
+    RHEL 9). Not a platform mismatch: the build is for this OS, so the idle-GPU warning names it.
+    A libstdc++ the probe did not find cannot prove the floor wrong, so it passes."""
+    cxx, have = v.requires.get("libstdcxx"), ((p.libc or {}).get("libstdcxx") or {}).get("version")
+    if cxx and have and p.os == "linux" and version_tuple(have) < version_tuple(cxx):
+        return [f"needs libstdc++ GLIBCXX_{cxx}, this machine has {have}"]
+    return []
 
 
 def _rosetta(p: MachineProfile) -> bool:
@@ -330,7 +335,7 @@ def _judge(v: Variant, p: MachineProfile, backend: str, variant: str | None = No
         request, asked = {"backend": v.backend, "cuda_major": None}, f"LLAMA_RUNTIME_VARIANT={variant}"
     wanted = request["backend"]
     requested = wanted is None or v.backend == wanted
-    hard = _check_platform(v, p) + _check_macos(v, p) + _check_cpu(v, p)
+    hard = _check_platform(v, p) + _check_libstdcxx(v, p) + _check_macos(v, p) + _check_cpu(v, p)
     gpu = _check_gpu(v, p, request)
     other_cuda = any(g.other_cuda for g in gpu)
     kept: list[Problem] = []
