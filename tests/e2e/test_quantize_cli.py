@@ -92,7 +92,10 @@ def _start_and_interrupt(libs: NativeLibs, model: Path, out: Path) -> subprocess
     """Start quantizing ``model`` to ``out`` and send SIGINT once llama.cpp writes the partial."""
     proc = subprocess.Popen([sys.executable, "-m", "llama_runtime", "quantize", str(model),
                              str(out), "IQ3_S", "--threads", "1"], env=_env(libs),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a suite started in the background may pass
+                            # SIGINT on ignored, and Python then installs no Ctrl-C handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".partial") for p in out.parent.iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
