@@ -21,7 +21,7 @@ Two sources:
     one CPU backend linked in, OpenMP (~145 CPU-s cold). ``v3-noomp``: v3 on ggml's own thread
     pool (measurements).
     ``portable``: x86-64 baseline (SSE2), non-DL, OpenMP: the safety net. ``amx-unpatched``:
-    the sapphirerapids plugin alone from the unpatched source (tests/test_amx.py's reference).
+    the sapphirerapids plugin alone from the unpatched source (tests/e2e/test_amx.py's reference).
 
 Every flavor but ``amx-unpatched`` is built from the vendored source with ``scripts/patches/``
 applied (``source_patches.py``: a patched copy per patch set; the patches are part of the build

@@ -84,7 +84,7 @@ X86_PLUGIN_NEEDS: Mapping[str, tuple[int, tuple[str, ...]]] = {
     "x64": (1, ()), "sse42": (2, ()), "sandybridge": (2, ("avx",)),
     "ivybridge": (2, ("avx", "f16c")), "piledriver": (2, ("avx", "f16c", "fma")),
     "haswell": (3, V3_FEATURES),
-    # only as the sole plugin of the unpatched AMX reference build (tests/test_amx.py)
+    # only as the sole plugin of the unpatched AMX reference build (tests/e2e/test_amx.py)
     "sapphirerapids": (4, (*V3_FEATURES, "avx512f", "avx512bw", "avx512vl", "avx512vbmi",
                            "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")),
 }
@@ -118,7 +118,7 @@ FLAVORS: Mapping[str, Flavor] = {
         summary="GGML_BACKEND_DL with the haswell/skylakex/zen4/sapphirerapids CPU plugins only "
                 "(ggml picks one at run time), OpenMP"),
     # The sapphirerapids plugin alone, from the UNPATCHED source: what issue 14's SIGILL came from,
-    # kept (cached like the others) so tests/test_amx.py proves its check catches the defect.
+    # kept (cached like the others) so tests/e2e/test_amx.py proves its check catches the defect.
     "amx-unpatched": Flavor(
         name="linux-x86_64-cpu-amx-unpatched", cmake=DL_CMAKE, x86_64_level=4,
         cpu_features=X86_PLUGIN_NEEDS["sapphirerapids"][1], openmp=True, backend_dl=True,

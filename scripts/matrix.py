@@ -4,7 +4,7 @@
 build instead of its development stand-in (the ``-lite`` source builds hold only the CPU plugins
 that matter on x86-64-v3 machines: same variant name and flags, about 40 % of the cold build).
 The README's matrix table lists these variant names and how each one is verified here; a test
-(tests/test_build_variants.py) keeps the two in step.
+(tests/unit/test_build_variants.py) keeps the two in step.
 """
 
 from __future__ import annotations
