@@ -24,7 +24,6 @@ import stat
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -256,12 +255,7 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
     patches = sb.patches_of(flavor)
     source = sb.source_tree(sdist, sha, cache, patches)
     flags = (*BASE_CMAKE, *toolchain, *flavor.cmake)
-    started = time.monotonic()
-    bin_dir = sb.cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
-    seconds = time.monotonic() - started
-    final = cache / "builds" / key
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
+    bin_dir, staged = sb.build_and_stage(source, cache, key, flags, jobs, flavor.build_steps())
     bundled = _stage(flavor, bin_dir, staged)
     _check_machine(flavor, staged)
     libs = vj.library_facts(staged, bundled)
@@ -272,11 +266,8 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
         _check_arm_plugins(flavor, libs["plugins"])
     else:
         sb.check_plugin_needs(flavor, libs["plugins"])
-    amx = sb.check_amx_plugins(staged, source) if flavor.patched else []
-    if amx:  # the same refusal as build_variants: a wrong tile config SIGILLs on AMX CPUs
-        shutil.rmtree(staged)
-        raise tools.BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
-                                   + "\n".join(amx))
+    if flavor.patched:
+        sb.refuse_wrong_amx(staged, source)
     stdcxx = libs["libstdcxx"]
     vj.write_variant_json(
         staged, os="linux", arch=flavor.arch, backend="cpu",
@@ -294,9 +285,9 @@ def _build_into_cache(flavor: CrossFlavor, sdist: Path, key: str, cache: Path, j
         description=_describe(flavor, libs, stdcxx), cache_key=key, libstdcxx=stdcxx,
         source_patches=[p.name for p in patches],
         toolchain=identity[-1] if flavor.toolchain == "zig" else identity[1],
-        build_seconds=round(seconds, 1),
+        build_seconds=sb.build_seconds(cache, key),
         **({} if flavor.priority is None else {"priority": flavor.priority}))
-    return vj.replace_dir(staged, final)
+    return vj.replace_dir(staged, cache / "builds" / key)
 
 
 def cross_variant(name: str, out_dir: Path, *, cache: Path | None = None, jobs: int = 2) -> Path:

@@ -128,6 +128,32 @@ def cmake_build(source: Path, build: Path, flags: Sequence[str], jobs: int,
     return build / "bin"
 
 
+def build_and_stage(source: Path, cache: Path, key: str, flags: Sequence[str], jobs: int,
+                    steps: Sequence[Sequence[str]]) -> tuple[Path, Path]:
+    """Build ``source`` in ``<cache>/cmake/KEY`` (its time in ``build-seconds`` there) and make
+    the hidden staging folder beside ``<cache>/builds/KEY``: (the build's bin folder, staging).
+    Every builder (native, cross, Windows) assembles its folder there, then ``replace_dir``."""
+    started = time.monotonic()
+    bin_dir = cmake_build(source, cache / "cmake" / key, flags, jobs, steps)
+    (cache / "cmake" / key / "build-seconds").write_text(f"{time.monotonic() - started:.1f}\n")
+    (cache / "builds").mkdir(parents=True, exist_ok=True)
+    return bin_dir, Path(tempfile.mkdtemp(dir=cache / "builds", prefix=f".{key}-"))
+
+
+def build_seconds(cache: Path, key: str) -> float:
+    return float((cache / "cmake" / key / "build-seconds").read_text())
+
+
+def refuse_wrong_amx(staged: Path, source: Path) -> None:
+    """A patched build that still loads a wrong tile config would SIGILL on AMX CPUs: refused,
+    its staging folder removed."""
+    amx = check_amx_plugins(staged, source)
+    if amx:
+        shutil.rmtree(staged)
+        raise BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
+                                + "\n".join(amx))
+
+
 def stage_built(bin_dir: Path, staged: Path, bundle: Sequence[str]) -> None:
     """Copy real library files under their sonames; bundle system libs the auditwheel way."""
     for lib in bin_dir.glob("*.so*"):
@@ -196,22 +222,14 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
     patches = patches_of(flavor)
     source = source_tree(sdist, sha, cache, patches)
     flags = (*BASE_CMAKE, *flavor.cmake)
-    started = time.monotonic()
-    bin_dir = cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
-    seconds = time.monotonic() - started
-    final = cache / "builds" / key
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
+    bin_dir, staged = build_and_stage(source, cache, key, flags, jobs, flavor.build_steps())
     bundled = ["libgomp.so.1"] if flavor.openmp else []
     stage_built(bin_dir, staged, bundled)
     libs = library_facts(staged, bundled)
     if flavor.backend_dl:
         check_plugin_needs(flavor, libs["plugins"])
-    amx = check_amx_plugins(staged, source) if flavor.patched else []
-    if amx:  # a patched build that still loads a wrong tile config would SIGILL on AMX CPUs
-        shutil.rmtree(staged)
-        raise BuildVariantError("the AMX tile configuration is wrong; refusing the build:\n"
-                                + "\n".join(amx))
+    if flavor.patched:
+        refuse_wrong_amx(staged, source)
     extra: dict[str, Any] = {} if flavor.priority is None else {"priority": flavor.priority}
     write_variant_json(
         staged, os="linux", arch="x86_64", backend="cpu",
@@ -229,8 +247,7 @@ def _build_into_cache(flavor: Flavor, sdist: Path, key: str, cache: Path, jobs: 
         description=f"llama.cpp CPU for x86-64-v{flavor.x86_64_level} Linux: {flavor.summary}"
                     + (" (libgomp bundled)" if flavor.openmp else ""),
         cache_key=key, source_patches=[p.name for p in patches], **extra)
-    (cache / "cmake" / key / "build-seconds").write_text(f"{seconds:.1f}\n")
-    return replace_dir(staged, final)
+    return replace_dir(staged, cache / "builds" / key)
 
 
 

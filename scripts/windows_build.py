@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,12 +272,7 @@ def _build_into_cache(flavor: WindowsFlavor, sdist: Path, flags: Sequence[str], 
     sha = sb.sha256(sdist)
     patches = source_patches.patch_set()  # the Linux builds' (issue 14's AMX tile config)
     source = sb.source_tree(sdist, sha, cache, patches)
-    started = time.monotonic()
-    bin_dir = sb.cmake_build(source, cache / "cmake" / key, flags, jobs, flavor.build_steps())
-    seconds = time.monotonic() - started
-    final = cache / "builds" / key
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}-"))
+    bin_dir, staged = sb.build_and_stage(source, cache, key, flags, jobs, flavor.build_steps())
     _stage_dlls(bin_dir, staged)
     try:
         _write_variant(flavor, staged, source, sha, portable(flags, cache), key,
@@ -286,8 +280,7 @@ def _build_into_cache(flavor: WindowsFlavor, sdist: Path, flags: Sequence[str], 
     except pe_facts.PeFactsError as exc:
         shutil.rmtree(staged, ignore_errors=True)
         raise tools.BuildVariantError(str(exc)) from exc
-    (cache / "cmake" / key / "build-seconds").write_text(f"{seconds:.1f}\n")
-    return vj.replace_dir(staged, final)
+    return vj.replace_dir(staged, cache / "builds" / key)
 
 
 def windows_variant(flavor: str, out_dir: Path, *, cache: Path | None = None,
